@@ -1,0 +1,19 @@
+// The engram subcommands. Each returns the process exit status; errors are thrown
+// (engram::Error: exit 1; cli::UsageError: exit 2) and reported by main.
+#pragma once
+
+#include <string>
+
+namespace engram::cli {
+
+int run_tokenize(int argc, char** argv);
+int run_compress(int argc, char** argv);
+int run_hash(int argc, char** argv);
+int run_bench(int argc, char** argv);
+
+// All of standard input (binary).
+std::string read_stdin();
+// Writes to standard output, throwing IoError if it fails (e.g. a closed pipe).
+void write_stdout(const std::string& s);
+
+}  // namespace engram::cli

@@ -1,0 +1,100 @@
+// engram: the command-line front end. See `engram --help` and DESIGN.md's CLI contract.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "args.h"
+#include "commands.h"
+#include "engram/util/error.h"
+
+namespace engram::cli {
+
+std::string read_stdin() {
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(0, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(error_message("<stdin>", std::string("read failed: ") + std::strerror(errno)));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+void write_stdout(const std::string& s) {
+  size_t done = 0;
+  while (done < s.size()) {
+    const ssize_t n = ::write(1, s.data() + done, s.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw IoError(error_message("<stdout>", std::string("write failed: ") + std::strerror(errno)));
+    }
+    done += static_cast<size_t>(n);
+  }
+}
+
+}  // namespace engram::cli
+
+namespace {
+
+constexpr const char* kUsage = R"(engram — Engram conditional memory: text front end and n-gram hashing
+
+Usage: engram <command> [options]
+
+Commands:
+  tokenize --tokenizer DIR [--decode]
+      stdin UTF-8 text -> JSON array of token ids (no special tokens added).
+      With --decode: stdin JSON array of ids -> text.
+  compress --tokenizer DIR [--out FILE.npy]
+      Builds the Engram tokenizer-compression table; prints
+      {"vocab": N, "compressed": N', "reduction": r}; --out writes the int32 table.
+  hash --tokenizer DIR --config CFG.json [--describe]
+      stdin {"input_ids": [[ids...], ...]} -> {"layers": {"<layer_id>": [[[ids per token]
+      per position] per row]}}. --describe prints the multipliers and primes instead.
+  bench tokenize --tokenizer DIR FILE [--threads N]
+  bench hash --tokenizer DIR --config CFG.json [--tokens N] [--threads N]
+      Print one JSON object of throughput figures.
+
+DIR is a folder holding tokenizer.json (or the file itself). CFG.json uses the reference's names:
+  {"engram_vocab_size": [646400, 646400], "max_ngram_size": 3, "n_embed_per_ngram": 512,
+   "n_head_per_ngram": 8, "layer_ids": [1, 15], "pad_id": 2, "seed": 0}
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace engram;
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "tokenize") return cli::run_tokenize(argc, argv);
+    if (cmd == "compress") return cli::run_compress(argc, argv);
+    if (cmd == "hash") return cli::run_hash(argc, argv);
+    if (cmd == "bench") return cli::run_bench(argc, argv);
+    std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
+    return 2;
+  } catch (const cli::UsageError& e) {
+    std::cerr << "engram " << cmd << ": " << e.what() << "\n(see engram --help)\n";
+    return 2;
+  } catch (const Error& e) {
+    std::cerr << "engram " << cmd << ": " << e.what() << "\n";
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "engram " << cmd << ": out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "engram " << cmd << ": internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,18 @@
+// Splitting a range of independent work items over threads.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+
+namespace engram {
+
+// Number of hardware threads (at least 1).
+int hardware_threads();
+
+// Calls fn(begin, end) on contiguous pieces of [0, n) from up to `threads` threads (0 = all
+// hardware threads) and returns when all are done. Pieces are at least `grain` items long.
+// The first exception thrown by any piece is rethrown in the caller after all threads join.
+void parallel_for(size_t n, int threads, size_t grain,
+                  const std::function<void(size_t begin, size_t end)>& fn);
+
+}  // namespace engram
