@@ -14,6 +14,7 @@
 #include "engram/util/error.h"
 #include "engram/util/file.h"
 #include "engram/util/parallel.h"
+#include "util/json.h"
 
 namespace engram::cli {
 namespace {
@@ -44,7 +45,7 @@ std::string fmt(double v) {
   return buf;
 }
 
-// Cuts text into about `pieces` documents at paragraph breaks.
+// Cuts text into about `pieces` documents at line breaks (as tools/hf/encode_reference.py does).
 std::vector<std::string> split_documents(const std::string& text, size_t pieces) {
   std::vector<std::string> docs;
   const size_t target = std::max<size_t>(text.size() / std::max<size_t>(pieces, 1), 1);
@@ -52,8 +53,8 @@ std::vector<std::string> split_documents(const std::string& text, size_t pieces)
   while (start < text.size()) {
     size_t cut = std::min(text.size(), start + target);
     if (cut < text.size()) {
-      const size_t para = text.find("\n\n", cut);
-      cut = para == std::string::npos ? text.size() : para + 2;
+      const size_t eol = text.find('\n', cut);
+      cut = eol == std::string::npos ? text.size() : eol + 1;
     }
     docs.push_back(text.substr(start, cut - start));
     start = cut;
@@ -86,15 +87,16 @@ int bench_tokenize(int argc, char** argv) {
   const auto docs = split_documents(data, static_cast<size_t>(threads) * 16);
   const double batch_s = best_time([&] { (void)tokenizer.encode_batch(docs, threads); }, 3, 1.0);
 
-  std::string out = "{\"file\": \"" + path + "\", \"bytes\": " + std::to_string(data.size()) +
+  const std::string description = tokenizer.describe();
+  std::string out = "{\"file\": " + json::Json(path).dump() + ", \"bytes\": " + std::to_string(data.size()) +
                     ", \"tokens\": " + std::to_string(n_tokens) + ", \"load_s\": " + fmt(load_s) +
                     ", \"single_thread\": {\"mb_per_s\": " + fmt(mb / warm_s) +
                     ", \"tokens_per_s\": " + fmt(static_cast<double>(n_tokens) / warm_s) +
                     ", \"first_pass_mb_per_s\": " + fmt(mb / cold_s) +
                     ", \"icu_regex_mb_per_s\": " + fmt(mb / icu_s) + "}, \"threads\": " + std::to_string(threads) +
                     ", \"documents\": " + std::to_string(docs.size()) +
-                    ", \"multi_thread\": {\"mb_per_s\": " + fmt(mb / batch_s) + "}, \"pretokenizer\": \"" +
-                    tokenizer.describe().substr(tokenizer.describe().find("pre-tokenizer: ") + 15) + "\"}\n";
+                    ", \"multi_thread\": {\"mb_per_s\": " + fmt(mb / batch_s) + "}, \"pretokenizer\": " +
+                    json::Json(description.substr(description.find("pre-tokenizer: ") + 15)).dump() + "}\n";
   write_stdout(out);
   return 0;
 }
@@ -102,9 +104,9 @@ int bench_tokenize(int argc, char** argv) {
 int bench_hash(int argc, char** argv) {
   const Args args(argc, argv, 3, {"tokenizer", "config", "tokens", "threads"}, {});
   if (!args.positional().empty()) throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
-  const auto config = hash::EngramHashConfig::from_file(args.required("config"));
   const int threads = static_cast<int>(args.integer("threads", hardware_threads(), 1, 4096));
   const int64_t tokens = args.integer("tokens", 1 << 22, 1, int64_t{1} << 34);
+  const auto config = hash::EngramHashConfig::from_file(args.required("config"));
   auto t0 = Clock::now();
   const auto tokenizer = text::Tokenizer::from_file(args.required("tokenizer"));
   const double load_s = seconds_since(t0);

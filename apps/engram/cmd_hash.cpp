@@ -27,13 +27,17 @@ std::string describe(const hash::NgramHasher& h) {
                     ", \"pad_id\": " + std::to_string(h.pad_compressed()) + ", \"multipliers\": {";
   for (size_t l = 0; l < h.num_layers(); ++l) {
     if (l) out += ", ";
-    out += "\"" + std::to_string(h.layer_id(l)) + "\": ";
+    out += '"';
+    out += std::to_string(h.layer_id(l));
+    out += "\": ";
     append_int_list(out, h.multipliers(l).data(), h.multipliers(l).size());
   }
   out += "}, \"primes\": {";
   for (size_t l = 0; l < h.num_layers(); ++l) {
     if (l) out += ", ";
-    out += "\"" + std::to_string(h.layer_id(l)) + "\": [";
+    out += '"';
+    out += std::to_string(h.layer_id(l));
+    out += "\": [";
     const auto& orders = h.primes(l);
     for (size_t n = 0; n < orders.size(); ++n) {
       if (n) out += ", ";
@@ -105,7 +109,9 @@ int run_hash(int argc, char** argv) {
   s.reserve(out.size() * 8 + 64);
   for (size_t l = 0; l < hasher.num_layers(); ++l) {
     if (l) s += ", ";
-    s += "\"" + std::to_string(hasher.layer_id(l)) + "\": [";
+    s += '"';
+    s += std::to_string(hasher.layer_id(l));
+    s += "\": [";
     const int32_t* layer = out.data() + l * layer_size;
     for (size_t b = 0; b < batch; ++b) {
       if (b) s += ", ";

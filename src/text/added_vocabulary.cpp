@@ -1,6 +1,7 @@
 #include "text/added_vocabulary.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "engram/text/utf8.h"
 #include "text/unicode_props.h"
@@ -72,6 +73,11 @@ AddedTokenMatcher::AddedTokenMatcher(const std::vector<std::string>& patterns,
     }
     if (nodes_[node].token < 0) nodes_[node].token = static_cast<int32_t>(k);  // first one wins
   }
+  for (int b = 0; b < 256; ++b) {
+    if (!first_byte_[b]) continue;
+    single_first_byte_ = single_first_byte_ == -1 ? b : -2;
+  }
+  if (single_first_byte_ == -2) single_first_byte_ = -1;
 }
 
 uint32_t AddedTokenMatcher::child(uint32_t node, uint8_t b) const {
@@ -84,7 +90,11 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<Segment>& out) 
   size_t start_offset = 0;  // end of the previous token
   size_t i = 0;
   while (i < text.size()) {
-    if (!first_byte_[static_cast<uint8_t>(text[i])]) {
+    if (single_first_byte_ >= 0) {  // e.g. every token starts with '<': let memchr skip
+      const void* hit = std::memchr(text.data() + i, single_first_byte_, text.size() - i);
+      if (hit == nullptr) break;
+      i = static_cast<size_t>(static_cast<const char*>(hit) - text.data());
+    } else if (!first_byte_[static_cast<uint8_t>(text[i])]) {
       ++i;
       continue;
     }

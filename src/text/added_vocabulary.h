@@ -36,6 +36,7 @@ class AddedTokenMatcher {
   std::vector<Node> nodes_;
   std::vector<const AddedToken*> tokens_;
   bool first_byte_[256] = {};
+  int single_first_byte_ = -1;  // the only first byte of all patterns, or -1
 };
 
 }  // namespace engram::text

@@ -2,35 +2,106 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <queue>
 #include <string>
-#include <unordered_map>
 
 namespace engram::text {
 namespace {
 
 std::atomic<uint64_t> next_uid{1};
 
-// Per-thread cache of encoded pre-tokens: raw bytes -> ids (a span of `pool`).
-struct WordCache {
-  static constexpr size_t kMaxEntries = 1 << 17;
-  static constexpr size_t kMaxWordBytes = 256;  // longer pieces are not worth caching
-  uint64_t model_uid = 0;
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>> map;
-  std::vector<uint32_t> pool;
-
-  void reset(uint64_t uid) {
-    model_uid = uid;
-    map.clear();
-    pool.clear();
+// A fast hash for short byte strings (pre-tokens are mostly under 16 bytes); reads each byte
+// at most twice with whole-word loads.
+uint64_t hash_bytes(std::string_view s) {
+  const char* p = s.data();
+  const size_t n = s.size();
+  auto load64 = [](const char* q) {
+    uint64_t w;
+    std::memcpy(&w, q, 8);
+    return w;
+  };
+  auto load32 = [](const char* q) {
+    uint32_t w;
+    std::memcpy(&w, q, 4);
+    return static_cast<uint64_t>(w);
+  };
+  auto mix = [](uint64_t h, uint64_t w) {
+    h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+    return h ^ (h >> 31);
+  };
+  uint64_t h = n * 0x9E3779B97F4A7C15ull;
+  if (n >= 8) {
+    size_t i = 0;
+    for (; i + 8 < n; i += 8) h = mix(h, load64(p + i));
+    h = mix(h, load64(p + n - 8));  // the last 8 bytes, overlapping
+  } else if (n >= 4) {
+    h = mix(h, load32(p) | (load32(p + n - 4) << 32));
+  } else if (n > 0) {
+    h = mix(h, static_cast<uint8_t>(p[0]) | (static_cast<uint64_t>(static_cast<uint8_t>(p[n / 2])) << 8) |
+                   (static_cast<uint64_t>(static_cast<uint8_t>(p[n - 1])) << 16));
   }
-};
-
-WordCache& cache_for(uint64_t uid) {
-  thread_local WordCache cache;
-  if (cache.model_uid != uid || cache.map.size() >= WordCache::kMaxEntries) cache.reset(uid);
-  return cache;
+  h *= 0x94D049BB133111EBull;
+  return h ^ (h >> 32);
 }
+
+class WordCache {
+ public:
+  static constexpr size_t kSlots = 1 << 16;  // 1 MiB of slots: stays in L2
+  static constexpr size_t kMaxWordBytes = 256;  // longer pieces are not worth caching
+
+  static WordCache& for_model(uint64_t uid) {
+    thread_local WordCache cache;
+    if (cache.model_uid_ != uid || cache.count_ >= kSlots / 2) cache.reset(uid);
+    return cache;
+  }
+
+  // Appends the cached ids of `word` to out and returns true, or returns false.
+  bool lookup(std::string_view word, uint64_t h, std::vector<uint32_t>& out) const {
+    const uint32_t tag = tag_of(h);
+    for (size_t slot = h & (kSlots - 1);; slot = (slot + 1) & (kSlots - 1)) {
+      const Entry& e = slots_[slot];
+      if (e.tag == 0) return false;
+      if (e.tag == tag && e.key_len == word.size() && std::memcmp(keys_.data() + e.key_off, word.data(), word.size()) == 0) {
+        out.insert(out.end(), ids_.begin() + e.ids_off, ids_.begin() + e.ids_off + e.ids_len);
+        return true;
+      }
+    }
+  }
+
+  void insert(std::string_view word, uint64_t h, const uint32_t* ids, size_t n) {
+    size_t slot = h & (kSlots - 1);
+    while (slots_[slot].tag != 0) slot = (slot + 1) & (kSlots - 1);
+    slots_[slot] = {tag_of(h), static_cast<uint32_t>(keys_.size()), static_cast<uint16_t>(word.size()),
+                    static_cast<uint16_t>(n), static_cast<uint32_t>(ids_.size())};
+    keys_.append(word);
+    ids_.insert(ids_.end(), ids, ids + n);
+    ++count_;
+  }
+
+ private:
+  struct Entry {  // 16 bytes
+    uint32_t tag;  // high hash bits, never 0 (0 = empty slot)
+    uint32_t key_off;
+    uint16_t key_len, ids_len;
+    uint32_t ids_off;
+  };
+  static uint32_t tag_of(uint64_t h) { return static_cast<uint32_t>(h >> 32) | 1u; }
+  void reset(uint64_t uid) {
+    model_uid_ = uid;
+    slots_.assign(kSlots, Entry{0, 0, 0, 0, 0});
+    keys_.reserve(kSlots * 8);
+    ids_.reserve(kSlots * 2);
+    keys_.clear();
+    ids_.clear();
+    count_ = 0;
+  }
+  uint64_t model_uid_ = 0;
+  std::vector<Entry> slots_;
+  std::string keys_;
+  std::vector<uint32_t> ids_;
+  size_t count_ = 0;
+};
 
 }  // namespace
 
@@ -72,19 +143,12 @@ void BpeModel::encode_word(std::string_view bytes, std::vector<uint32_t>& out) c
     merge_symbols(bytes, out);
     return;
   }
-  WordCache& cache = cache_for(uid_);
-  thread_local std::string key;
-  key.assign(bytes);
-  if (auto it = cache.map.find(key); it != cache.map.end()) {
-    out.insert(out.end(), cache.pool.begin() + it->second.first,
-               cache.pool.begin() + it->second.first + it->second.second);
-    return;
-  }
+  WordCache& cache = WordCache::for_model(uid_);
+  const uint64_t h = hash_bytes(bytes);
+  if (cache.lookup(bytes, h, out)) return;
   const size_t before = out.size();
   merge_symbols(bytes, out);
-  const auto offset = static_cast<uint32_t>(cache.pool.size());
-  cache.pool.insert(cache.pool.end(), out.begin() + static_cast<std::ptrdiff_t>(before), out.end());
-  cache.map.emplace(key, std::make_pair(offset, static_cast<uint32_t>(out.size() - before)));
+  cache.insert(bytes, h, out.data() + before, out.size() - before);
 }
 
 void BpeModel::merge_symbols(std::string_view bytes, std::vector<uint32_t>& out) const {

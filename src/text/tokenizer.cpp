@@ -265,10 +265,13 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   const Json& merges_json = json::require_array(json::require(model, "merges", wm), wmg);
   std::vector<BpeModel::Merge> merges;
   merges.reserve(merges_json.size());
+  std::unordered_map<std::string, uint32_t> model_vocab;
+  model_vocab.reserve(vocab.size());
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) model_vocab.emplace(it.key(), it.value().get<uint32_t>());
   auto lookup = [&](const std::string& token, const Where& w) -> uint32_t {
-    auto it = vocab.find(token);
-    if (it == vocab.end()) w.fail("token \"" + token + "\" is not in the vocabulary");
-    return static_cast<uint32_t>(it.value().get<int64_t>());
+    auto it = model_vocab.find(token);
+    if (it == model_vocab.end()) w.fail("token \"" + token + "\" is not in the vocabulary");
+    return it->second;
   };
   for (size_t i = 0; i < merges_json.size(); ++i) {
     const Where w = wmg.index(i);
@@ -302,7 +305,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   for (int b = 0; b < 256; ++b) {
     std::string ch;
     append_utf8(ch, byte_level::byte_to_char(static_cast<uint8_t>(b)));
-    if (auto it = vocab.find(ch); it != vocab.end()) byte_ids[static_cast<size_t>(b)] = it.value().get<int64_t>();
+    if (auto it = model_vocab.find(ch); it != model_vocab.end()) byte_ids[static_cast<size_t>(b)] = it->second;
   }
   std::vector<std::pair<std::string, uint32_t>> whole_tokens;
   impl->id_bytes.assign(vocab_size, std::string());

@@ -34,11 +34,15 @@ struct EngramHashConfig {
 
   // Throws ConfigError naming `source` and the field when a value makes no sense:
   // max_ngram_size < 2, engram_vocab_size of the wrong length or with a size < 2 (or so large
-  // that a head's prime would not fit in int32), heads < 1, n_embed_per_ngram not divisible by
-  // heads, no or duplicate layer ids, negative layer ids, kernel_size < 1, hc_mult < 1.
+  // that a head's prime would not fit in int32), heads < 1, n_embed_per_ngram < 1 or not
+  // divisible by heads, no or duplicate layer ids, negative layer ids, pad_id < 0,
+  // kernel_size < 1, hidden_size < 0, hc_mult < 1. (Whether pad_id and dead_token_id fit the
+  // tokenizer is checked by NgramHasher, which knows the vocabulary.)
   void validate(const std::string& source = "config") const;
 
-  // Parses and validates; unknown keys are an error (they usually are typos).
+  // Parses and validates. Malformed JSON, a missing required field (all but hidden_size,
+  // hc_mult, kernel_size and dead_token_id), a mistyped value or an unknown key (usually a
+  // typo) throws FormatError; a nonsense value throws ConfigError (see validate).
   static EngramHashConfig from_json(const std::string& json_text, const std::string& source);
   static EngramHashConfig from_file(const std::string& path);
   std::string to_json() const;

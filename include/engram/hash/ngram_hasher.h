@@ -15,7 +15,9 @@
 //
 // Dead-id rule (optional, config.dead_token_id set; DeepSeek-V4.1 style): positions whose id
 // equals dead_token_id are "dead"; a look-back s_k[t] (k >= 1) that reaches or crosses a dead
-// position (x[t-j] dead for some 1 <= j <= k) reads pad' instead. s_0 is the token itself.
+// position (x[t-j] dead for some 1 <= j <= k) reads pad' instead. s_0 is the token itself:
+// at a dead position it is dead_token_id, which is no tokenizer id (e.g. -1) and passes
+// through compression unchanged, as negative ids do in the reference.
 //
 // The modulo is exact floor division without a per-element `%` by a run-time divisor: each prime
 // carries precomputed reciprocals (see fast_mod.h).
@@ -37,7 +39,8 @@ class NgramHasher {
 
   // compress_lut[id] is the compressed id of tokenizer id `id` (size = tokenizer vocabulary);
   // compressed_vocab is V' (the number of distinct compressed ids). Throws ConfigError when
-  // pad_id or dead_token_id is outside the vocabulary, or the config is invalid.
+  // the config is invalid, a table entry is outside [0, V'), pad_id is not a tokenizer id, or
+  // dead_token_id is one (the dead id must lie outside [0, tokenizer vocabulary)).
   NgramHasher(EngramHashConfig config, std::vector<int32_t> compress_lut, int64_t compressed_vocab);
 
   const EngramHashConfig& config() const { return config_; }
@@ -67,7 +70,9 @@ class NgramHasher {
   void compress(std::span<const int64_t> ids, std::span<int64_t> out) const;
 
   // Batch hashing of tokenizer ids (batch, seq_len), row-major, rows independent.
-  // out: (batch, seq_len, ids_per_token) for one layer. `threads` 0 = all cores.
+  // out: (batch, seq_len, ids_per_token) for one layer. `threads` 0 = all cores; a thread is
+  // only started for a share of at least 64 Ki tokens (less work is not worth starting it).
+  // Throws InputError naming the first bad id as ids[row][position].
   void hash(std::span<const int64_t> ids, size_t batch, size_t seq_len, size_t layer_index,
             std::span<int32_t> out, int threads = 1) const;
   // All layers at once: out is (num_layers, batch, seq_len, ids_per_token).
@@ -82,12 +87,24 @@ class NgramHasher {
                        int32_t* out) const;
 
  private:
+  friend class StreamingHasher;
   struct Layer;
+  const Layer& layer(size_t layer_index) const;  // throws InputError for a bad index
+  // out[i] = P(ids[i]) for i < n, kDeadMarker for the dead id (dead-id rule). Returns the index
+  // of the first id that is neither a tokenizer id nor the dead id (out is then partial), or n.
+  size_t compress_run(const int64_t* ids, size_t n, int64_t* out) const;
+  // hash_compressed over one contiguous window: window[0 .. N-1) history, then count ids.
+  void run_kernel(const int64_t* window, size_t count, size_t layer_index, int32_t* out) const;
+  // hash / hash_all_layers for layers [first_layer, first_layer + num); out is
+  // (num, batch, seq_len, ids_per_token). `where` names the caller in errors.
+  void hash_batch(std::span<const int64_t> ids, size_t batch, size_t seq_len, size_t first_layer,
+                  size_t num, std::span<int32_t> out, int threads, const char* where) const;
+
   EngramHashConfig config_;
   std::vector<int32_t> lut_;
   int64_t compressed_vocab_ = 0;
   int64_t pad_compressed_ = 0;
-  int64_t dead_compressed_ = 0;  // meaningful when config_.dead_token_id is set
+  int64_t dead_compressed_ = 0;  // = dead_token_id when it is set
   std::vector<Layer> layers_;
 
  public:
@@ -105,7 +122,8 @@ class StreamingHasher {
 
   // Starts a new sequence.
   void reset();
-  // Hashes the next ids.size() tokens for every layer: out is (num_layers, ids.size(), ids_per_token).
+  // Hashes the next ids.size() tokens for every layer: out is (num_layers, ids.size(),
+  // ids_per_token).
   void push(std::span<const int64_t> ids, std::span<int32_t> out);
   // Tokens pushed since the last reset.
   size_t position() const { return position_; }
@@ -113,7 +131,7 @@ class StreamingHasher {
  private:
   const NgramHasher* hasher_;
   std::vector<int64_t> history_;  // max_ngram_size - 1 compressed ids, oldest first
-  std::vector<int64_t> scratch_;
+  std::vector<int64_t> scratch_;  // (history_, compressed ids of the current push)
   size_t position_ = 0;
 };
 
