@@ -110,18 +110,16 @@ BpeModel::BpeModel(std::vector<int64_t> byte_ids, const std::vector<Merge>& merg
     : byte_ids_(std::move(byte_ids)), options_(options), uid_(next_uid.fetch_add(1)) {
   size_t cap = 16;
   while (cap < merges.size() * 2) cap <<= 1;
-  keys_.assign(cap, kEmptyKey);
-  values_.assign(cap, kNoMerge);
+  table_.assign(cap, Slot{kEmptyKey, kNoMerge});
   mask_ = cap - 1;
   shift_ = 64 - __builtin_ctzll(cap);
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     const auto& m = merges[rank];
     const uint64_t key = (static_cast<uint64_t>(m.left) << 32) | m.right;
     size_t slot = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
-    while (keys_[slot] != kEmptyKey && keys_[slot] != key) slot = (slot + 1) & mask_;
-    if (keys_[slot] == key) continue;  // a repeated merge keeps its first (lowest) rank
-    keys_[slot] = key;
-    values_[slot] = (static_cast<uint64_t>(rank) << 32) | m.result;
+    while (table_[slot].key != kEmptyKey && table_[slot].key != key) slot = (slot + 1) & mask_;
+    if (table_[slot].key == key) continue;  // a repeated merge keeps its first (lowest) rank
+    table_[slot] = {key, (static_cast<uint64_t>(rank) << 32) | m.result};
     ++merge_count_;
   }
   if (options_.ignore_merges) {
@@ -171,24 +169,31 @@ void BpeModel::merge_symbols(std::string_view bytes, std::vector<uint32_t>& out)
     out.insert(out.end(), ids.begin(), ids.end());
     return;
   }
-  if (n <= 48) {
-    // Short words: repeatedly merge the lowest-ranked adjacent pair (leftmost on ties).
+  if (n <= 64) {
+    // Short words: repeatedly merge the lowest-ranked adjacent pair (leftmost on ties). `pair`
+    // caches the merge of each adjacent pair, so a merge costs two table look-ups.
+    thread_local std::vector<uint64_t> pair;
+    pair.resize(n);
     size_t m = n;
+    for (size_t i = 0; i + 1 < m; ++i) pair[i] = find_merge(ids[i], ids[i + 1]);
     for (;;) {
       uint64_t best = kNoMerge;
-      size_t best_at = 0;
+      size_t at = 0;
       for (size_t i = 0; i + 1 < m; ++i) {
-        const uint64_t v = find_merge(ids[i], ids[i + 1]);
-        if (v < best) {  // ranks are unique, so (rank << 32 | result) orders by rank
-          best = v;
-          best_at = i;
+        if (pair[i] < best) {  // ranks are unique, so (rank << 32 | result) orders by rank
+          best = pair[i];
+          at = i;
         }
       }
       if (best == kNoMerge) break;
-      ids[best_at] = static_cast<uint32_t>(best & 0xffffffffu);
-      std::copy(ids.begin() + static_cast<std::ptrdiff_t>(best_at) + 2, ids.begin() + static_cast<std::ptrdiff_t>(m),
-                ids.begin() + static_cast<std::ptrdiff_t>(best_at) + 1);
+      ids[at] = static_cast<uint32_t>(best & 0xffffffffu);
+      for (size_t i = at + 1; i + 1 < m; ++i) {
+        ids[i] = ids[i + 1];
+        pair[i] = pair[i + 1];
+      }
       --m;
+      if (at > 0) pair[at - 1] = find_merge(ids[at - 1], ids[at]);
+      if (at + 1 < m) pair[at] = find_merge(ids[at], ids[at + 1]);
     }
     out.insert(out.end(), ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(m));
     return;

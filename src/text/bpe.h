@@ -39,9 +39,9 @@ class BpeModel {
     const uint64_t key = (static_cast<uint64_t>(left) << 32) | right;
     size_t slot = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
     for (;;) {
-      const uint64_t k = keys_[slot];
-      if (k == key) return values_[slot];
-      if (k == kEmptyKey) return kNoMerge;
+      const Slot& s = table_[slot];
+      if (s.key == key) return s.value;
+      if (s.key == kEmptyKey) return kNoMerge;
       slot = (slot + 1) & mask_;
     }
   }
@@ -49,7 +49,10 @@ class BpeModel {
 
   static constexpr uint64_t kEmptyKey = ~0ull;
   std::vector<int64_t> byte_ids_;
-  std::vector<uint64_t> keys_, values_;
+  struct Slot {  // key and value side by side: one cache line visit per probe
+    uint64_t key, value;
+  };
+  std::vector<Slot> table_;
   size_t mask_ = 0;
   int shift_ = 64;
   size_t merge_count_ = 0;

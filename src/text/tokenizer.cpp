@@ -14,6 +14,7 @@
 #include "text/bpe.h"
 #include "text/byte_level.h"
 #include "text/pretokenizer.h"
+#include "text/unicode_props.h"
 #include "util/json.h"
 
 namespace engram::text {
@@ -355,6 +356,7 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
     }
   }
   impl->raw_matcher = std::make_unique<AddedTokenMatcher>(raw_patterns, raw_tokens);
+  (void)unicode::flags(0);  // build the code point table now rather than in the first encode
   impl->normalized_matcher = std::make_unique<AddedTokenMatcher>(norm_patterns, norm_tokens);
   return Tokenizer(std::move(impl));
 }

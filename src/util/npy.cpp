@@ -101,7 +101,7 @@ std::vector<int32_t> read_npy_int32_vector(const std::string& path) {
   if (arr.shape.size() != 1) bad(path, "npy: expected a 1-D array");
   std::vector<int32_t> out(static_cast<size_t>(arr.shape[0]));
   if (arr.descr == "<i4") {
-    std::memcpy(out.data(), arr.data.data(), out.size() * 4);
+    if (!out.empty()) std::memcpy(out.data(), arr.data.data(), out.size() * 4);
   } else if (arr.descr == "<i8") {
     for (size_t i = 0; i < out.size(); ++i) {
       int64_t v;

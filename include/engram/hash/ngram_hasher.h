@@ -70,8 +70,8 @@ class NgramHasher {
   void compress(std::span<const int64_t> ids, std::span<int64_t> out) const;
 
   // Batch hashing of tokenizer ids (batch, seq_len), row-major, rows independent.
-  // out: (batch, seq_len, ids_per_token) for one layer. `threads` 0 = all cores; a thread is
-  // only started for a share of at least 64 Ki tokens (less work is not worth starting it).
+  // out: (batch, seq_len, ids_per_token) for one layer. `threads` 0 = all cores; a thread only
+  // gets a share of at least 32 Ki tokens x layers (less is not worth handing over).
   // Throws InputError naming the first bad id as ids[row][position].
   void hash(std::span<const int64_t> ids, size_t batch, size_t seq_len, size_t layer_index,
             std::span<int32_t> out, int threads = 1) const;
