@@ -15,11 +15,13 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # ---- 1. Debian packages -----------------------------------------------------
 need_pkgs=(g++ cmake make libicu-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
-           nodejs npm python3 python3-numpy ca-certificates)
+           python3 python3-numpy ca-certificates)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js may come from elsewhere than Debian (then Debian's npm would conflict with it).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
