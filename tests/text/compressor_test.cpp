@@ -86,3 +86,25 @@ TEST(CompressionNormalizer, FollowsTheReferenceChain) {
 
 }  // namespace
 }  // namespace engram::text
+
+namespace engram::text {
+namespace {
+
+// Compression of other byte-level BPE tokenizers (tests/fixtures/tokenize/synthetic), against
+// tables made by the reference algorithm with Hugging Face `tokenizers`
+// (tools/hf/compress_reference.py).
+class SyntheticCompression : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(SyntheticCompression, MatchesTheReferenceTable) {
+  const std::string dir = test::fixture_dir() + "/tokenize/synthetic/";
+  const Tokenizer tok = Tokenizer::from_file(dir + GetParam() + ".tokenizer.json");
+  const auto want = read_npy_int32_vector(dir + GetParam() + ".compress_lut.npy");
+  const auto table = CompressionTable::build(tok, 2);
+  EXPECT_EQ(table.lut, want);
+  EXPECT_LT(table.compressed_size(), table.vocab_size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Trained, SyntheticCompression, ::testing::Values("gpt2", "llama3", "mixed"));
+
+}  // namespace
+}  // namespace engram::text
