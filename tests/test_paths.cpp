@@ -21,7 +21,8 @@ bool path_exists(const std::string& path) {
 }
 
 std::string require_path(const std::string& path, const char* how_to_get) {
-  if (!path_exists(path)) throw std::runtime_error("test input missing: " + path + " (" + how_to_get + ")");
+  if (!path_exists(path))
+    throw std::runtime_error("test input missing: " + path + " (" + how_to_get + ")");
   return path;
 }
 
@@ -38,8 +39,12 @@ std::string tokenizer_dir() {
   return require_path(data_dir() + "/tokenizers/deepseek-v3", "run scripts/setup.sh");
 }
 
-std::string fixture_dir() { return std::string(ENGRAM_SOURCE_DIR) + "/tests/fixtures"; }
+std::string fixture_dir() {
+  return std::string(ENGRAM_SOURCE_DIR) + "/tests/fixtures";
+}
 
-std::string cli_path() { return ENGRAM_CLI_PATH; }
+std::string cli_path() {
+  return ENGRAM_CLI_PATH;
+}
 
 }  // namespace engram::test

@@ -51,9 +51,11 @@ int64_t Args::integer(const std::string& name, int64_t fallback, int64_t min, in
   int64_t v = 0;
   const auto& s = it->second;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) throw UsageError("--" + name + ": expected an integer, got \"" + s + "\"");
+  if (ec != std::errc() || p != s.data() + s.size())
+    throw UsageError("--" + name + ": expected an integer, got \"" + s + "\"");
   if (v < min || v > max) {
-    throw UsageError("--" + name + ": " + s + " is out of range [" + std::to_string(min) + ", " + std::to_string(max) + "]");
+    throw UsageError("--" + name + ": " + s + " is out of range [" + std::to_string(min) + ", " +
+                     std::to_string(max) + "]");
   }
   return v;
 }

@@ -20,7 +20,8 @@ class Args {
  public:
   // Parses argv[first..]: "--name value" options (names in `with_value`), "--flag" switches
   // (names in `flags`) and positional arguments. Unknown options are a UsageError.
-  Args(int argc, char** argv, int first, const std::set<std::string>& with_value, const std::set<std::string>& flags);
+  Args(int argc, char** argv, int first, const std::set<std::string>& with_value,
+       const std::set<std::string>& flags);
 
   bool has(const std::string& name) const { return values_.count(name) || flags_.count(name); }
   std::string required(const std::string& name) const;

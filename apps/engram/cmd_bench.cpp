@@ -1,8 +1,8 @@
 // engram bench tokenize | hash: throughput figures as one JSON object.
 #include <algorithm>
 #include <chrono>
-#include <span>
 #include <cstdio>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -79,32 +79,45 @@ int bench_tokenize(int argc, char** argv) {
   tokenizer.encode(data, ids);  // first pass: cold BPE cache
   const double cold_s = seconds_since(t0);
   const size_t n_tokens = ids.size();
-  const double warm_s = best_time([&] { ids.clear(); tokenizer.encode(data, ids); }, 3, 1.0);
+  const double warm_s = best_time(
+      [&] {
+        ids.clear();
+        tokenizer.encode(data, ids);
+      },
+      3, 1.0);
 
   tokenizer.set_reference_pretokenizer(true);
-  const double icu_s = best_time([&] { ids.clear(); tokenizer.encode(data, ids); }, 1, 0.0);
+  const double icu_s = best_time(
+      [&] {
+        ids.clear();
+        tokenizer.encode(data, ids);
+      },
+      1, 0.0);
   tokenizer.set_reference_pretokenizer(false);
 
   const auto docs = split_documents(data, static_cast<size_t>(threads) * 16);
   const double batch_s = best_time([&] { (void)tokenizer.encode_batch(docs, threads); }, 3, 1.0);
 
   const std::string description = tokenizer.describe();
-  std::string out = "{\"file\": " + json::Json(path).dump() + ", \"bytes\": " + std::to_string(data.size()) +
-                    ", \"tokens\": " + std::to_string(n_tokens) + ", \"load_s\": " + fmt(load_s) +
-                    ", \"single_thread\": {\"mb_per_s\": " + fmt(mb / warm_s) +
-                    ", \"tokens_per_s\": " + fmt(static_cast<double>(n_tokens) / warm_s) +
-                    ", \"first_pass_mb_per_s\": " + fmt(mb / cold_s) +
-                    ", \"icu_regex_mb_per_s\": " + fmt(mb / icu_s) + "}, \"threads\": " + std::to_string(threads) +
-                    ", \"documents\": " + std::to_string(docs.size()) +
-                    ", \"multi_thread\": {\"mb_per_s\": " + fmt(mb / batch_s) + "}, \"pretokenizer\": " +
-                    json::Json(description.substr(description.find("pre-tokenizer: ") + 15)).dump() + "}\n";
+  std::string out =
+      "{\"file\": " + json::Json(path).dump() + ", \"bytes\": " + std::to_string(data.size()) +
+      ", \"tokens\": " + std::to_string(n_tokens) + ", \"load_s\": " + fmt(load_s) +
+      ", \"single_thread\": {\"mb_per_s\": " + fmt(mb / warm_s) +
+      ", \"tokens_per_s\": " + fmt(static_cast<double>(n_tokens) / warm_s) +
+      ", \"first_pass_mb_per_s\": " + fmt(mb / cold_s) +
+      ", \"icu_regex_mb_per_s\": " + fmt(mb / icu_s) +
+      "}, \"threads\": " + std::to_string(threads) +
+      ", \"documents\": " + std::to_string(docs.size()) +
+      ", \"multi_thread\": {\"mb_per_s\": " + fmt(mb / batch_s) + "}, \"pretokenizer\": " +
+      json::Json(description.substr(description.find("pre-tokenizer: ") + 15)).dump() + "}\n";
   write_stdout(out);
   return 0;
 }
 
 int bench_hash(int argc, char** argv) {
   const Args args(argc, argv, 3, {"tokenizer", "config", "tokens", "threads"}, {});
-  if (!args.positional().empty()) throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
+  if (!args.positional().empty())
+    throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
   const int threads = static_cast<int>(args.integer("threads", hardware_threads(), 1, 4096));
   const int64_t tokens = args.integer("tokens", 8 * 4096, 1, int64_t{1} << 34);
   const auto config = hash::EngramHashConfig::from_file(args.required("config"));
@@ -117,28 +130,36 @@ int bench_hash(int argc, char** argv) {
   const hash::NgramHasher hasher(config, std::move(table.lut), table.compressed_size());
 
   const size_t seq_len = static_cast<size_t>(std::min<int64_t>(tokens, 4096));
-  const size_t batch = static_cast<size_t>((tokens + static_cast<int64_t>(seq_len) - 1) / static_cast<int64_t>(seq_len));
+  const size_t batch = static_cast<size_t>((tokens + static_cast<int64_t>(seq_len) - 1) /
+                                           static_cast<int64_t>(seq_len));
   const size_t n = batch * seq_len;
   std::vector<int64_t> ids(n);
   uint64_t x = 0x9E3779B97F4A7C15ull;
   for (auto& id : ids) {  // xorshift64*: uniform ids over the vocabulary
     x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
-    id = static_cast<int64_t>((x * 0x2545F4914F6CDD1Dull) % static_cast<uint64_t>(hasher.tokenizer_vocab()));
+    id = static_cast<int64_t>((x * 0x2545F4914F6CDD1Dull) %
+                              static_cast<uint64_t>(hasher.tokenizer_vocab()));
   }
   const size_t per_token = static_cast<size_t>(hasher.ids_per_token());
   std::vector<int32_t> out(hasher.num_layers() * n * per_token);
   const double nd = static_cast<double>(n);
   const std::span<int32_t> one_layer = std::span<int32_t>(out).first(n * per_token);
-  const double one_1t = best_time([&] { hasher.hash(ids, batch, seq_len, 0, one_layer, 1); }, 3, 1.0);
-  const double all_1t = best_time([&] { hasher.hash_all_layers(ids, batch, seq_len, out, 1); }, 3, 1.0);
-  const double one_nt = best_time([&] { hasher.hash(ids, batch, seq_len, 0, one_layer, threads); }, 3, 1.0);
-  const double all_nt = best_time([&] { hasher.hash_all_layers(ids, batch, seq_len, out, threads); }, 3, 1.0);
+  const double one_1t =
+      best_time([&] { hasher.hash(ids, batch, seq_len, 0, one_layer, 1); }, 3, 1.0);
+  const double all_1t =
+      best_time([&] { hasher.hash_all_layers(ids, batch, seq_len, out, 1); }, 3, 1.0);
+  const double one_nt =
+      best_time([&] { hasher.hash(ids, batch, seq_len, 0, one_layer, threads); }, 3, 1.0);
+  const double all_nt =
+      best_time([&] { hasher.hash_all_layers(ids, batch, seq_len, out, threads); }, 3, 1.0);
   const std::string out_json =
       "{\"tokens\": " + std::to_string(n) + ", \"layers\": " + std::to_string(hasher.num_layers()) +
-      ", \"ids_per_token\": " + std::to_string(per_token) + ", \"threads\": " + std::to_string(threads) +
-      ", \"tokenizer_load_s\": " + fmt(load_s) + ", \"compress_build_s\": " + fmt(compress_s) +
-      ", \"one_layer_tokens_per_s\": {\"1\": " + fmt(nd / one_1t) + ", \"" + std::to_string(threads) +
-      "\": " + fmt(nd / one_nt) + "}, \"all_layers_tokens_per_s\": {\"1\": " + fmt(nd / all_1t) + ", \"" +
+      ", \"ids_per_token\": " + std::to_string(per_token) +
+      ", \"threads\": " + std::to_string(threads) + ", \"tokenizer_load_s\": " + fmt(load_s) +
+      ", \"compress_build_s\": " + fmt(compress_s) +
+      ", \"one_layer_tokens_per_s\": {\"1\": " + fmt(nd / one_1t) + ", \"" +
+      std::to_string(threads) + "\": " + fmt(nd / one_nt) +
+      "}, \"all_layers_tokens_per_s\": {\"1\": " + fmt(nd / all_1t) + ", \"" +
       std::to_string(threads) + "\": " + fmt(nd / all_nt) + "}}\n";
   write_stdout(out_json);
   return 0;

@@ -57,7 +57,8 @@ std::vector<int64_t> read_input_ids(const hash::NgramHasher& h, size_t& batch, s
   const json::Where w = root.field("input_ids");
   const json::Json& rows = json::require_array(json::require(doc, "input_ids", root), w);
   for (auto it = doc.begin(); it != doc.end(); ++it) {
-    if (it.key() != "input_ids") root.fail("unknown field \"" + it.key() + "\" (expected only \"input_ids\")");
+    if (it.key() != "input_ids")
+      root.fail("unknown field \"" + it.key() + "\" (expected only \"input_ids\")");
   }
   batch = rows.size();
   seq_len = 0;
@@ -65,12 +66,15 @@ std::vector<int64_t> read_input_ids(const hash::NgramHasher& h, size_t& batch, s
   const auto& dead = h.config().dead_token_id;
   for (size_t b = 0; b < rows.size(); ++b) {
     const json::Where wr = w.index(b);
-    if (!rows[b].is_array()) wr.fail(std::string("expected an array of ids (input_ids is a list of rows), found ") + json::type_name(rows[b]));
+    if (!rows[b].is_array())
+      wr.fail(std::string("expected an array of ids (input_ids is a list of rows), found ") +
+              json::type_name(rows[b]));
     if (b == 0) {
       seq_len = rows[b].size();
       ids.reserve(batch * seq_len);
     } else if (rows[b].size() != seq_len) {
-      wr.fail("ragged rows: this row has " + std::to_string(rows[b].size()) + " ids, row 0 has " + std::to_string(seq_len));
+      wr.fail("ragged rows: this row has " + std::to_string(rows[b].size()) + " ids, row 0 has " +
+              std::to_string(seq_len));
     }
     for (size_t t = 0; t < seq_len; ++t) {
       const int64_t id = json::require_int(rows[b][t], wr.index(t));
@@ -88,7 +92,8 @@ std::vector<int64_t> read_input_ids(const hash::NgramHasher& h, size_t& batch, s
 
 int run_hash(int argc, char** argv) {
   const Args args(argc, argv, 2, {"tokenizer", "config", "threads"}, {"describe"});
-  if (!args.positional().empty()) throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
+  if (!args.positional().empty())
+    throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
   const auto config = hash::EngramHashConfig::from_file(args.required("config"));
   const int threads = static_cast<int>(args.integer("threads", 1, 0, 4096));
   const auto tokenizer = text::Tokenizer::from_file(args.required("tokenizer"));

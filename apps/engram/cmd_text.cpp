@@ -16,7 +16,8 @@ namespace engram::cli {
 
 int run_tokenize(int argc, char** argv) {
   const Args args(argc, argv, 2, {"tokenizer"}, {"decode"});
-  if (!args.positional().empty()) throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
+  if (!args.positional().empty())
+    throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
   const auto tokenizer = text::Tokenizer::from_file(args.required("tokenizer"));
   const std::string input = read_stdin();
   if (args.has("decode")) {
@@ -38,7 +39,8 @@ int run_tokenize(int argc, char** argv) {
   }
   const size_t bad = text::find_invalid_utf8(input);
   if (bad != std::string::npos) {
-    throw InputError(error_message("<stdin>", "invalid UTF-8 at byte offset " + std::to_string(bad)));
+    throw InputError(
+        error_message("<stdin>", "invalid UTF-8 at byte offset " + std::to_string(bad)));
   }
   const std::vector<uint32_t> ids = tokenizer.encode(input);
   std::string out;
@@ -55,14 +57,15 @@ int run_tokenize(int argc, char** argv) {
 
 int run_compress(int argc, char** argv) {
   const Args args(argc, argv, 2, {"tokenizer", "out"}, {});
-  if (!args.positional().empty()) throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
+  if (!args.positional().empty())
+    throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
   const auto tokenizer = text::Tokenizer::from_file(args.required("tokenizer"));
   const auto table = text::CompressionTable::build(tokenizer);
   if (auto out = args.optional("out")) write_npy_int32_vector(*out, table.lut);
   char buf[160];
   std::snprintf(buf, sizeof buf, "{\"vocab\": %lld, \"compressed\": %lld, \"reduction\": %.6f}\n",
-                static_cast<long long>(table.vocab_size()), static_cast<long long>(table.compressed_size()),
-                table.reduction());
+                static_cast<long long>(table.vocab_size()),
+                static_cast<long long>(table.compressed_size()), table.reduction());
   write_stdout(buf);
   return 0;
 }

@@ -34,7 +34,8 @@ void write_stdout(const std::string& s) {
     const ssize_t n = ::write(1, s.data() + done, s.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw IoError(error_message("<stdout>", std::string("write failed: ") + std::strerror(errno)));
+      throw IoError(
+          error_message("<stdout>", std::string("write failed: ") + std::strerror(errno)));
     }
     done += static_cast<size_t>(n);
   }
@@ -44,7 +45,8 @@ void write_stdout(const std::string& s) {
 
 namespace {
 
-constexpr const char* kUsage = R"(engram — Engram conditional memory: text front end and n-gram hashing
+constexpr const char* kUsage =
+    R"(engram — Engram conditional memory: text front end and n-gram hashing
 
 Usage: engram <command> [options]
 

@@ -11,7 +11,9 @@ namespace {
 
 namespace u = unicode;
 
-bool is_word_char(char32_t c) { return c == '_' || u::has(c, u::kAlnum | u::kMark); }
+bool is_word_char(char32_t c) {
+  return c == '_' || u::has(c, u::kAlnum | u::kMark);
+}
 
 char32_t last_code_point(std::string_view s) {
   size_t start = s.size() - 1;
@@ -19,7 +21,9 @@ char32_t last_code_point(std::string_view s) {
   return next_code_point(s, start);
 }
 
-bool ends_with_word(std::string_view s) { return !s.empty() && is_word_char(last_code_point(s)); }
+bool ends_with_word(std::string_view s) {
+  return !s.empty() && is_word_char(last_code_point(s));
+}
 bool starts_with_word(std::string_view s) {
   size_t i = 0;
   return !s.empty() && is_word_char(next_code_point(s, i));

@@ -21,7 +21,8 @@ struct Segment {
 class AddedTokenMatcher {
  public:
   // patterns[k] is matched as token tokens[k]; empty patterns are ignored.
-  AddedTokenMatcher(const std::vector<std::string>& patterns, const std::vector<const AddedToken*>& tokens);
+  AddedTokenMatcher(const std::vector<std::string>& patterns,
+                    const std::vector<const AddedToken*>& tokens);
 
   bool empty() const { return nodes_.size() <= 1; }
   // Splits `text` into segments (covering it; empty gaps omitted).
@@ -30,7 +31,7 @@ class AddedTokenMatcher {
  private:
   struct Node {
     std::vector<std::pair<uint8_t, uint32_t>> children;  // sorted by byte
-    int32_t token = -1;                                  // index into tokens_ if a pattern ends here
+    int32_t token = -1;  // index into tokens_ if a pattern ends here
   };
   uint32_t child(uint32_t node, uint8_t b) const;
   std::vector<Node> nodes_;

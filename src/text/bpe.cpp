@@ -38,7 +38,8 @@ uint64_t hash_bytes(std::string_view s) {
   } else if (n >= 4) {
     h = mix(h, load32(p) | (load32(p + n - 4) << 32));
   } else if (n > 0) {
-    h = mix(h, static_cast<uint8_t>(p[0]) | (static_cast<uint64_t>(static_cast<uint8_t>(p[n / 2])) << 8) |
+    h = mix(h, static_cast<uint8_t>(p[0]) |
+                   (static_cast<uint64_t>(static_cast<uint8_t>(p[n / 2])) << 8) |
                    (static_cast<uint64_t>(static_cast<uint8_t>(p[n - 1])) << 16));
   }
   h *= 0x94D049BB133111EBull;
@@ -47,7 +48,7 @@ uint64_t hash_bytes(std::string_view s) {
 
 class WordCache {
  public:
-  static constexpr size_t kSlots = 1 << 16;  // 1 MiB of slots: stays in L2
+  static constexpr size_t kSlots = 1 << 16;     // 1 MiB of slots: stays in L2
   static constexpr size_t kMaxWordBytes = 256;  // longer pieces are not worth caching
 
   static WordCache& for_model(uint64_t uid) {
@@ -62,7 +63,8 @@ class WordCache {
     for (size_t slot = h & (kSlots - 1);; slot = (slot + 1) & (kSlots - 1)) {
       const Entry& e = slots_[slot];
       if (e.tag == 0) return false;
-      if (e.tag == tag && e.key_len == word.size() && std::memcmp(keys_.data() + e.key_off, word.data(), word.size()) == 0) {
+      if (e.tag == tag && e.key_len == word.size() &&
+          std::memcmp(keys_.data() + e.key_off, word.data(), word.size()) == 0) {
         out.insert(out.end(), ids_.begin() + e.ids_off, ids_.begin() + e.ids_off + e.ids_len);
         return true;
       }
@@ -72,15 +74,16 @@ class WordCache {
   void insert(std::string_view word, uint64_t h, const uint32_t* ids, size_t n) {
     size_t slot = h & (kSlots - 1);
     while (slots_[slot].tag != 0) slot = (slot + 1) & (kSlots - 1);
-    slots_[slot] = {tag_of(h), static_cast<uint32_t>(keys_.size()), static_cast<uint16_t>(word.size()),
-                    static_cast<uint16_t>(n), static_cast<uint32_t>(ids_.size())};
+    slots_[slot] = {tag_of(h), static_cast<uint32_t>(keys_.size()),
+                    static_cast<uint16_t>(word.size()), static_cast<uint16_t>(n),
+                    static_cast<uint32_t>(ids_.size())};
     keys_.append(word);
     ids_.insert(ids_.end(), ids, ids + n);
     ++count_;
   }
 
  private:
-  struct Entry {  // 16 bytes
+  struct Entry {   // 16 bytes
     uint32_t tag;  // high hash bits, never 0 (0 = empty slot)
     uint32_t key_off;
     uint16_t key_len, ids_len;
@@ -130,8 +133,9 @@ BpeModel::BpeModel(std::vector<int64_t> byte_ids, const std::vector<Merge>& merg
 
 void BpeModel::encode_word(std::string_view bytes, std::vector<uint32_t>& out) const {
   if (options_.ignore_merges) {
-    auto it = std::lower_bound(whole_tokens_sorted_.begin(), whole_tokens_sorted_.end(), bytes,
-                               [](const auto& e, std::string_view b) { return std::string_view(e.first) < b; });
+    auto it = std::lower_bound(
+        whole_tokens_sorted_.begin(), whole_tokens_sorted_.end(), bytes,
+        [](const auto& e, std::string_view b) { return std::string_view(e.first) < b; });
     if (it != whole_tokens_sorted_.end() && it->first == bytes) {
       out.push_back(it->second);
       return;
@@ -207,20 +211,26 @@ void BpeModel::merge_symbols(std::string_view bytes, std::vector<uint32_t>& out)
   };
   struct Candidate {
     uint32_t rank, pos, result;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
   };
   thread_local std::vector<Symbol> sym;
   sym.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    sym[i] = {ids[i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1, true};
+    sym[i] = {ids[i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1,
+              true};
   }
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
   auto push = [&](int32_t pos) {
     if (pos < 0) return;
     const int32_t next = sym[static_cast<size_t>(pos)].next;
     if (next < 0) return;
-    const uint64_t v = find_merge(sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id);
-    if (v != kNoMerge) heap.push({static_cast<uint32_t>(v >> 32), static_cast<uint32_t>(pos), static_cast<uint32_t>(v)});
+    const uint64_t v =
+        find_merge(sym[static_cast<size_t>(pos)].id, sym[static_cast<size_t>(next)].id);
+    if (v != kNoMerge)
+      heap.push(
+          {static_cast<uint32_t>(v >> 32), static_cast<uint32_t>(pos), static_cast<uint32_t>(v)});
   };
   for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int32_t>(i));
   while (!heap.empty()) {
@@ -238,7 +248,8 @@ void BpeModel::merge_symbols(std::string_view bytes, std::vector<uint32_t>& out)
     push(s.prev);
     push(static_cast<int32_t>(top.pos));
   }
-  for (size_t i = 0; i < n; i = sym[i].next < 0 ? n : static_cast<size_t>(sym[i].next)) out.push_back(sym[i].id);
+  for (size_t i = 0; i < n; i = sym[i].next < 0 ? n : static_cast<size_t>(sym[i].next))
+    out.push_back(sym[i].id);
 }
 
 }  // namespace engram::text

@@ -12,7 +12,8 @@ struct Tables {
     to_byte.fill(-1);
     char32_t next = 256;
     for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      const bool printable =
+          (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
       to_char[static_cast<size_t>(b)] = printable ? static_cast<char32_t>(b) : next++;
       to_byte[to_char[static_cast<size_t>(b)]] = static_cast<int16_t>(b);
     }
@@ -26,7 +27,9 @@ const Tables& tables() {
 
 }  // namespace
 
-char32_t byte_to_char(uint8_t b) { return tables().to_char[b]; }
+char32_t byte_to_char(uint8_t b) {
+  return tables().to_char[b];
+}
 
 std::optional<uint8_t> char_to_byte(char32_t c) {
   if (c >= tables().to_byte.size() || tables().to_byte[c] < 0) return std::nullopt;

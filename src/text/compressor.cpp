@@ -34,7 +34,8 @@ CompressionTable CompressionTable::build(const Tokenizer& tokenizer, int threads
   key_to_new.reserve(n);
   table.lut.resize(n);
   for (size_t id = 0; id < n; ++id) {
-    auto [it, inserted] = key_to_new.try_emplace(id_keys[id], static_cast<int32_t>(table.keys.size()));
+    auto [it, inserted] =
+        key_to_new.try_emplace(id_keys[id], static_cast<int32_t>(table.keys.size()));
     if (inserted) table.keys.push_back(id_keys[id]);
     table.lut[id] = it->second;
   }
@@ -42,7 +43,8 @@ CompressionTable CompressionTable::build(const Tokenizer& tokenizer, int threads
 }
 
 double CompressionTable::reduction() const {
-  return lut.empty() ? 0.0 : 1.0 - static_cast<double>(keys.size()) / static_cast<double>(lut.size());
+  return lut.empty() ? 0.0
+                     : 1.0 - static_cast<double>(keys.size()) / static_cast<double>(lut.size());
 }
 
 std::vector<int64_t> CompressionTable::apply(std::span<const int64_t> ids) const {
@@ -50,8 +52,9 @@ std::vector<int64_t> CompressionTable::apply(std::span<const int64_t> ids) const
   for (size_t i = 0; i < ids.size(); ++i) {
     const int64_t id = ids[i];
     if (id >= vocab_size()) {
-      throw InputError(error_message("compress", "id " + std::to_string(id) + " at position " + std::to_string(i) +
-                                                     " is outside the vocabulary [0, " + std::to_string(vocab_size()) + ")"));
+      throw InputError(error_message(
+          "compress", "id " + std::to_string(id) + " at position " + std::to_string(i) +
+                          " is outside the vocabulary [0, " + std::to_string(vocab_size()) + ")"));
     }
     out[i] = id < 0 ? id : lut[static_cast<size_t>(id)];
   }

@@ -75,7 +75,9 @@ class NumberGroupsMatcher final : public SplitMatcher {
 class CjkRunMatcher final : public SplitMatcher {
  public:
   const char* name() const override { return "fast:cjk-runs"; }
-  static bool in_class(char32_t c) { return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x30FF); }
+  static bool in_class(char32_t c) {
+    return (c >= 0x4E00 && c <= 0x9FA5) || (c >= 0x3040 && c <= 0x30FF);
+  }
   void find_all(std::string_view text, std::vector<Span>& out) const override {
     out.clear();
     size_t i = 0;
@@ -104,10 +106,15 @@ class CjkRunMatcher final : public SplitMatcher {
 };
 
 bool is_ascii_punct(char32_t c) {
-  return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E);
+  return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
+         (c >= 0x7B && c <= 0x7E);
 }
-bool is_ascii_alpha(char32_t c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
-bool is_crlf(char32_t c) { return c == '\r' || c == '\n'; }
+bool is_ascii_alpha(char32_t c) {
+  return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+}
+bool is_crlf(char32_t c) {
+  return c == '\r' || c == '\n';
+}
 
 // The DeepSeek-V3 word pattern:
 //   A1 [!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+
@@ -153,7 +160,8 @@ class DeepSeekV3WordMatcher final : public SplitMatcher {
 
   // End (exclusive, in code points) of the match starting at i, or 0 if none starts there.
   template <class Run>
-  static size_t match_at(const CodePoints& c, const std::vector<uint8_t>& f, size_t i, size_t n, Run&& run) {
+  static size_t match_at(const CodePoints& c, const std::vector<uint8_t>& f, size_t i, size_t n,
+                         Run&& run) {
     const char32_t c0 = c.cp[i];
     const bool has1 = i + 1 < n;
     const char32_t c1 = has1 ? c.cp[i + 1] : 0;
@@ -167,7 +175,8 @@ class DeepSeekV3WordMatcher final : public SplitMatcher {
     constexpr uint8_t kPS = u::kPunct | u::kSymbol;
     // A2: the optional prefix is tried first; if the letter run cannot follow it, the regex
     // backtracks to matching the run from i itself.
-    if (!is_crlf(c0) && !(f[i] & (u::kLetter | kPS)) && has1 && (f[i + 1] & kLM)) return run(i + 1, kLM);
+    if (!is_crlf(c0) && !(f[i] & (u::kLetter | kPS)) && has1 && (f[i + 1] & kLM))
+      return run(i + 1, kLM);
     if (f[i] & kLM) return run(i, kLM);
     // A3: optional space, punctuation/symbol run, then any CR/LF.
     size_t k = i;
@@ -228,7 +237,8 @@ class Gpt2Matcher final : public SplitMatcher {
       if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
       if (i + 2 < n) {
         const char32_t b = c.cp[i + 2];
-        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return i + 3;
+        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+          return i + 3;
       }
     }
     const size_t k = (c0 == ' ' && i + 1 < n) ? i + 1 : i;  // optional leading space
@@ -247,7 +257,9 @@ class RegexMatcher final : public SplitMatcher {
  public:
   RegexMatcher(std::string_view pattern, const std::string& where) : re_(pattern, where) {}
   const char* name() const override { return "icu-regex"; }
-  void find_all(std::string_view text, std::vector<Span>& out) const override { re_.find_all(text, out); }
+  void find_all(std::string_view text, std::vector<Span>& out) const override {
+    re_.find_all(text, out);
+  }
 
  private:
   Regex re_;
@@ -260,7 +272,8 @@ class LiteralMatcher final : public SplitMatcher {
   void find_all(std::string_view text, std::vector<Span>& out) const override {
     out.clear();
     if (literal_.empty()) return;
-    for (size_t at = text.find(literal_); at != std::string_view::npos; at = text.find(literal_, at + literal_.size())) {
+    for (size_t at = text.find(literal_); at != std::string_view::npos;
+         at = text.find(literal_, at + literal_.size())) {
       out.emplace_back(at, at + literal_.size());
     }
   }
@@ -271,7 +284,8 @@ class LiteralMatcher final : public SplitMatcher {
 
 }  // namespace
 
-std::unique_ptr<SplitMatcher> make_regex_matcher(std::string_view pattern, const std::string& where) {
+std::unique_ptr<SplitMatcher> make_regex_matcher(std::string_view pattern,
+                                                 const std::string& where) {
   return std::make_unique<RegexMatcher>(pattern, where);
 }
 
@@ -281,9 +295,11 @@ std::unique_ptr<SplitMatcher> make_literal_matcher(std::string literal) {
 
 std::unique_ptr<SplitMatcher> make_fast_matcher(std::string_view pattern) {
   if (pattern == R"(\p{N}{1,3})") return std::make_unique<NumberGroupsMatcher>();
-  if (pattern == "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+") return std::make_unique<CjkRunMatcher>();
+  if (pattern == "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+")
+    return std::make_unique<CjkRunMatcher>();
   if (pattern ==
-      "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| "
+      "[!\"#$%&'()*+,\\-./"
+      ":;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| "
       "?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+") {
     return std::make_unique<DeepSeekV3WordMatcher>();
   }

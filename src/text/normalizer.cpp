@@ -17,24 +17,36 @@ const icu::Normalizer2* icu_normalizer(Kind kind) {
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* n = nullptr;
   switch (kind) {
-    case Kind::kNfc: n = icu::Normalizer2::getNFCInstance(status); break;
-    case Kind::kNfd: n = icu::Normalizer2::getNFDInstance(status); break;
-    case Kind::kNfkc: n = icu::Normalizer2::getNFKCInstance(status); break;
-    case Kind::kNfkd: n = icu::Normalizer2::getNFKDInstance(status); break;
-    default: break;
+    case Kind::kNfc:
+      n = icu::Normalizer2::getNFCInstance(status);
+      break;
+    case Kind::kNfd:
+      n = icu::Normalizer2::getNFDInstance(status);
+      break;
+    case Kind::kNfkc:
+      n = icu::Normalizer2::getNFKCInstance(status);
+      break;
+    case Kind::kNfkd:
+      n = icu::Normalizer2::getNFKDInstance(status);
+      break;
+    default:
+      break;
   }
-  if (U_FAILURE(status) || n == nullptr) throw Error(std::string("ICU normalizer unavailable: ") + u_errorName(status));
+  if (U_FAILURE(status) || n == nullptr)
+    throw Error(std::string("ICU normalizer unavailable: ") + u_errorName(status));
   return n;
 }
 
 std::string unicode_normalize(std::string_view s, Kind kind) {
   const icu::Normalizer2* n = icu_normalizer(kind);
-  const icu::UnicodeString in = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
+  const icu::UnicodeString in =
+      icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
   UErrorCode status = U_ZERO_ERROR;
   if (n->isNormalized(in, status) && U_SUCCESS(status)) return std::string(s);
   status = U_ZERO_ERROR;
   const icu::UnicodeString out = n->normalize(in, status);
-  if (U_FAILURE(status)) throw Error(std::string("ICU normalization failed: ") + u_errorName(status));
+  if (U_FAILURE(status))
+    throw Error(std::string("ICU normalization failed: ") + u_errorName(status));
   std::string result;
   out.toUTF8String(result);
   return result;
@@ -79,7 +91,8 @@ std::string strip(std::string_view s, bool left, bool right) {
   return std::string(s.substr(b, e - b));
 }
 
-std::string replace_literal(std::string_view s, std::string_view pattern, std::string_view content) {
+std::string replace_literal(std::string_view s, std::string_view pattern,
+                            std::string_view content) {
   if (pattern.empty()) return std::string(s);
   std::string out;
   size_t prev = 0;
@@ -99,7 +112,8 @@ Normalizer::~Normalizer() = default;
 Normalizer::Normalizer(Normalizer&&) noexcept = default;
 Normalizer& Normalizer::operator=(Normalizer&&) noexcept = default;
 
-Normalizer::Normalizer(std::vector<NormalizerStep> steps, const std::string& where) : steps_(std::move(steps)) {
+Normalizer::Normalizer(std::vector<NormalizerStep> steps, const std::string& where)
+    : steps_(std::move(steps)) {
   regexes_.resize(steps_.size());
   for (size_t i = 0; i < steps_.size(); ++i) {
     if (steps_[i].kind == Kind::kReplace && steps_[i].pattern_is_regex) {
@@ -116,12 +130,21 @@ std::string Normalizer::normalize(std::string_view text) const {
       case Kind::kNfc:
       case Kind::kNfd:
       case Kind::kNfkc:
-      case Kind::kNfkd: s = unicode_normalize(s, step.kind); break;
-      case Kind::kLowercase: s = lowercase(s); break;
-      case Kind::kStripAccents: s = strip_accents(s); break;
-      case Kind::kStrip: s = strip(s, step.strip_left, step.strip_right); break;
+      case Kind::kNfkd:
+        s = unicode_normalize(s, step.kind);
+        break;
+      case Kind::kLowercase:
+        s = lowercase(s);
+        break;
+      case Kind::kStripAccents:
+        s = strip_accents(s);
+        break;
+      case Kind::kStrip:
+        s = strip(s, step.strip_left, step.strip_right);
+        break;
       case Kind::kReplace:
-        s = regexes_[i] ? regexes_[i]->replace_all(s, step.content) : replace_literal(s, step.pattern, step.content);
+        s = regexes_[i] ? regexes_[i]->replace_all(s, step.content)
+                        : replace_literal(s, step.pattern, step.content);
         break;
       case Kind::kPrepend:
         if (!s.empty()) s = step.content + s;

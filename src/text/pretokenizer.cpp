@@ -13,8 +13,8 @@ struct Part {
 
 }  // namespace
 
-void split_piece(std::string_view piece, const SplitMatcher& matcher, SplitBehavior behavior, bool invert,
-                 std::vector<std::string_view>& out) {
+void split_piece(std::string_view piece, const SplitMatcher& matcher, SplitBehavior behavior,
+                 bool invert, std::vector<std::string_view>& out) {
   thread_local std::vector<Span> spans;
   thread_local std::vector<Part> parts, merged;
   // The pieces covering the whole string, alternating gaps and matches (tokenizers'
@@ -104,7 +104,8 @@ void PreTokenizer::split(std::string_view text, Pieces& out) const {
         }
       }
     } else {
-      const SplitMatcher& m = (reference_only_ && step.reference_matcher) ? *step.reference_matcher : *step.matcher;
+      const SplitMatcher& m =
+          (reference_only_ && step.reference_matcher) ? *step.reference_matcher : *step.matcher;
       for (auto p : current) split_piece(p, m, step.behavior, step.invert, next);
     }
     std::swap(current, next);
@@ -121,7 +122,8 @@ std::string PreTokenizer::describe() const {
     if (step.kind == PreTokenizerStep::Kind::kPrefixSpace) {
       s += "prefix-space";
     } else {
-      s += (reference_only_ && step.reference_matcher) ? step.reference_matcher->name() : step.matcher->name();
+      s += (reference_only_ && step.reference_matcher) ? step.reference_matcher->name()
+                                                       : step.matcher->name();
     }
   }
   return s;

@@ -21,7 +21,7 @@ enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWith
 struct PreTokenizerStep {
   enum class Kind { kSplit, kPrefixSpace };
   Kind kind = Kind::kSplit;
-  std::unique_ptr<SplitMatcher> matcher;           // kSplit
+  std::unique_ptr<SplitMatcher> matcher;            // kSplit
   std::unique_ptr<SplitMatcher> reference_matcher;  // kSplit: the regex, when `matcher` is fast
   SplitBehavior behavior = SplitBehavior::kIsolated;
   bool invert = false;
@@ -57,7 +57,7 @@ class PreTokenizer {
 };
 
 // Splits one piece by the matches of `matcher` with the given behaviour; appends the parts.
-void split_piece(std::string_view piece, const SplitMatcher& matcher, SplitBehavior behavior, bool invert,
-                 std::vector<std::string_view>& out);
+void split_piece(std::string_view piece, const SplitMatcher& matcher, SplitBehavior behavior,
+                 bool invert, std::vector<std::string_view>& out);
 
 }  // namespace engram::text

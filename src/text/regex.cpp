@@ -21,10 +21,18 @@ std::string Regex::to_icu_syntax(std::string_view p) {
       const char e = p[i + 1];
       ++i;
       switch (e) {
-        case 's': out += "\\p{White_Space}"; break;
-        case 'S': out += "\\P{White_Space}"; break;
-        case 'h': out += class_depth ? "0-9A-Fa-f" : "[0-9A-Fa-f]"; break;
-        case 'H': out += class_depth ? "\\P{ASCII_Hex_Digit}" : "[^0-9A-Fa-f]"; break;
+        case 's':
+          out += "\\p{White_Space}";
+          break;
+        case 'S':
+          out += "\\P{White_Space}";
+          break;
+        case 'h':
+          out += class_depth ? "0-9A-Fa-f" : "[0-9A-Fa-f]";
+          break;
+        case 'H':
+          out += class_depth ? "\\P{ASCII_Hex_Digit}" : "[^0-9A-Fa-f]";
+          break;
         default:
           out += '\\';
           out += e;
@@ -45,23 +53,33 @@ std::string Regex::to_icu_syntax(std::string_view p) {
         if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
         if (i + 1 < p.size() && p[i + 1] == ']') out += "\\]", ++i;
         break;
-      case '.': out += "[^\\n]"; break;
-      case '^': out += "(?:\\A|(?<=\\n))"; break;
-      case '$': out += "(?=\\n|\\z)"; break;
-      default: out += c;
+      case '.':
+        out += "[^\\n]";
+        break;
+      case '^':
+        out += "(?:\\A|(?<=\\n))";
+        break;
+      case '$':
+        out += "(?=\\n|\\z)";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
 }
 
-Regex::Regex(std::string_view pattern, const std::string& where) : pattern_(pattern), impl_(std::make_unique<Impl>()) {
+Regex::Regex(std::string_view pattern, const std::string& where)
+    : pattern_(pattern), impl_(std::make_unique<Impl>()) {
   const std::string icu_pattern = to_icu_syntax(pattern);
   UErrorCode status = U_ZERO_ERROR;
   UParseError perr;
-  impl_->compiled.reset(icu::RegexPattern::compile(icu::UnicodeString::fromUTF8(icu_pattern), 0, perr, status));
+  impl_->compiled.reset(
+      icu::RegexPattern::compile(icu::UnicodeString::fromUTF8(icu_pattern), 0, perr, status));
   if (U_FAILURE(status)) {
-    throw FormatError(error_message(where, "cannot compile regex /" + std::string(pattern) + "/: " +
-                                               u_errorName(status) + " at offset " + std::to_string(perr.offset)));
+    throw FormatError(error_message(where, "cannot compile regex /" + std::string(pattern) +
+                                               "/: " + u_errorName(status) + " at offset " +
+                                               std::to_string(perr.offset)));
   }
 }
 
@@ -81,11 +99,13 @@ void Regex::find_all(std::string_view text, std::vector<Span>& out) const {
   }
   m->reset(ut);
   while (m->find(status) && U_SUCCESS(status)) {
-    out.emplace_back(static_cast<size_t>(m->start64(status)), static_cast<size_t>(m->end64(status)));
+    out.emplace_back(static_cast<size_t>(m->start64(status)),
+                     static_cast<size_t>(m->end64(status)));
   }
   m.reset();
   utext_close(ut);
-  if (U_FAILURE(status)) throw Error("regex /" + pattern_ + "/: match failed: " + u_errorName(status));
+  if (U_FAILURE(status))
+    throw Error("regex /" + pattern_ + "/: match failed: " + u_errorName(status));
 }
 
 std::string Regex::replace_all(std::string_view text, std::string_view replacement) const {

@@ -22,7 +22,8 @@ class SplitMatcher {
 };
 
 // The ICU-backed matcher for an Oniguruma-syntax pattern (throws FormatError naming `where`).
-std::unique_ptr<SplitMatcher> make_regex_matcher(std::string_view pattern, const std::string& where);
+std::unique_ptr<SplitMatcher> make_regex_matcher(std::string_view pattern,
+                                                 const std::string& where);
 // Occurrences of a literal string.
 std::unique_ptr<SplitMatcher> make_literal_matcher(std::string literal);
 // A hand-written matcher equivalent to `pattern`, or nullptr if there is none.

@@ -57,8 +57,10 @@ bool optional_bool(const Json& j, std::string_view key, bool fallback, const Whe
 // {"String": s} or {"Regex": r}
 std::pair<std::string, bool> parse_pattern(const Json& j, const Where& w) {
   json::require_object(j, w);
-  if (const Json* s = json::optional(j, "String")) return {json::require_string(*s, w.field("String")), false};
-  if (const Json* r = json::optional(j, "Regex")) return {json::require_string(*r, w.field("Regex")), true};
+  if (const Json* s = json::optional(j, "String"))
+    return {json::require_string(*s, w.field("String")), false};
+  if (const Json* r = json::optional(j, "Regex"))
+    return {json::require_string(*r, w.field("Regex")), true};
   w.fail("expected {\"String\": ...} or {\"Regex\": ...}, found " + json::brief(j));
 }
 
@@ -67,30 +69,40 @@ void parse_normalizer(const Json& j, const Where& w, std::vector<NormalizerStep>
   const std::string type = require_type(j, w);
   NormalizerStep step{};
   if (type == "Sequence") {
-    const Json& list = json::require_array(json::require(j, "normalizers", w), w.field("normalizers"));
-    for (size_t i = 0; i < list.size(); ++i) parse_normalizer(list[i], w.field("normalizers").index(i), steps);
+    const Json& list =
+        json::require_array(json::require(j, "normalizers", w), w.field("normalizers"));
+    for (size_t i = 0; i < list.size(); ++i)
+      parse_normalizer(list[i], w.field("normalizers").index(i), steps);
     return;
   }
-  if (type == "NFC") step.kind = Kind::kNfc;
-  else if (type == "NFD") step.kind = Kind::kNfd;
-  else if (type == "NFKC") step.kind = Kind::kNfkc;
-  else if (type == "NFKD") step.kind = Kind::kNfkd;
-  else if (type == "Lowercase") step.kind = Kind::kLowercase;
-  else if (type == "StripAccents") step.kind = Kind::kStripAccents;
+  if (type == "NFC")
+    step.kind = Kind::kNfc;
+  else if (type == "NFD")
+    step.kind = Kind::kNfd;
+  else if (type == "NFKC")
+    step.kind = Kind::kNfkc;
+  else if (type == "NFKD")
+    step.kind = Kind::kNfkd;
+  else if (type == "Lowercase")
+    step.kind = Kind::kLowercase;
+  else if (type == "StripAccents")
+    step.kind = Kind::kStripAccents;
   else if (type == "Strip") {
     step.kind = Kind::kStrip;
     step.strip_left = optional_bool(j, "strip_left", true, w);
     step.strip_right = optional_bool(j, "strip_right", true, w);
   } else if (type == "Replace") {
     step.kind = Kind::kReplace;
-    std::tie(step.pattern, step.pattern_is_regex) = parse_pattern(json::require(j, "pattern", w), w.field("pattern"));
+    std::tie(step.pattern, step.pattern_is_regex) =
+        parse_pattern(json::require(j, "pattern", w), w.field("pattern"));
     step.content = json::require_string(json::require(j, "content", w), w.field("content"));
   } else if (type == "Prepend") {
     step.kind = Kind::kPrepend;
     step.content = json::require_string(json::require(j, "prepend", w), w.field("prepend"));
   } else {
     w.field("type").fail("unsupported normalizer \"" + type +
-                         "\" (supported: Sequence, NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Strip, Replace, Prepend)");
+                         "\" (supported: Sequence, NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, "
+                         "Strip, Replace, Prepend)");
   }
   steps.push_back(std::move(step));
 }
@@ -105,8 +117,8 @@ SplitBehavior parse_behavior(const Json& j, const Where& w) {
   w.fail("unknown split behavior \"" + b + "\"");
 }
 
-PreTokenizerStep split_step(std::string_view pattern, bool is_regex, SplitBehavior behavior, bool invert,
-                            const Where& w) {
+PreTokenizerStep split_step(std::string_view pattern, bool is_regex, SplitBehavior behavior,
+                            bool invert, const Where& w) {
   PreTokenizerStep step;
   step.behavior = behavior;
   step.invert = invert;
@@ -121,23 +133,28 @@ PreTokenizerStep split_step(std::string_view pattern, bool is_regex, SplitBehavi
 }
 
 // Appends the steps of a pre-tokenizer; returns true if it ended with ByteLevel.
-bool parse_pretokenizer(const Json& j, const Where& w, std::vector<PreTokenizerStep>& steps, bool& byte_level_seen) {
+bool parse_pretokenizer(const Json& j, const Where& w, std::vector<PreTokenizerStep>& steps,
+                        bool& byte_level_seen) {
   const std::string type = require_type(j, w);
   if (byte_level_seen) w.fail("a pre-tokenizer after ByteLevel is not supported");
   if (type == "Sequence") {
-    const Json& list = json::require_array(json::require(j, "pretokenizers", w), w.field("pretokenizers"));
+    const Json& list =
+        json::require_array(json::require(j, "pretokenizers", w), w.field("pretokenizers"));
     for (size_t i = 0; i < list.size(); ++i) {
       parse_pretokenizer(list[i], w.field("pretokenizers").index(i), steps, byte_level_seen);
     }
   } else if (type == "Split") {
-    const auto [pattern, is_regex] = parse_pattern(json::require(j, "pattern", w), w.field("pattern"));
-    const SplitBehavior behavior = parse_behavior(json::require(j, "behavior", w), w.field("behavior"));
+    const auto [pattern, is_regex] =
+        parse_pattern(json::require(j, "pattern", w), w.field("pattern"));
+    const SplitBehavior behavior =
+        parse_behavior(json::require(j, "behavior", w), w.field("behavior"));
     const bool invert = optional_bool(j, "invert", false, w);
     steps.push_back(split_step(pattern, is_regex, behavior, invert, w.field("pattern")));
   } else if (type == "Digits") {
     const bool individual = optional_bool(j, "individual_digits", false, w);
     steps.push_back(split_step(individual ? "\\p{N}" : "\\p{N}+", true,
-                               individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous, false, w));
+                               individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
+                               false, w));
   } else if (type == "ByteLevel") {
     if (optional_bool(j, "add_prefix_space", true, w)) {
       PreTokenizerStep prefix;
@@ -149,7 +166,8 @@ bool parse_pretokenizer(const Json& j, const Where& w, std::vector<PreTokenizerS
     }
     byte_level_seen = true;
   } else {
-    w.field("type").fail("unsupported pre-tokenizer \"" + type + "\" (supported: Sequence, Split, Digits, ByteLevel)");
+    w.field("type").fail("unsupported pre-tokenizer \"" + type +
+                         "\" (supported: Sequence, Split, Digits, ByteLevel)");
   }
   return byte_level_seen;
 }
@@ -161,7 +179,8 @@ void parse_decoder(const Json& j, const Where& w) {
     const Json& list = json::require_array(json::require(j, "decoders", w), w.field("decoders"));
     if (list.size() == 1) return parse_decoder(list[0], w.field("decoders").index(0));
   }
-  w.fail("unsupported decoder " + json::brief(j) + " (a byte-level BPE tokenizer decodes with ByteLevel)");
+  w.fail("unsupported decoder " + json::brief(j) +
+         " (a byte-level BPE tokenizer decodes with ByteLevel)");
 }
 
 uint32_t parse_id(const Json& j, const Where& w) {
@@ -174,7 +193,8 @@ std::string directory_or_file(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     const std::string file = path + (path.ends_with('/') ? "" : "/") + "tokenizer.json";
-    if (::stat(file.c_str(), &st) != 0) throw IoError(error_message(path, "directory holds no tokenizer.json"));
+    if (::stat(file.c_str(), &st) != 0)
+      throw IoError(error_message(path, "directory holds no tokenizer.json"));
     return file;
   }
   return path;
@@ -204,13 +224,16 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   const Json& model = json::require_object(json::require(doc, "model", root), wm);
   if (const Json* t = json::optional(model, "type")) {
     const std::string type = json::require_string(*t, wm.field("type"));
-    if (type != "BPE") wm.field("type").fail("unsupported model \"" + type + "\" (expected \"BPE\")");
+    if (type != "BPE")
+      wm.field("type").fail("unsupported model \"" + type + "\" (expected \"BPE\")");
   }
-  if (const Json* d = json::optional(model, "dropout"); d && !(d->is_number() && d->get<double>() == 0.0)) {
+  if (const Json* d = json::optional(model, "dropout");
+      d && !(d->is_number() && d->get<double>() == 0.0)) {
     wm.field("dropout").fail("BPE dropout " + json::brief(*d) + " is not supported (must be null)");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    if (const Json* v = json::optional(model, key); v && !(v->is_string() && v->get<std::string>().empty())) {
+    if (const Json* v = json::optional(model, key);
+        v && !(v->is_string() && v->get<std::string>().empty())) {
       wm.field(key).fail(json::brief(*v) + " is not supported by a byte-level BPE (must be null)");
     }
   }
@@ -224,7 +247,8 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
     const uint32_t id = parse_id(it.value(), wv.field(it.key()));
     vocab_size = std::max<size_t>(vocab_size, id + 1ull);
   }
-  const Json& added_json = json::optional(doc, "added_tokens") ? doc["added_tokens"] : Json::array();
+  const Json& added_json =
+      json::optional(doc, "added_tokens") ? doc["added_tokens"] : Json::array();
   const Where wa = root.field("added_tokens");
   json::require_array(added_json, wa);
   for (size_t i = 0; i < added_json.size(); ++i) {
@@ -248,7 +272,8 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   impl->id_present.assign(vocab_size, 0);
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     const auto id = static_cast<uint32_t>(it.value().get<int64_t>());
-    if (impl->id_present[id]) wv.field(it.key()).fail("id " + std::to_string(id) + " is used by two tokens");
+    if (impl->id_present[id])
+      wv.field(it.key()).fail("id " + std::to_string(id) + " is used by two tokens");
     if (!is_valid_utf8(it.key())) wv.fail("a token is not valid UTF-8");
     impl->id_to_token[id] = it.key();
     impl->id_present[id] = 1;
@@ -268,7 +293,8 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   merges.reserve(merges_json.size());
   std::unordered_map<std::string, uint32_t> model_vocab;
   model_vocab.reserve(vocab.size());
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) model_vocab.emplace(it.key(), it.value().get<uint32_t>());
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    model_vocab.emplace(it.key(), it.value().get<uint32_t>());
   auto lookup = [&](const std::string& token, const Where& w) -> uint32_t {
     auto it = model_vocab.find(token);
     if (it == model_vocab.end()) w.fail("token \"" + token + "\" is not in the vocabulary");
@@ -298,7 +324,8 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
 
   BpeModel::Options options;
   if (const Json* unk = json::optional(model, "unk_token")) {
-    options.unk_id = lookup(json::require_string(*unk, wm.field("unk_token")), wm.field("unk_token"));
+    options.unk_id =
+        lookup(json::require_string(*unk, wm.field("unk_token")), wm.field("unk_token"));
   }
   options.fuse_unk = optional_bool(model, "fuse_unk", false, wm);
   options.ignore_merges = optional_bool(model, "ignore_merges", false, wm);
@@ -306,7 +333,8 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   for (int b = 0; b < 256; ++b) {
     std::string ch;
     append_utf8(ch, byte_level::byte_to_char(static_cast<uint8_t>(b)));
-    if (auto it = model_vocab.find(ch); it != model_vocab.end()) byte_ids[static_cast<size_t>(b)] = it->second;
+    if (auto it = model_vocab.find(ch); it != model_vocab.end())
+      byte_ids[static_cast<size_t>(b)] = it->second;
   }
   std::vector<std::pair<std::string, uint32_t>> whole_tokens;
   impl->id_bytes.assign(vocab_size, std::string());
@@ -319,10 +347,12 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
   }
   if (options.ignore_merges) {
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      if (auto raw = byte_level::decode(it.key())) whole_tokens.emplace_back(*raw, static_cast<uint32_t>(it.value().get<int64_t>()));
+      if (auto raw = byte_level::decode(it.key()))
+        whole_tokens.emplace_back(*raw, static_cast<uint32_t>(it.value().get<int64_t>()));
     }
   }
-  impl->bpe = std::make_unique<BpeModel>(std::move(byte_ids), merges, options, std::move(whole_tokens));
+  impl->bpe =
+      std::make_unique<BpeModel>(std::move(byte_ids), merges, options, std::move(whole_tokens));
 
   // ---- normalizer, pre-tokenizer, decoder ----
   if (const Json* n = json::optional(doc, "normalizer")) {
@@ -331,7 +361,10 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& so
     impl->normalizer = Normalizer(std::move(steps), root.field("normalizer").str());
   }
   const Json* pt = json::optional(doc, "pre_tokenizer");
-  if (!pt) root.fail("missing \"pre_tokenizer\": not a byte-level BPE tokenizer (expected a ByteLevel pre-tokenizer)");
+  if (!pt)
+    root.fail(
+        "missing \"pre_tokenizer\": not a byte-level BPE tokenizer (expected a ByteLevel "
+        "pre-tokenizer)");
   std::vector<PreTokenizerStep> steps;
   bool byte_level_seen = false;
   parse_pretokenizer(*pt, root.field("pre_tokenizer"), steps, byte_level_seen);
@@ -410,13 +443,15 @@ std::vector<uint32_t> Tokenizer::encode(std::string_view text) const {
 void Tokenizer::encode(std::string_view text, std::vector<uint32_t>& out) const {
   const size_t bad = find_invalid_utf8(text);
   if (bad != std::string_view::npos) {
-    throw InputError(error_message("input text", "invalid UTF-8 at byte offset " + std::to_string(bad)));
+    throw InputError(
+        error_message("input text", "invalid UTF-8 at byte offset " + std::to_string(bad)));
   }
   out.reserve(out.size() + text.size() / 4);
   impl_->encode(text, out);
 }
 
-std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std::string>& texts, int threads) const {
+std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std::string>& texts,
+                                                           int threads) const {
   std::vector<std::vector<uint32_t>> out(texts.size());
   parallel_for(texts.size(), threads, 1, [&](size_t b, size_t e) {
     for (size_t i = b; i < e; ++i) encode(texts[i], out[i]);
@@ -431,7 +466,8 @@ std::string Tokenizer::decode_bytes(std::span<const uint32_t> ids) const {
   for (size_t i = 0; i < ids.size(); ++i) {
     const uint32_t id = ids[i];
     if (id >= impl_->id_present.size() || !impl_->id_present[id]) {
-      throw InputError(error_message("decode", "id " + std::to_string(id) + " at position " + std::to_string(i) +
+      throw InputError(error_message("decode", "id " + std::to_string(id) + " at position " +
+                                                   std::to_string(i) +
                                                    " has no token (vocabulary size " +
                                                    std::to_string(impl_->id_present.size()) + ")"));
     }
@@ -440,9 +476,13 @@ std::string Tokenizer::decode_bytes(std::span<const uint32_t> ids) const {
   return bytes;
 }
 
-std::string Tokenizer::decode(std::span<const uint32_t> ids) const { return from_utf8_lossy(decode_bytes(ids)); }
+std::string Tokenizer::decode(std::span<const uint32_t> ids) const {
+  return from_utf8_lossy(decode_bytes(ids));
+}
 
-size_t Tokenizer::vocab_size() const { return impl_->id_to_token.size(); }
+size_t Tokenizer::vocab_size() const {
+  return impl_->id_to_token.size();
+}
 
 std::optional<std::string> Tokenizer::id_to_token(uint32_t id) const {
   if (id >= impl_->id_present.size() || !impl_->id_present[id]) return std::nullopt;
@@ -455,7 +495,9 @@ std::optional<uint32_t> Tokenizer::token_to_id(std::string_view token) const {
   return it->second;
 }
 
-const std::vector<AddedToken>& Tokenizer::added_tokens() const { return impl_->added; }
+const std::vector<AddedToken>& Tokenizer::added_tokens() const {
+  return impl_->added;
+}
 
 std::string Tokenizer::describe() const {
   return impl_->source + ": byte-level BPE, " + std::to_string(vocab_size()) + " ids, " +
@@ -463,6 +505,8 @@ std::string Tokenizer::describe() const {
          " added tokens; pre-tokenizer: " + impl_->pretokenizer.describe();
 }
 
-void Tokenizer::set_reference_pretokenizer(bool on) { impl_->pretokenizer.set_reference_only(on); }
+void Tokenizer::set_reference_pretokenizer(bool on) {
+  impl_->pretokenizer.set_reference_only(on);
+}
 
 }  // namespace engram::text

@@ -36,7 +36,9 @@ const uint8_t* table() {
 
 }  // namespace
 
-uint8_t flags(char32_t c) { return c < kCodePoints ? table()[c] : 0; }
+uint8_t flags(char32_t c) {
+  return c < kCodePoints ? table()[c] : 0;
+}
 
 void append_lowercase(std::string& out, char32_t c) {
   if (c < 0x80) {

@@ -20,7 +20,9 @@ enum Flag : uint8_t {
 // Flags of code point c (0 for c > U+10FFFF).
 uint8_t flags(char32_t c);
 
-inline bool has(char32_t c, uint8_t f) { return (flags(c) & f) != 0; }
+inline bool has(char32_t c, uint8_t f) {
+  return (flags(c) & f) != 0;
+}
 
 // Rust's char::to_lowercase: the simple lowercase mapping plus the one unconditional
 // multi-character mapping (U+0130 -> "i\u0307"); no context or language rules.

@@ -11,7 +11,8 @@ Json parse(std::string_view text, const std::string& source) {
     // nlohmann's message already carries the byte offset ("at line 3, column 7").
     std::string what = e.what();
     const auto pos = what.find("parse error");
-    throw FormatError(error_message(source, "invalid JSON: " + (pos == std::string::npos ? what : what.substr(pos))));
+    throw FormatError(error_message(
+        source, "invalid JSON: " + (pos == std::string::npos ? what : what.substr(pos))));
   }
 }
 
@@ -30,21 +31,33 @@ Where Where::index(size_t i) const {
   return w;
 }
 
-std::string Where::str() const { return path.empty() ? source : source + ": " + path; }
+std::string Where::str() const {
+  return path.empty() ? source : source + ": " + path;
+}
 
-void Where::fail(std::string_view what) const { throw FormatError(error_message(str(), what)); }
+void Where::fail(std::string_view what) const {
+  throw FormatError(error_message(str(), what));
+}
 
 const char* type_name(const Json& j) {
   switch (j.type()) {
-    case Json::value_t::null: return "null";
-    case Json::value_t::object: return "an object";
-    case Json::value_t::array: return "an array";
-    case Json::value_t::string: return "a string";
-    case Json::value_t::boolean: return "a boolean";
+    case Json::value_t::null:
+      return "null";
+    case Json::value_t::object:
+      return "an object";
+    case Json::value_t::array:
+      return "an array";
+    case Json::value_t::string:
+      return "a string";
+    case Json::value_t::boolean:
+      return "a boolean";
     case Json::value_t::number_integer:
-    case Json::value_t::number_unsigned: return "an integer";
-    case Json::value_t::number_float: return "a number";
-    default: return "an unsupported value";
+    case Json::value_t::number_unsigned:
+      return "an integer";
+    case Json::value_t::number_float:
+      return "a number";
+    default:
+      return "an unsupported value";
   }
 }
 
@@ -79,7 +92,8 @@ const Json* optional(const Json& obj, std::string_view key) {
 }
 
 std::string require_string(const Json& j, const Where& where) {
-  if (!j.is_string()) where.fail(std::string("expected a string, found ") + type_name(j) + " " + brief(j));
+  if (!j.is_string())
+    where.fail(std::string("expected a string, found ") + type_name(j) + " " + brief(j));
   return j.get<std::string>();
 }
 
@@ -100,7 +114,8 @@ int64_t require_int(const Json& j, const Where& where) {
 }
 
 bool require_bool(const Json& j, const Where& where) {
-  if (!j.is_boolean()) where.fail(std::string("expected true or false, found ") + type_name(j) + " " + brief(j));
+  if (!j.is_boolean())
+    where.fail(std::string("expected true or false, found ") + type_name(j) + " " + brief(j));
   return j.get<bool>();
 }
 

@@ -14,7 +14,8 @@ namespace {
 }
 
 // Value of key 'k' in the header dict: the text after "'k':" up to the next top-level comma.
-std::string header_value(const std::string& header, const std::string& key, const std::string& path) {
+std::string header_value(const std::string& header, const std::string& key,
+                         const std::string& path) {
   const std::string needle = "'" + key + "':";
   const auto at = header.find(needle);
   if (at == std::string::npos) bad(path, "npy header: missing '" + key + "'");
@@ -50,16 +51,19 @@ int64_t NpyArray::num_elements() const {
 
 NpyArray read_npy(const std::string& path) {
   const std::string bytes = read_file(path);
-  if (bytes.size() < 10 || std::memcmp(bytes.data(), "\x93NUMPY", 6) != 0) bad(path, "not an .npy file (bad magic)");
+  if (bytes.size() < 10 || std::memcmp(bytes.data(), "\x93NUMPY", 6) != 0)
+    bad(path, "not an .npy file (bad magic)");
   const int major = static_cast<unsigned char>(bytes[6]);
   size_t header_len = 0, header_start = 0;
   if (major == 1) {
-    header_len = static_cast<unsigned char>(bytes[8]) | (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
+    header_len = static_cast<unsigned char>(bytes[8]) |
+                 (static_cast<size_t>(static_cast<unsigned char>(bytes[9])) << 8);
     header_start = 10;
   } else if (major == 2 || major == 3) {
     if (bytes.size() < 12) bad(path, "truncated .npy header");
     header_len = 0;
-    for (int b = 0; b < 4; ++b) header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + b])) << (8 * b);
+    for (int b = 0; b < 4; ++b)
+      header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + b])) << (8 * b);
     header_start = 12;
   } else {
     bad(path, "unsupported .npy format version " + std::to_string(major));
@@ -68,11 +72,14 @@ NpyArray read_npy(const std::string& path) {
   const std::string header = bytes.substr(header_start, header_len);
   NpyArray arr;
   std::string descr = header_value(header, "descr", path);
-  if (descr.size() < 2 || descr.front() != '\'' || descr.back() != '\'') bad(path, "npy header: bad descr " + descr);
+  if (descr.size() < 2 || descr.front() != '\'' || descr.back() != '\'')
+    bad(path, "npy header: bad descr " + descr);
   arr.descr = descr.substr(1, descr.size() - 2);
-  if (header_value(header, "fortran_order", path) != "False") bad(path, "npy: Fortran order is not supported");
+  if (header_value(header, "fortran_order", path) != "False")
+    bad(path, "npy: Fortran order is not supported");
   std::string shape = header_value(header, "shape", path);
-  if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')') bad(path, "npy header: bad shape " + shape);
+  if (shape.size() < 2 || shape.front() != '(' || shape.back() != ')')
+    bad(path, "npy header: bad shape " + shape);
   shape = shape.substr(1, shape.size() - 2);
   size_t i = 0;
   while (i < shape.size()) {
@@ -89,8 +96,8 @@ NpyArray read_npy(const std::string& path) {
   const size_t want = static_cast<size_t>(arr.num_elements()) * static_cast<size_t>(esize);
   const size_t data_start = header_start + header_len;
   if (bytes.size() - data_start != want) {
-    bad(path, "npy: data holds " + std::to_string(bytes.size() - data_start) + " bytes, shape and dtype need " +
-                  std::to_string(want));
+    bad(path, "npy: data holds " + std::to_string(bytes.size() - data_start) +
+                  " bytes, shape and dtype need " + std::to_string(want));
   }
   arr.data = bytes.substr(data_start);
   return arr;
@@ -106,7 +113,9 @@ std::vector<int32_t> read_npy_int32_vector(const std::string& path) {
     for (size_t i = 0; i < out.size(); ++i) {
       int64_t v;
       std::memcpy(&v, arr.data.data() + 8 * i, 8);
-      if (v < INT32_MIN || v > INT32_MAX) bad(path, "npy: value " + std::to_string(v) + " at index " + std::to_string(i) + " does not fit int32");
+      if (v < INT32_MIN || v > INT32_MAX)
+        bad(path, "npy: value " + std::to_string(v) + " at index " + std::to_string(i) +
+                      " does not fit int32");
       out[i] = static_cast<int32_t>(v);
     }
   } else {
@@ -116,7 +125,8 @@ std::vector<int32_t> read_npy_int32_vector(const std::string& path) {
 }
 
 void write_npy_int32_vector(const std::string& path, const std::vector<int32_t>& values) {
-  std::string header = "{'descr': '<i4', 'fortran_order': False, 'shape': (" + std::to_string(values.size()) + ",), }";
+  std::string header = "{'descr': '<i4', 'fortran_order': False, 'shape': (" +
+                       std::to_string(values.size()) + ",), }";
   // Pad so that magic + len + header + '\n' is a multiple of 64 bytes.
   const size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');

@@ -91,7 +91,8 @@ int hardware_threads() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
-void parallel_for(size_t n, int threads, size_t grain, const std::function<void(size_t, size_t)>& fn) {
+void parallel_for(size_t n, int threads, size_t grain,
+                  const std::function<void(size_t, size_t)>& fn) {
   if (n == 0) return;
   if (threads <= 0) threads = hardware_threads();
   grain = std::max<size_t>(grain, 1);

@@ -38,16 +38,23 @@ std::string write_temp(const std::string& name, const std::string& content) {
 
 // Runs `engram ARGS` with `input` on stdin.
 Result run(const std::string& args, const std::string& input = "") {
-  const std::string in = write_temp("stdin", input), out = temp_dir() + "/stdout", err = temp_dir() + "/stderr";
+  const std::string in = write_temp("stdin", input), out = temp_dir() + "/stdout",
+                    err = temp_dir() + "/stderr";
   const std::string cmd = test::cli_path() + " " + args + " <" + in + " >" + out + " 2>" + err;
   const int rc = std::system(cmd.c_str());
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, read_file(out), read_file(err)};
 }
 
-std::string config_path(const char* name) { return std::string(ENGRAM_SOURCE_DIR) + "/configs/" + name; }
-std::string tok_arg() { return "--tokenizer " + test::tokenizer_dir(); }
+std::string config_path(const char* name) {
+  return std::string(ENGRAM_SOURCE_DIR) + "/configs/" + name;
+}
+std::string tok_arg() {
+  return "--tokenizer " + test::tokenizer_dir();
+}
 
-json::Json golden() { return json::parse(read_file(test::golden_dir() + "/engram_hash_golden.json"), "golden"); }
+json::Json golden() {
+  return json::parse(read_file(test::golden_dir() + "/engram_hash_golden.json"), "golden");
+}
 
 TEST(Cli, TokenizeMatchesGoldenAndDecodeInverts) {
   const auto g = golden();
@@ -70,12 +77,14 @@ TEST(Cli, CompressPrintsSizesAndWritesTheGoldenTable) {
   EXPECT_EQ(j["vocab"], 128815);
   EXPECT_EQ(j["compressed"], 98627);
   EXPECT_NEAR(j["reduction"].get<double>(), 1.0 - 98627.0 / 128815.0, 1e-6);
-  EXPECT_EQ(read_npy_int32_vector(npy), read_npy_int32_vector(test::golden_dir() + "/dsv3_compress_lut.npy"));
+  EXPECT_EQ(read_npy_int32_vector(npy),
+            read_npy_int32_vector(test::golden_dir() + "/dsv3_compress_lut.npy"));
 }
 
 TEST(Cli, HashMatchesGoldenBatchForBothConfigs) {
   const auto g = golden();
-  for (const auto& [cfg_name, file] : {std::pair{"cfg_default", "engram_default.json"}, {"cfg_small", "engram_small.json"}}) {
+  for (const auto& [cfg_name, file] :
+       {std::pair{"cfg_default", "engram_default.json"}, {"cfg_small", "engram_small.json"}}) {
     const auto& cfg = g[cfg_name];
     const json::Json input = {{"input_ids", cfg["batch_input"]}};
     const Result r = run("hash " + tok_arg() + " --config " + config_path(file), input.dump());
@@ -95,7 +104,8 @@ TEST(Cli, HashMatchesGoldenBatchForBothConfigs) {
 void expect_error(const Result& r, int status, const std::string& needle) {
   EXPECT_EQ(r.status, status) << r.err;
   EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr was: " << r.err;
-  EXPECT_TRUE(r.out.empty()) << "nothing should be printed on stdout, got: " << r.out.substr(0, 200);
+  EXPECT_TRUE(r.out.empty()) << "nothing should be printed on stdout, got: "
+                             << r.out.substr(0, 200);
 }
 
 TEST(CliErrors, MissingOrMalformedTokenizer) {
@@ -104,17 +114,20 @@ TEST(CliErrors, MissingOrMalformedTokenizer) {
   ::mkdir(dir.c_str(), 0755);
   expect_error(run("tokenize --tokenizer " + dir, "hi"), 1, "directory holds no tokenizer.json");
   write_temp("badtok/tokenizer.json", "{\"model\": {\"type\": \"Unigram\"}}");
-  expect_error(run("tokenize --tokenizer " + dir, "hi"), 1, "model.type: unsupported model \"Unigram\"");
+  expect_error(run("tokenize --tokenizer " + dir, "hi"), 1,
+               "model.type: unsupported model \"Unigram\"");
   write_temp("badtok/tokenizer.json", "{\"model\": ");
   expect_error(run("tokenize --tokenizer " + dir, "hi"), 1, "tokenizer.json: invalid JSON");
 }
 
 TEST(CliErrors, InvalidUtf8OnStdin) {
-  expect_error(run("tokenize " + tok_arg(), std::string("abc\xFF", 4)), 1, "<stdin>: invalid UTF-8 at byte offset 3");
+  expect_error(run("tokenize " + tok_arg(), std::string("abc\xFF", 4)), 1,
+               "<stdin>: invalid UTF-8 at byte offset 3");
 }
 
 TEST(CliErrors, DecodeOfBadIds) {
-  expect_error(run("tokenize --decode " + tok_arg(), "[1, 200000]"), 1, "<stdin>: [1]: id 200000 is outside the vocabulary");
+  expect_error(run("tokenize --decode " + tok_arg(), "[1, 200000]"), 1,
+               "<stdin>: [1]: id 200000 is outside the vocabulary");
   expect_error(run("tokenize --decode " + tok_arg(), "[1, \"a\"]"), 1, "[1]: expected an integer");
 }
 
@@ -124,9 +137,12 @@ TEST(CliErrors, HashInputProblems) {
                "input_ids[1]: ragged rows: this row has 1 ids, row 0 has 2");
   expect_error(run("hash " + tok_arg() + cfg, "{\"input_ids\": [[1, 128815]]}"), 1,
                "input_ids[0][1]: id 128815 is outside the vocabulary [0, 128815)");
-  expect_error(run("hash " + tok_arg() + cfg, "{\"input_ids\": [[1, -1]]}"), 1, "id -1 is outside the vocabulary");
-  expect_error(run("hash " + tok_arg() + cfg, "{\"input_ids\": [1, 2]}"), 1, "input_ids[0]: expected an array of ids");
-  expect_error(run("hash " + tok_arg() + cfg, "{\"ids\": [[1]]}"), 1, "missing field \"input_ids\"");
+  expect_error(run("hash " + tok_arg() + cfg, "{\"input_ids\": [[1, -1]]}"), 1,
+               "id -1 is outside the vocabulary");
+  expect_error(run("hash " + tok_arg() + cfg, "{\"input_ids\": [1, 2]}"), 1,
+               "input_ids[0]: expected an array of ids");
+  expect_error(run("hash " + tok_arg() + cfg, "{\"ids\": [[1]]}"), 1,
+               "missing field \"input_ids\"");
   expect_error(run("hash " + tok_arg() + cfg, "not json"), 1, "<stdin>: invalid JSON");
 }
 
@@ -139,22 +155,29 @@ TEST(CliErrors, HashConfigValuesThatMakeNoSense) {
     s.replace(at, from.size(), to);
     return " --config " + write_temp("cfg.json", s);
   };
-  expect_error(run("hash " + tok_arg() + with("\"max_ngram_size\": 3", "\"max_ngram_size\": 1"), "{}"), 1,
-               "max_ngram_size");
-  expect_error(run("hash " + tok_arg() + with("\"n_head_per_ngram\": 4", "\"n_head_per_ngram\": 0"), "{}"), 1,
-               "n_head_per_ngram");
-  expect_error(run("hash " + tok_arg() + with("[5003, 4001]", "[5003, 1]"), "{}"), 1, "engram_vocab_size");
-  expect_error(run("hash " + tok_arg() + with("\"n_embed_per_ngram\": 32", "\"n_embed_per_ngram\": 30"), "{}"), 1,
-               "n_embed_per_ngram");
+  expect_error(
+      run("hash " + tok_arg() + with("\"max_ngram_size\": 3", "\"max_ngram_size\": 1"), "{}"), 1,
+      "max_ngram_size");
+  expect_error(
+      run("hash " + tok_arg() + with("\"n_head_per_ngram\": 4", "\"n_head_per_ngram\": 0"), "{}"),
+      1, "n_head_per_ngram");
+  expect_error(run("hash " + tok_arg() + with("[5003, 4001]", "[5003, 1]"), "{}"), 1,
+               "engram_vocab_size");
+  expect_error(
+      run("hash " + tok_arg() + with("\"n_embed_per_ngram\": 32", "\"n_embed_per_ngram\": 30"),
+          "{}"),
+      1, "n_embed_per_ngram");
   expect_error(run("hash " + tok_arg() + with("\"seed\": 7", "\"sed\": 7"), "{}"), 1, "sed");
-  expect_error(run("hash " + tok_arg() + " --config /nonexistent.json", "{}"), 1, "/nonexistent.json");
+  expect_error(run("hash " + tok_arg() + " --config /nonexistent.json", "{}"), 1,
+               "/nonexistent.json");
 }
 
 TEST(CliErrors, UsageErrorsExitTwo) {
   EXPECT_EQ(run("frobnicate").status, 2);
   expect_error(run("tokenize --tokenizr x"), 2, "unknown option --tokenizr");
   expect_error(run("tokenize"), 2, "missing required option --tokenizer");
-  expect_error(run("bench hash --tokenizer x --config y --tokens abc"), 2, "--tokens: expected an integer");
+  expect_error(run("bench hash --tokenizer x --config y --tokens abc"), 2,
+               "--tokens: expected an integer");
 }
 
 }  // namespace

@@ -3,10 +3,10 @@
 
 #include "engram/text/compressor.h"
 #include "engram/text/normalizer.h"
+#include "engram/util/file.h"
 #include "engram/util/npy.h"
 #include "test_paths.h"
 #include "util/json.h"
-#include "engram/util/file.h"
 
 namespace engram::text {
 namespace {
@@ -29,9 +29,10 @@ TEST(Compression, MatchesGoldenLookupTableForEveryId) {
   size_t mismatches = 0;
   for (size_t id = 0; id < golden.size(); ++id) {
     if (table.lut[id] != golden[id] && mismatches++ < 10) {
-      ADD_FAILURE() << "id " << id << " token " << dsv3().id_to_token(static_cast<uint32_t>(id)).value_or("?")
-                    << ": compressed " << table.lut[id] << ", reference " << golden[id] << ", key \""
-                    << table.keys[static_cast<size_t>(table.lut[id])] << "\"";
+      ADD_FAILURE() << "id " << id << " token "
+                    << dsv3().id_to_token(static_cast<uint32_t>(id)).value_or("?")
+                    << ": compressed " << table.lut[id] << ", reference " << golden[id]
+                    << ", key \"" << table.keys[static_cast<size_t>(table.lut[id])] << "\"";
     }
   }
   EXPECT_EQ(mismatches, 0u);
@@ -40,7 +41,8 @@ TEST(Compression, MatchesGoldenLookupTableForEveryId) {
 }
 
 TEST(Compression, KeysMatchGoldenSample) {
-  const auto doc = json::parse(read_file(test::golden_dir() + "/engram_hash_golden.json"), "golden");
+  const auto doc =
+      json::parse(read_file(test::golden_dir() + "/engram_hash_golden.json"), "golden");
   const auto& sample = doc.at("keys_sample");
   ASSERT_GT(sample.size(), 1000u);
   const auto& table = dsv3_table();
@@ -48,8 +50,10 @@ TEST(Compression, KeysMatchGoldenSample) {
     const auto id = row[0].get<uint32_t>();
     const uint32_t one[1] = {id};
     EXPECT_EQ(dsv3().decode(one), row[1].get<std::string>()) << "decode of id " << id;
-    EXPECT_EQ(table.keys[static_cast<size_t>(table.lut[id])], row[2].get<std::string>()) << "key of id " << id;
-    EXPECT_EQ(table.fallback[id] != 0, row[3].get<std::string>() == "fallback") << "kind of id " << id;
+    EXPECT_EQ(table.keys[static_cast<size_t>(table.lut[id])], row[2].get<std::string>())
+        << "key of id " << id;
+    EXPECT_EQ(table.fallback[id] != 0, row[3].get<std::string>() == "fallback")
+        << "kind of id " << id;
   }
 }
 
@@ -72,16 +76,17 @@ TEST(Compression, ApplyPassesNegativeIdsAndRejectsTooLarge) {
 TEST(CompressionNormalizer, FollowsTheReferenceChain) {
   const Normalizer n = Normalizer::engram_compression();
   EXPECT_EQ(n.normalize("  Hello\t\nWorld  "), "hello world");
-  EXPECT_EQ(n.normalize(" "), " ");            // a lone space stays a space
-  EXPECT_EQ(n.normalize("\t\n"), " ");         // whitespace runs become one space first
+  EXPECT_EQ(n.normalize(" "), " ");     // a lone space stays a space
+  EXPECT_EQ(n.normalize("\t\n"), " ");  // whitespace runs become one space first
   EXPECT_EQ(n.normalize("  "), " ");
-  EXPECT_EQ(n.normalize("Café"), "cafe");      // accents stripped after NFD
-  EXPECT_EQ(n.normalize("ﬁ"), "fi");           // NFKC ligature
-  EXPECT_EQ(n.normalize("ＡＢＣ"), "abc");     // full width
-  EXPECT_EQ(n.normalize("ΣΑΣ"), "σασ");        // no final-sigma context rule
-  EXPECT_EQ(n.normalize("İ"), "i");            // NFD gives I + U+0307; the mark is stripped
-  EXPECT_EQ(n.normalize("\xC2\xA0x\xE3\x80\x80"), "x");  // NBSP/ideographic space: NFKC -> space, stripped
-  EXPECT_EQ(n.normalize("\xC2\x85"), "");      // NEL is White_Space: stripped
+  EXPECT_EQ(n.normalize("Café"), "cafe");   // accents stripped after NFD
+  EXPECT_EQ(n.normalize("ﬁ"), "fi");        // NFKC ligature
+  EXPECT_EQ(n.normalize("ＡＢＣ"), "abc");  // full width
+  EXPECT_EQ(n.normalize("ΣΑΣ"), "σασ");     // no final-sigma context rule
+  EXPECT_EQ(n.normalize("İ"), "i");         // NFD gives I + U+0307; the mark is stripped
+  EXPECT_EQ(n.normalize("\xC2\xA0x\xE3\x80\x80"),
+            "x");                          // NBSP/ideographic space: NFKC -> space, stripped
+  EXPECT_EQ(n.normalize("\xC2\x85"), "");  // NEL is White_Space: stripped
 }
 
 }  // namespace
@@ -104,7 +109,8 @@ TEST_P(SyntheticCompression, MatchesTheReferenceTable) {
   EXPECT_LT(table.compressed_size(), table.vocab_size());
 }
 
-INSTANTIATE_TEST_SUITE_P(Trained, SyntheticCompression, ::testing::Values("gpt2", "llama3", "mixed"));
+INSTANTIATE_TEST_SUITE_P(Trained, SyntheticCompression,
+                         ::testing::Values("gpt2", "llama3", "mixed"));
 
 }  // namespace
 }  // namespace engram::text

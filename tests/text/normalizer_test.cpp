@@ -21,13 +21,17 @@ TEST(Normalizer, UnicodeForms) {
 }
 
 TEST(Normalizer, LowercaseIsRustCharToLowercase) {
-  EXPECT_EQ(run(Kind::kLowercase, "ÀÉÎ ΣΑΣ"), "àéî σασ");     // no final-sigma rule
-  EXPECT_EQ(run(Kind::kLowercase, "İ"), "i\xCC\x87");          // the one multi-char mapping
-  EXPECT_EQ(run(Kind::kLowercase, "ǅ"), "ǆ");                  // titlecase digraph
+  EXPECT_EQ(run(Kind::kLowercase, "ÀÉÎ ΣΑΣ"), "àéî σασ");  // no final-sigma rule
+  EXPECT_EQ(run(Kind::kLowercase, "İ"), "i\xCC\x87");      // the one multi-char mapping
+  EXPECT_EQ(run(Kind::kLowercase, "ǅ"), "ǆ");              // titlecase digraph
 }
 
 TEST(Normalizer, StripAccentsDropsEveryMark) {
-  EXPECT_EQ(run(Kind::kStripAccents, "e\xCC\x81" "a\xE0\xA4\x83" "b\xE2\x83\x9D"), "eab");  // Mn, Mc, Me
+  EXPECT_EQ(run(Kind::kStripAccents,
+                "e\xCC\x81"
+                "a\xE0\xA4\x83"
+                "b\xE2\x83\x9D"),
+            "eab");  // Mn, Mc, Me
 }
 
 TEST(Normalizer, StripUsesUnicodeWhiteSpace) {

@@ -11,7 +11,8 @@
 namespace engram::text {
 namespace {
 
-std::vector<std::string> split_with(std::string_view text, std::string_view pattern, SplitBehavior b, bool invert = false) {
+std::vector<std::string> split_with(std::string_view text, std::string_view pattern,
+                                    SplitBehavior b, bool invert = false) {
   auto m = make_regex_matcher(pattern, "test");
   std::vector<std::string_view> parts;
   split_piece(text, *m, b, invert, parts);
@@ -21,13 +22,18 @@ std::vector<std::string> split_with(std::string_view text, std::string_view patt
 using V = std::vector<std::string>;
 
 TEST(SplitBehavior, MatchesTokenizersSemantics) {
-  // Examples from the `tokenizers` documentation of SplitDelimiterBehavior, on "the-final--countdown".
+  // Examples from the `tokenizers` documentation of SplitDelimiterBehavior, on
+  // "the-final--countdown".
   const std::string s = "the-final--countdown";
   EXPECT_EQ(split_with(s, "-", SplitBehavior::kRemoved), (V{"the", "final", "countdown"}));
-  EXPECT_EQ(split_with(s, "-", SplitBehavior::kIsolated), (V{"the", "-", "final", "-", "-", "countdown"}));
-  EXPECT_EQ(split_with(s, "-", SplitBehavior::kMergedWithPrevious), (V{"the-", "final-", "-", "countdown"}));
-  EXPECT_EQ(split_with(s, "-", SplitBehavior::kMergedWithNext), (V{"the", "-final", "-", "-countdown"}));
-  EXPECT_EQ(split_with(s, "-", SplitBehavior::kContiguous), (V{"the", "-", "final", "--", "countdown"}));
+  EXPECT_EQ(split_with(s, "-", SplitBehavior::kIsolated),
+            (V{"the", "-", "final", "-", "-", "countdown"}));
+  EXPECT_EQ(split_with(s, "-", SplitBehavior::kMergedWithPrevious),
+            (V{"the-", "final-", "-", "countdown"}));
+  EXPECT_EQ(split_with(s, "-", SplitBehavior::kMergedWithNext),
+            (V{"the", "-final", "-", "-countdown"}));
+  EXPECT_EQ(split_with(s, "-", SplitBehavior::kContiguous),
+            (V{"the", "-", "final", "--", "countdown"}));
   EXPECT_EQ(split_with("Hello World", "o", SplitBehavior::kRemoved, true), (V{"o", "o"}));
 }
 
@@ -50,18 +56,22 @@ TEST(OnigToIcu, RewritesTheDifferingConstructs) {
 TEST(OnigToIcu, WhitespaceClassIncludesVerticalTabAndNextLine) {
   Regex re(R"(\s+)", "test");
   std::vector<Span> spans;
-  re.find_all("a\x0b\xC2\x85" "b", spans);
+  re.find_all(
+      "a\x0b\xC2\x85"
+      "b",
+      spans);
   EXPECT_EQ(spans, (std::vector<Span>{{1, 4}}));
 }
 
 // Random valid UTF-8 drawn from code points of every category, weighted towards the characters
 // the patterns care about (ASCII, whitespace, CR/LF, digits, marks, CJK).
 std::string random_text(std::mt19937_64& rng, size_t code_points) {
-  static const char32_t kInteresting[] = {' ', ' ', ' ', '\t', '\n', '\r', 0x0B, 0x0C, 0x85, 0xA0, 0x2028, 0x3000,
-                                          '\'', 's', 't', 'r', 'e', 'v', 'm', 'l', 'd', '0', '9', 0x0301,
-                                          0x0903, 0x20DD, 0x4E00, 0x9FA5, 0x9FA6, 0x3042, 0x30A2, 0x30FF, 0x3400,
-                                          0x00B2, 0x2163, 0xFF11, '!', '-', '[', '\\', '`', '~', 0x2014, 0x00A9,
-                                          0x1F600, 0x200D, 0xFE0F, 0x00AD, 0xE000, 0x0001, 0x007F};
+  static const char32_t kInteresting[] = {
+      ' ',     ' ',    ' ',    '\t',   '\n',   '\r',   0x0B,   0x0C,   0x85,   0xA0,   0x2028,
+      0x3000,  '\'',   's',    't',    'r',    'e',    'v',    'm',    'l',    'd',    '0',
+      '9',     0x0301, 0x0903, 0x20DD, 0x4E00, 0x9FA5, 0x9FA6, 0x3042, 0x30A2, 0x30FF, 0x3400,
+      0x00B2,  0x2163, 0xFF11, '!',    '-',    '[',    '\\',   '`',    '~',    0x2014, 0x00A9,
+      0x1F600, 0x200D, 0xFE0F, 0x00AD, 0xE000, 0x0001, 0x007F};
   std::string s;
   for (size_t i = 0; i < code_points; ++i) {
     const uint64_t r = rng() % 100;
@@ -96,17 +106,20 @@ TEST_P(FastMatcher, AgreesWithTheRegexOnRandomText) {
     fast->find_all(text, a);
     regex->find_all(text, b);
     total_matches += b.size();
-    ASSERT_EQ(a, b) << "pattern " << pattern << " on text of " << text.size() << " bytes (iteration " << iter << ")";
+    ASSERT_EQ(a, b) << "pattern " << pattern << " on text of " << text.size()
+                    << " bytes (iteration " << iter << ")";
   }
   EXPECT_GT(total_matches, 10000u);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     KnownPatterns, FastMatcher,
-    ::testing::Values(std::string(R"(\p{N}{1,3})"), std::string("[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"),
-                      std::string("[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?"
-                                  "[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"),
-                      std::string(kGpt2Pattern)));
+    ::testing::Values(
+        std::string(R"(\p{N}{1,3})"), std::string("[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"),
+        std::string(
+            "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?"
+            "[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"),
+        std::string(kGpt2Pattern)));
 
 TEST(PreTokenizer, SequenceAppliesStepsToEveryPiece) {
   std::vector<PreTokenizerStep> steps(2);

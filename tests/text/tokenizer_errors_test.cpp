@@ -20,14 +20,27 @@ Json tiny_tokenizer() {
   for (int i = 0; i < 5; ++i) vocab[extra[i]] = 256 + i;
   Json doc = {
       {"version", "1.0"},
-      {"added_tokens", Json::array({Json{{"id", 261}, {"content", "<|end|>"}, {"special", true}, {"normalized", false},
-                                         {"lstrip", false}, {"rstrip", false}, {"single_word", false}}})},
+      {"added_tokens", Json::array({Json{{"id", 261},
+                                         {"content", "<|end|>"},
+                                         {"special", true},
+                                         {"normalized", false},
+                                         {"lstrip", false},
+                                         {"rstrip", false},
+                                         {"single_word", false}}})},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"},
+        {"add_prefix_space", true},
+        {"trim_offsets", true},
+        {"use_regex", true}}},
       {"post_processor", nullptr},
       {"decoder", {{"type", "ByteLevel"}}},
-      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"vocab", vocab},
-                 {"merges", Json::array({"Ġ t", "h e", Json::array({"Ġt", "he"}), "l o", "lo w"})}}},
+      {"model",
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"vocab", vocab},
+        {"merges", Json::array({"Ġ t", "h e", Json::array({"Ġt", "he"}), "l o", "lo w"})}}},
   };
   return doc;
 }
@@ -46,7 +59,8 @@ TEST(TinyTokenizer, EncodesWithPrefixSpaceRegexAndMerges) {
   const Tokenizer t = Tokenizer::from_json(tiny_tokenizer().dump(), "tiny");
   EXPECT_EQ(t.vocab_size(), 262u);
   // add_prefix_space: "the" -> " the" -> Ġthe; "low" -> " low" -> Ġ + low.
-  EXPECT_EQ(t.encode("the low"), (std::vector<uint32_t>{258, byte_level::char_to_byte(U'Ġ').value(), 260}));
+  EXPECT_EQ(t.encode("the low"),
+            (std::vector<uint32_t>{258, byte_level::char_to_byte(U'Ġ').value(), 260}));
   // The added token splits the text; each side gets its own prefix space.
   const auto ids = t.encode("the<|end|>the");
   EXPECT_EQ(ids, (std::vector<uint32_t>{258, 261, 258}));
@@ -58,7 +72,8 @@ TEST(TokenizerErrors, MissingFileNamesThePath) {
     Tokenizer::from_file("/nonexistent/dir/tokenizer.json");
     FAIL();
   } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/tokenizer.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/tokenizer.json"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -67,7 +82,8 @@ TEST(TokenizerErrors, InvalidJson) {
     Tokenizer::from_json("{\"model\": [", "broken.json");
     FAIL();
   } catch (const FormatError& e) {
-    EXPECT_NE(std::string(e.what()).find("broken.json: invalid JSON"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("broken.json: invalid JSON"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -75,7 +91,8 @@ TEST(TokenizerErrors, UnsupportedModelType) {
   Json doc = tiny_tokenizer();
   doc["model"]["type"] = "WordPiece";
   const std::string msg = expect_format_error(doc);
-  EXPECT_NE(msg.find("tok.json: model.type: unsupported model \"WordPiece\""), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tok.json: model.type: unsupported model \"WordPiece\""), std::string::npos)
+      << msg;
 }
 
 TEST(TokenizerErrors, MergeOfUnknownToken) {
@@ -89,7 +106,8 @@ TEST(TokenizerErrors, MergeOfUnknownToken) {
 TEST(TokenizerErrors, MalformedMerge) {
   Json doc = tiny_tokenizer();
   doc["model"]["merges"][1] = "abc";
-  EXPECT_NE(expect_format_error(doc).find("model.merges[1]: expected \"left right\""), std::string::npos);
+  EXPECT_NE(expect_format_error(doc).find("model.merges[1]: expected \"left right\""),
+            std::string::npos);
   doc["model"]["merges"][1] = 7;
   EXPECT_NE(expect_format_error(doc).find("model.merges[1]"), std::string::npos);
 }
@@ -97,7 +115,8 @@ TEST(TokenizerErrors, MalformedMerge) {
 TEST(TokenizerErrors, BadVocabularyIds) {
   Json doc = tiny_tokenizer();
   doc["model"]["vocab"]["Ġt"] = -3;
-  EXPECT_NE(expect_format_error(doc).find("model.vocab.Ġt: token id -3 is out of range"), std::string::npos);
+  EXPECT_NE(expect_format_error(doc).find("model.vocab.Ġt: token id -3 is out of range"),
+            std::string::npos);
   doc = tiny_tokenizer();
   doc["model"]["vocab"]["Ġt"] = "x";
   EXPECT_NE(expect_format_error(doc).find("expected an integer"), std::string::npos);
@@ -109,15 +128,20 @@ TEST(TokenizerErrors, BadVocabularyIds) {
 TEST(TokenizerErrors, UnsupportedPretokenizerAndMissingByteLevel) {
   Json doc = tiny_tokenizer();
   doc["pre_tokenizer"] = {{"type", "Metaspace"}};
-  EXPECT_NE(expect_format_error(doc).find("pre_tokenizer.type: unsupported pre-tokenizer \"Metaspace\""),
-            std::string::npos);
-  doc["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "\\s+"}}}, {"behavior", "Isolated"}};
+  EXPECT_NE(
+      expect_format_error(doc).find("pre_tokenizer.type: unsupported pre-tokenizer \"Metaspace\""),
+      std::string::npos);
+  doc["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "\\s+"}}}, {"behavior", "Isolated"}};
   EXPECT_NE(expect_format_error(doc).find("no ByteLevel step"), std::string::npos);
-  doc["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "("}}}, {"behavior", "Isolated"}};
+  doc["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "("}}}, {"behavior", "Isolated"}};
   EXPECT_NE(expect_format_error(doc).find("cannot compile regex"), std::string::npos);
-  doc["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "a"}}}, {"behavior", "Sideways"}};
-  EXPECT_NE(expect_format_error(doc).find("pre_tokenizer.behavior: unknown split behavior \"Sideways\""),
-            std::string::npos);
+  doc["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "a"}}}, {"behavior", "Sideways"}};
+  EXPECT_NE(
+      expect_format_error(doc).find("pre_tokenizer.behavior: unknown split behavior \"Sideways\""),
+      std::string::npos);
 }
 
 TEST(TokenizerErrors, UnsupportedDecoderNormalizerAndModelOptions) {
@@ -129,8 +153,9 @@ TEST(TokenizerErrors, UnsupportedDecoderNormalizerAndModelOptions) {
   EXPECT_NE(expect_format_error(doc).find("missing \"decoder\""), std::string::npos);
   doc = tiny_tokenizer();
   doc["normalizer"] = {{"type", "BertNormalizer"}};
-  EXPECT_NE(expect_format_error(doc).find("normalizer.type: unsupported normalizer \"BertNormalizer\""),
-            std::string::npos);
+  EXPECT_NE(
+      expect_format_error(doc).find("normalizer.type: unsupported normalizer \"BertNormalizer\""),
+      std::string::npos);
   doc = tiny_tokenizer();
   doc["model"]["dropout"] = 0.1;
   EXPECT_NE(expect_format_error(doc).find("model.dropout"), std::string::npos);
@@ -142,18 +167,22 @@ TEST(TokenizerErrors, UnsupportedDecoderNormalizerAndModelOptions) {
 TEST(TokenizerErrors, BadAddedTokens) {
   Json doc = tiny_tokenizer();
   doc["added_tokens"][0]["content"] = "";
-  EXPECT_NE(expect_format_error(doc).find("added_tokens[0].content: an added token cannot be empty"),
-            std::string::npos);
+  EXPECT_NE(
+      expect_format_error(doc).find("added_tokens[0].content: an added token cannot be empty"),
+      std::string::npos);
   doc = tiny_tokenizer();
   doc["added_tokens"][0].erase("id");
-  EXPECT_NE(expect_format_error(doc).find("added_tokens[0]: missing field \"id\""), std::string::npos);
+  EXPECT_NE(expect_format_error(doc).find("added_tokens[0]: missing field \"id\""),
+            std::string::npos);
   doc = tiny_tokenizer();
   doc["added_tokens"][0]["lstrip"] = "yes";
-  EXPECT_NE(expect_format_error(doc).find("added_tokens[0].lstrip: expected true or false"), std::string::npos);
+  EXPECT_NE(expect_format_error(doc).find("added_tokens[0].lstrip: expected true or false"),
+            std::string::npos);
 }
 
 TEST(TokenizerErrors, NotAnObject) {
-  EXPECT_NE(expect_format_error(Json::array()).find("tok.json: expected an object"), std::string::npos);
+  EXPECT_NE(expect_format_error(Json::array()).find("tok.json: expected an object"),
+            std::string::npos);
   Json doc = tiny_tokenizer();
   doc.erase("model");
   EXPECT_NE(expect_format_error(doc).find("missing field \"model\""), std::string::npos);

@@ -17,9 +17,14 @@ struct Doc {
 };
 
 constexpr Doc kDocs[] = {
-    {"carroll-alice", true},      {"shakespeare-hamlet", true}, {"austen-persuasion", true},
-    {"whitman-leaves", true},     {"melville-moby_dick", true}, {"chinese", false},
-    {"code", false},              {"fuzz", false},
+    {"carroll-alice", true},
+    {"shakespeare-hamlet", true},
+    {"austen-persuasion", true},
+    {"whitman-leaves", true},
+    {"melville-moby_dick", true},
+    {"chinese", false},
+    {"code", false},
+    {"fuzz", false},
 };
 
 std::string doc_text(const Doc& d) {
@@ -41,7 +46,8 @@ const Tokenizer& dsv3() {
 }
 
 // Reports the first difference with some context instead of two huge vectors.
-void expect_same_ids(const std::vector<uint32_t>& got, const std::vector<uint32_t>& want, const std::string& what) {
+void expect_same_ids(const std::vector<uint32_t>& got, const std::vector<uint32_t>& want,
+                     const std::string& what) {
   const size_t n = std::min(got.size(), want.size());
   size_t i = 0;
   while (i < n && got[i] == want[i]) ++i;
@@ -50,9 +56,10 @@ void expect_same_ids(const std::vector<uint32_t>& got, const std::vector<uint32_
   const size_t from = i >= 5 ? i - 5 : 0;
   for (size_t k = from; k < std::min(n, i + 5); ++k) ctx += std::to_string(want[k]) + " ";
   const uint32_t g = i < got.size() ? got[i] : 0, w = i < want.size() ? want[i] : 0;
-  ADD_FAILURE() << what << ": first difference at token " << i << " of " << want.size() << " (got " << got.size()
-                << " tokens): engram " << g << " \"" << dsv3().id_to_token(g).value_or("?") << "\", reference " << w
-                << " \"" << dsv3().id_to_token(w).value_or("?") << "\"; reference around it: " << ctx;
+  ADD_FAILURE() << what << ": first difference at token " << i << " of " << want.size() << " (got "
+                << got.size() << " tokens): engram " << g << " \""
+                << dsv3().id_to_token(g).value_or("?") << "\", reference " << w << " \""
+                << dsv3().id_to_token(w).value_or("?") << "\"; reference around it: " << ctx;
 }
 
 class DocumentParity : public ::testing::TestWithParam<Doc> {};
@@ -67,7 +74,8 @@ TEST_P(DocumentParity, RegexPretokenizerAgrees) {
   const Doc& d = GetParam();
   Tokenizer t = Tokenizer::from_file(test::tokenizer_dir());
   t.set_reference_pretokenizer(true);
-  expect_same_ids(t.encode(doc_text(d)), reference_ids(d), std::string(d.name) + " (ICU regex path)");
+  expect_same_ids(t.encode(doc_text(d)), reference_ids(d),
+                  std::string(d.name) + " (ICU regex path)");
 }
 
 TEST_P(DocumentParity, DecodeRoundTrips) {

@@ -23,15 +23,19 @@ struct Case {
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const char* t : {"gpt2", "llama3", "mixed"}) {
-    for (const char* d : {"code", "fuzz", "chinese", "added_tokens", "carroll-alice"}) cases.push_back({t, d});
+    for (const char* d : {"code", "fuzz", "chinese", "added_tokens", "carroll-alice"})
+      cases.push_back({t, d});
   }
   return cases;
 }
 
-std::string synthetic_dir() { return test::fixture_dir() + "/tokenize/synthetic"; }
+std::string synthetic_dir() {
+  return test::fixture_dir() + "/tokenize/synthetic";
+}
 
 std::string doc_text(const std::string& doc) {
-  if (doc == "carroll-alice") return read_file(test::data_dir() + "/corpora/gutenberg/carroll-alice.txt");
+  if (doc == "carroll-alice")
+    return read_file(test::data_dir() + "/corpora/gutenberg/carroll-alice.txt");
   return read_file(test::fixture_dir() + "/tokenize/" + doc + ".txt");
 }
 
@@ -59,9 +63,10 @@ TEST_P(SyntheticTokenizer, EncodesExactlyAsTokenizers) {
     t.set_reference_pretokenizer(reference_pretokenizer);
     const auto got = t.encode(text);
     const size_t at = first_difference(got, want);
-    EXPECT_TRUE(got == want) << c.tokenizer << " on " << c.doc << (reference_pretokenizer ? " (regex path)" : "")
-                             << ": first difference at token " << at << " of " << want.size() << " (got "
-                             << got.size() << ")";
+    EXPECT_TRUE(got == want) << c.tokenizer << " on " << c.doc
+                             << (reference_pretokenizer ? " (regex path)" : "")
+                             << ": first difference at token " << at << " of " << want.size()
+                             << " (got " << got.size() << ")";
   }
 }
 

@@ -15,7 +15,9 @@ const Tokenizer& dsv3() {
   return t;
 }
 
-json::Json golden() { return json::parse(read_file(test::golden_dir() + "/engram_hash_golden.json"), "golden"); }
+json::Json golden() {
+  return json::parse(read_file(test::golden_dir() + "/engram_hash_golden.json"), "golden");
+}
 
 TEST(Tokenizer, LoadsDeepSeekV3) {
   EXPECT_EQ(dsv3().vocab_size(), 128815u);
@@ -23,7 +25,8 @@ TEST(Tokenizer, LoadsDeepSeekV3) {
   EXPECT_EQ(dsv3().id_to_token(0).value(), "<｜begin▁of▁sentence｜>");
   EXPECT_EQ(dsv3().token_to_id("Ġthe").value(), dsv3().encode(" the").at(0));
   EXPECT_FALSE(dsv3().id_to_token(200000).has_value());
-  EXPECT_NE(dsv3().describe().find("fast:deepseek-v3-words"), std::string::npos) << dsv3().describe();
+  EXPECT_NE(dsv3().describe().find("fast:deepseek-v3-words"), std::string::npos)
+      << dsv3().describe();
 }
 
 TEST(Tokenizer, MatchesGoldenEncodings) {
@@ -55,7 +58,8 @@ TEST(Tokenizer, DecodeInvertsEncode) {
 }
 
 TEST(Tokenizer, SpecialTokensAreMatchedBeforePretokenization) {
-  const auto ids = dsv3().encode("<｜begin▁of▁sentence｜>hi<｜end▁of▁sentence｜><｜end▁of▁sentence｜>");
+  const auto ids =
+      dsv3().encode("<｜begin▁of▁sentence｜>hi<｜end▁of▁sentence｜><｜end▁of▁sentence｜>");
   ASSERT_GE(ids.size(), 4u);
   EXPECT_EQ(ids.front(), 0u);
   EXPECT_EQ(ids[ids.size() - 1], 1u);

@@ -18,9 +18,9 @@
 namespace engram::text {
 
 struct CompressionTable {
-  std::vector<int32_t> lut;        // lut[id]: compressed id of tokenizer id `id`
-  std::vector<std::string> keys;   // keys[c]: the key of compressed id c
-  std::vector<uint8_t> fallback;   // fallback[id]: 1 if the key was the raw token (U+FFFD case)
+  std::vector<int32_t> lut;       // lut[id]: compressed id of tokenizer id `id`
+  std::vector<std::string> keys;  // keys[c]: the key of compressed id c
+  std::vector<uint8_t> fallback;  // fallback[id]: 1 if the key was the raw token (U+FFFD case)
 
   // Builds the table for every id of the tokenizer (0 .. vocab_size-1) on `threads` threads.
   static CompressionTable build(const Tokenizer& tokenizer, int threads = 0);

@@ -15,7 +15,17 @@ namespace engram::text {
 class Regex;
 
 struct NormalizerStep {
-  enum class Kind { kNfc, kNfd, kNfkc, kNfkd, kLowercase, kStripAccents, kStrip, kReplace, kPrepend };
+  enum class Kind {
+    kNfc,
+    kNfd,
+    kNfkc,
+    kNfkd,
+    kLowercase,
+    kStripAccents,
+    kStrip,
+    kReplace,
+    kPrepend
+  };
   Kind kind;
   // kStrip: which ends to strip (Unicode White_Space, as Rust's str::trim).
   bool strip_left = true;

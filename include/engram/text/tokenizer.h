@@ -60,7 +60,8 @@ class Tokenizer {
   // Appends the ids of `text` to `out`.
   void encode(std::string_view text, std::vector<uint32_t>& out) const;
   // Encodes many documents on up to `threads` threads (0 = all cores); order is kept.
-  std::vector<std::vector<uint32_t>> encode_batch(const std::vector<std::string>& texts, int threads = 0) const;
+  std::vector<std::vector<uint32_t>> encode_batch(const std::vector<std::string>& texts,
+                                                  int threads = 0) const;
 
   // Text of `ids` (special tokens kept, no clean-up), invalid UTF-8 replaced by U+FFFD exactly
   // as `tokenizers` does. Throws InputError for an id with no token.

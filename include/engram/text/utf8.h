@@ -21,7 +21,8 @@ inline char32_t next_code_point(std::string_view s, size_t& i) {
     return c;
   }
   if (b0 < 0xF0) {
-    const char32_t c = ((b0 & 0x0Fu) << 12) | ((static_cast<unsigned char>(s[i + 1]) & 0x3Fu) << 6) |
+    const char32_t c = ((b0 & 0x0Fu) << 12) |
+                       ((static_cast<unsigned char>(s[i + 1]) & 0x3Fu) << 6) |
                        (static_cast<unsigned char>(s[i + 2]) & 0x3Fu);
     i += 3;
     return c;
@@ -44,7 +45,9 @@ void append_utf8(std::string& out, char32_t c);
 // Byte offset of the first invalid UTF-8 sequence in s, or npos if s is valid (strict: no
 // overlongs, no surrogates, nothing above U+10FFFF).
 size_t find_invalid_utf8(std::string_view s);
-inline bool is_valid_utf8(std::string_view s) { return find_invalid_utf8(s) == std::string_view::npos; }
+inline bool is_valid_utf8(std::string_view s) {
+  return find_invalid_utf8(s) == std::string_view::npos;
+}
 
 // Rust's String::from_utf8_lossy: each maximal invalid subpart becomes one U+FFFD (the Unicode
 // "substitution of maximal subparts" practice, as Hugging Face tokenizers' decoders produce).

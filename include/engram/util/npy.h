@@ -8,9 +8,9 @@
 namespace engram {
 
 struct NpyArray {
-  std::string descr;            // numpy dtype string, e.g. "<i4", "<i8", "<f4"
-  std::vector<int64_t> shape;   // empty for a scalar
-  std::string data;             // raw little-endian bytes, C order
+  std::string descr;           // numpy dtype string, e.g. "<i4", "<i8", "<f4"
+  std::vector<int64_t> shape;  // empty for a scalar
+  std::string data;            // raw little-endian bytes, C order
 
   int64_t num_elements() const;
 };
