@@ -10,6 +10,7 @@ int run_tokenize(int argc, char** argv);
 int run_compress(int argc, char** argv);
 int run_hash(int argc, char** argv);
 int run_bench(int argc, char** argv);
+int run_layer(int argc, char** argv);
 
 // All of standard input (binary).
 std::string read_stdin();

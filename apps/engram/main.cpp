@@ -60,6 +60,10 @@ Commands:
   hash --tokenizer DIR --config CFG.json [--describe]
       stdin {"input_ids": [[ids...], ...]} -> {"layers": {"<layer_id>": [[[ids per token]
       per position] per row]}}. --describe prints the multipliers and primes instead.
+  run-layer --tokenizer DIR --config CFG.json --layer L --in IN.safetensors --out OUT.safetensors
+      One Engram layer forward and backward on reference-named weights (param.<name>),
+      input_ids, hidden_states and grad_output; writes output, grad_hidden_states and
+      grad.<name>. float64 when hidden_states is F64, else float32.
   bench tokenize --tokenizer DIR FILE [--threads N]
   bench hash --tokenizer DIR --config CFG.json [--tokens N] [--threads N]
       Print one JSON object of throughput figures.
@@ -84,6 +88,7 @@ int main(int argc, char** argv) {
     if (cmd == "compress") return cli::run_compress(argc, argv);
     if (cmd == "hash") return cli::run_hash(argc, argv);
     if (cmd == "bench") return cli::run_bench(argc, argv);
+    if (cmd == "run-layer") return cli::run_layer(argc, argv);
     std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
     return 2;
   } catch (const cli::UsageError& e) {

@@ -6,7 +6,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "engram/util/error.h"
 
@@ -56,38 +58,94 @@ std::string read_file(const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, std::string_view bytes) {
-  std::string tmp = path + ".tmp.XXXXXX";
-  const int fd = ::mkstemp(tmp.data());
-  if (fd < 0) throw_errno(path, "cannot create temporary file");
-  auto fail = [&](const char* action) {
-    const int saved = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    errno = saved;
-    throw_errno(path, action);
-  };
+  AtomicFileWriter out(path);
+  out.write(bytes);
+  out.commit();
+}
+
+namespace {
+// Pieces smaller than this are gathered before they reach write(2).
+constexpr size_t kWriteBufferBytes = size_t{1} << 20;
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
+  temp_path_ = path_ + ".tmp.XXXXXX";
+  fd_ = ::mkostemp(temp_path_.data(), O_CLOEXEC);
+  if (fd_ < 0) {
+    temp_path_.clear();
+    throw_errno(path_, "cannot create temporary file");
+  }
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
+}
+
+void AtomicFileWriter::fail(const char* action) {
+  const int saved = errno;
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+  temp_path_.clear();
+  errno = saved;
+  throw_errno(path_, action);
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  if (fd_ < 0) throw std::logic_error("AtomicFileWriter::write after commit or failure");
+  if (size == 0) return;
+  if (buffer_.size() + size <= kWriteBufferBytes) {
+    buffer_.append(static_cast<const char*>(data), size);
+    size_ += size;
+    return;
+  }
+  flush();
+  if (size < kWriteBufferBytes) {
+    buffer_.append(static_cast<const char*>(data), size);
+    size_ += size;
+    return;
+  }
+  const char* p = static_cast<const char*>(data);
   size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+  while (done < size) {
+    const ssize_t n = ::write(fd_, p + done, size - done);
     if (n < 0) {
       if (errno == EINTR) continue;
       fail("write failed");
     }
     done += static_cast<size_t>(n);
   }
-  if (::fchmod(fd, 0644) != 0) fail("chmod failed");
-  if (::fsync(fd) != 0) fail("fsync failed");
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    throw_errno(path, "close failed");
+  size_ += size;
+}
+
+void AtomicFileWriter::flush() {
+  size_t done = 0;
+  while (done < buffer_.size()) {
+    const ssize_t n = ::write(fd_, buffer_.data() + done, buffer_.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("write failed");
+    }
+    done += static_cast<size_t>(n);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int saved = errno;
-    ::unlink(tmp.c_str());
-    errno = saved;
-    throw_errno(path, "rename failed");
-  }
-  const int dfd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  buffer_.clear();
+}
+
+void AtomicFileWriter::commit() {
+  if (fd_ < 0) throw std::logic_error("AtomicFileWriter::commit after commit or failure");
+  flush();
+  if (::fchmod(fd_, 0644) != 0) fail("chmod failed");
+  if (::fsync(fd_) != 0) fail("fsync failed");
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) fail("close failed");
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) fail("rename failed");
+  committed_ = true;
+  temp_path_.clear();
+  // The rename is durable once the directory is synced; a failure here cannot be undone, and
+  // the new file is already in place, so it is not reported.
+  const int dfd = ::open(parent_dir(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
     ::close(dfd);

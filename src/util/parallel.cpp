@@ -1,6 +1,7 @@
 #include "engram/util/parallel.h"
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -91,10 +92,23 @@ int hardware_threads() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
+namespace {
+std::atomic<int> g_default_threads{0};
+}  // namespace
+
+void set_default_threads(int threads) {
+  g_default_threads.store(threads < 0 ? 0 : threads);
+}
+
+int default_threads() {
+  const int t = g_default_threads.load();
+  return t > 0 ? t : hardware_threads();
+}
+
 void parallel_for(size_t n, int threads, size_t grain,
                   const std::function<void(size_t, size_t)>& fn) {
   if (n == 0) return;
-  if (threads <= 0) threads = hardware_threads();
+  if (threads <= 0) threads = default_threads();
   grain = std::max<size_t>(grain, 1);
   const size_t pieces = std::min<size_t>(static_cast<size_t>(threads), (n + grain - 1) / grain);
   if (pieces <= 1 || ThreadPool::on_worker()) {  // nested regions run inline

@@ -8,7 +8,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
+#include "engram/model/safetensors.h"
 #include "engram/util/file.h"
 #include "engram/util/npy.h"
 #include "test_paths.h"
@@ -170,6 +172,113 @@ TEST(CliErrors, HashConfigValuesThatMakeNoSense) {
   expect_error(run("hash " + tok_arg() + with("\"seed\": 7", "\"sed\": 7"), "{}"), 1, "sed");
   expect_error(run("hash " + tok_arg() + " --config /nonexistent.json", "{}"), 1,
                "/nonexistent.json");
+}
+
+// run-layer on the reference module's golden inputs: every output within `tol` of the golden
+// value, relative to the tensor's largest magnitude.
+size_t expect_run_layer_matches(const std::string& config, int layer, const std::string& in_path,
+                                const std::string& expected_path, double tol) {
+  const std::string out_path = temp_dir() + "/layer_out.safetensors";
+  const Result r = run("run-layer " + tok_arg() + " --config " + config + " --layer " +
+                       std::to_string(layer) + " --in " + in_path + " --out " + out_path);
+  EXPECT_EQ(r.status, 0) << r.err;
+  if (r.status != 0) return 0;
+  const auto out = SafetensorsFile::open(out_path);
+  const auto golden = SafetensorsFile::open(expected_path);
+  size_t compared = 0;
+  for (const auto& name : golden.names()) {
+    if (name != "output" && name != "grad_hidden_states" && name.rfind("grad.", 0) != 0) continue;
+    EXPECT_TRUE(out.contains(name)) << name;
+    if (!out.contains(name)) continue;
+    const Tensor want = golden.get(name).to(DType::kF64), got = out.get(name).to(DType::kF64);
+    EXPECT_EQ(got.shape(), want.shape()) << name;
+    if (got.shape() != want.shape()) continue;
+    double max_abs = 0, max_err = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      max_abs = std::max(max_abs, std::abs(want.data<double>()[i]));
+      max_err = std::max(max_err, std::abs(got.data<double>()[i] - want.data<double>()[i]));
+    }
+    EXPECT_LE(max_err, tol * max_abs)
+        << name << ": max error " << max_err << " of max |value| " << max_abs;
+    ++compared;
+  }
+  return compared;
+}
+
+void expect_run_layer_matches_golden(const std::string& in_path, double tol) {
+  const size_t compared =
+      expect_run_layer_matches(config_path("engram_small.json"), 3, in_path,
+                               test::golden_dir() + "/engram_module_golden.safetensors", tol);
+  EXPECT_EQ(compared, 2u + 24u);  // output, grad_hidden_states and 24 parameter gradients
+}
+
+// Other layer shapes (hc_mult 1/2/4, orders 2-4, with and without biases and short conv) against
+// the reference module in PyTorch (tools/torch_ref/engram_layer_ref.py parity).
+TEST(Cli, RunLayerMatchesPyTorchOnOtherShapes) {
+  const std::string dir = test::fixture_dir() + "/layer/";
+  for (const auto& [name, layer, params] :
+       {std::tuple{"m1_n2", 2, 9u}, {"m2_n4_nobias", 5, 11u}, {"m4_n3_noconv", 0, 19u}}) {
+    SCOPED_TRACE(name);
+    const size_t compared =
+        expect_run_layer_matches(dir + name + ".config.json", layer, dir + name + ".in.safetensors",
+                                 dir + name + ".expected.safetensors", 1e-9);
+    EXPECT_EQ(compared, 2u + params);
+  }
+}
+
+TEST(Cli, RunLayerReproducesGoldenInFloat64) {
+  expect_run_layer_matches_golden(test::golden_dir() + "/engram_module_golden.safetensors", 1e-9);
+}
+
+TEST(Cli, RunLayerReproducesGoldenInFloat32) {
+  // The golden inputs converted to float32 (ids stay int64).
+  const auto golden =
+      SafetensorsFile::open(test::golden_dir() + "/engram_module_golden.safetensors");
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& name : golden.names()) {
+    const Tensor t = golden.get(name);
+    tensors.emplace_back(name, t.dtype() == DType::kF64 ? t.to(DType::kF32) : t);
+  }
+  const std::string in32 = temp_dir() + "/golden_f32.safetensors";
+  write_safetensors(in32, tensors);
+  expect_run_layer_matches_golden(in32, 2e-5);
+}
+
+TEST(CliErrors, RunLayerInputProblems) {
+  const auto golden =
+      SafetensorsFile::open(test::golden_dir() + "/engram_module_golden.safetensors");
+  auto write_variant = [&](const std::string& drop, const std::string& add,
+                           const Tensor& add_value) {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const auto& name : golden.names()) {
+      if (name != drop) tensors.emplace_back(name, golden.get(name));
+    }
+    if (!add.empty()) tensors.emplace_back(add, add_value);
+    const std::string path = temp_dir() + "/variant.safetensors";
+    write_safetensors(path, tensors);
+    return path;
+  };
+  const std::string base = "run-layer " + tok_arg() + " --config " +
+                           config_path("engram_small.json") + " --out " + temp_dir() +
+                           "/o.safetensors";
+  expect_error(run(base + " --layer 3 --in " + write_variant("param.norm1.2.weight", "", Tensor())),
+               1, "missing tensor \"param.norm1.2.weight\"");
+  expect_error(run(base + " --layer 3 --in " +
+                   write_variant("param.value_proj.bias", "param.value_proj.bias",
+                                 Tensor(DType::kF64, {63}))),
+               1, "tensor \"param.value_proj.bias\" has shape [63], expected [64]");
+  expect_error(run(base + " --layer 3 --in " +
+                   write_variant("", "param.extra.weight", Tensor(DType::kF64, {2}))),
+               1, "unexpected parameter \"param.extra.weight\"");
+  expect_error(
+      run(base + " --layer 4 --in " + test::golden_dir() + "/engram_module_golden.safetensors"), 1,
+      "layer 4 has no Engram");
+  expect_error(run(base + " --layer 3 --in " + write_variant("hidden_states", "", Tensor())), 1,
+               "missing tensor \"hidden_states\"");
+  write_temp("trunc.safetensors",
+             read_file(test::golden_dir() + "/engram_module_golden.safetensors").substr(0, 5000));
+  expect_error(run(base + " --layer 3 --in " + temp_dir() + "/trunc.safetensors"), 1,
+               "trunc.safetensors");
 }
 
 TEST(CliErrors, UsageErrorsExitTwo) {
