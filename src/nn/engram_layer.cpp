@@ -268,14 +268,16 @@ void EngramLayer<T>::backward(const T* d_out, const T* hidden, const EngramSaved
   const int64_t d = c.hidden_size, M = c.hc_mult, kvr = c.kv_rows();
   const size_t n_out = static_cast<size_t>(tokens * M * d);
   // dVt = d_out (identity path) + the short conv's input gradient.
-  std::vector<T> dvt(d_out, d_out + n_out);
+  std::vector<T>& dvt = saved.dvt;
+  dvt.assign(d_out, d_out + n_out);
   if (c.short_conv) {
     short_conv_backward(dvt.data(), grads.conv_weight.data(), grads.conv_norm.data(), d_out,
                         saved.vt.data(), saved.conv, params_.conv_weight.data(),
                         params_.conv_norm.data(), conv_shape(saved.batch, saved.seq));
   }
   // Back through the gates, per token; norm weight gradients go to per-chunk partials.
-  std::vector<T> dkv(static_cast<size_t>(tokens * kvr), T(0));
+  std::vector<T>& dkv = saved.dkv;
+  dkv.assign(static_cast<size_t>(tokens * kvr), T(0));
   const size_t md = static_cast<size_t>(M * d);
   std::vector<T> part_key(kChunks * md, T(0)), part_query(kChunks * md, T(0));
   const T inv_sqrt_d = T(1) / std::sqrt(static_cast<T>(d));
@@ -347,7 +349,8 @@ void EngramLayer<T>::backward(const T* d_out, const T* hidden, const EngramSaved
             part_bias[chunk * static_cast<size_t>(kvr) + static_cast<size_t>(j)];
     }
   }
-  std::vector<T> de(static_cast<size_t>(tokens * dm));
+  std::vector<T>& de = saved.de;
+  de.resize(static_cast<size_t>(tokens * dm));
   gemm<T>(Trans::kNo, Trans::kNo, tokens, dm, kvr, T(1), dkv.data(), kvr, params_.kv_weight.data(),
           dm, T(0), de.data(), dm);
   // Sparse table gradient: the (token, head) slots sorted by row (stably, so each row's sum runs

@@ -57,7 +57,8 @@ void short_conv_backward(T* dx, T* d_conv_w, T* d_norm_w, const T* dy, const T* 
                          const ShortConvShape& s) {
   const int64_t C = s.channels(), d = s.dim, w = s.kernel, tokens = s.tokens();
   // du = dy * SiLU'(u), SiLU'(u) = sig(u) (1 + u (1 - sig(u))).
-  std::vector<T> du(static_cast<size_t>(tokens * C));
+  std::vector<T>& du = saved.du;
+  du.resize(static_cast<size_t>(tokens * C));
   parallel_for(du.size(), 0, 4096, [&](size_t b, size_t e) {
     for (size_t i = b; i < e; ++i) {
       const T u = saved.u[i];
@@ -66,7 +67,8 @@ void short_conv_backward(T* dx, T* d_conv_w, T* d_norm_w, const T* dy, const T* 
   });
   // Weight gradient and input gradient, parallel over channels: each channel's sums run over
   // (b, t) in order, so the result does not depend on the number of threads.
-  std::vector<T> dxn(static_cast<size_t>(tokens * C), T(0));
+  std::vector<T>& dxn = saved.dxn;
+  dxn.assign(static_cast<size_t>(tokens * C), T(0));
   parallel_for(static_cast<size_t>(C), 0, 16, [&](size_t cb, size_t ce) {
     for (int64_t bt = 0; bt < tokens; ++bt) {
       const int64_t t = bt % s.seq;

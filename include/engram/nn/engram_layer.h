@@ -87,7 +87,7 @@ struct SparseRowGrad {
   int64_t width = 0;
 };
 
-// What forward saves for backward.
+// What forward saves for backward. Reuse one across steps: its buffers keep their capacity.
 template <class T>
 struct EngramSaved {
   int64_t batch = 0, seq = 0;
@@ -97,6 +97,8 @@ struct EngramSaved {
   std::vector<T> key_rstd, query_rstd, score, alpha;  // (B*T, M)
   std::vector<T> vt;                                  // (B, T, M, d)
   ShortConvSaved<T> conv;
+  // Backward's scratch, kept so that repeated steps do not allocate (and fault in) fresh pages.
+  mutable std::vector<T> dvt, dkv, de;
 };
 
 template <class T>

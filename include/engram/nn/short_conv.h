@@ -27,6 +27,8 @@ struct ShortConvSaved {
   std::vector<T> xn;    // (B, T, C) normalized input
   std::vector<T> rstd;  // (B*T*M)
   std::vector<T> u;     // (B, T, C) pre-activation
+  // Backward's scratch, kept so that repeated steps do not allocate (and fault in) fresh pages.
+  mutable std::vector<T> du, dxn;  // (B, T, C)
 };
 
 // y (B, T, C).
