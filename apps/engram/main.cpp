@@ -64,6 +64,11 @@ Commands:
       One Engram layer forward and backward on reference-named weights (param.<name>),
       input_ids, hidden_states and grad_output; writes output, grad_hidden_states and
       grad.<name>. float64 when hidden_states is F64, else float32.
+  prepare --tokenizer DIR --out DIR [--val-fraction F] [--seed S] [--no-bos]
+          [--invalid-utf8 error|latin1|replace] INPUT...
+      Tokenizes text corpora (.txt/.md/.rst files, .jsonl with a "text" field; folders are
+      searched) into uint32 token shards train.bin / val.bin with a document-level split and
+      a manifest.json; prints the split sizes.
   bench tokenize --tokenizer DIR FILE [--threads N]
   bench hash --tokenizer DIR --config CFG.json [--tokens N] [--threads N]
       Print one JSON object of throughput figures.
@@ -89,6 +94,7 @@ int main(int argc, char** argv) {
     if (cmd == "hash") return cli::run_hash(argc, argv);
     if (cmd == "bench") return cli::run_bench(argc, argv);
     if (cmd == "run-layer") return cli::run_layer(argc, argv);
+    if (cmd == "prepare") return cli::run_prepare(argc, argv);
     std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
     return 2;
   } catch (const cli::UsageError& e) {
