@@ -16,7 +16,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # ---- 1. Debian packages -----------------------------------------------------
 need_pkgs=(g++ cmake make libicu-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
            python3 python3-numpy ca-certificates)
-need_pkgs+=(libopenblas-dev)  # GemmBackend::kBlas (engram builds without it, on its own kernel)
+# OpenBLAS backs GemmBackend::kBlas (engram builds without it); toml++ reads model configs.
+need_pkgs+=(libopenblas-dev libtomlplusplus-dev)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,6 +12,7 @@ int run_hash(int argc, char** argv);
 int run_bench(int argc, char** argv);
 int run_layer(int argc, char** argv);
 int run_prepare(int argc, char** argv);
+int run_params(int argc, char** argv);
 
 // All of standard input (binary).
 std::string read_stdin();

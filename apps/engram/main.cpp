@@ -69,6 +69,9 @@ Commands:
       Tokenizes text corpora (.txt/.md/.rst files, .jsonl with a "text" field; folders are
       searched) into uint32 token shards train.bin / val.bin with a document-level split and
       a manifest.json; prints the split sizes.
+  params --config MODEL.toml [--json]
+      Parameter accounting of a model config: per component, total (without embedding and
+      head), activated per token, Engram table, and the allocation ratio rho.
   bench tokenize --tokenizer DIR FILE [--threads N]
   bench hash --tokenizer DIR --config CFG.json [--tokens N] [--threads N]
       Print one JSON object of throughput figures.
@@ -95,6 +98,7 @@ int main(int argc, char** argv) {
     if (cmd == "bench") return cli::run_bench(argc, argv);
     if (cmd == "run-layer") return cli::run_layer(argc, argv);
     if (cmd == "prepare") return cli::run_prepare(argc, argv);
+    if (cmd == "params") return cli::run_params(argc, argv);
     std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
     return 2;
   } catch (const cli::UsageError& e) {
