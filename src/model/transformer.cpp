@@ -18,33 +18,6 @@ size_t sz(int64_t n) {
   return static_cast<size_t>(n);
 }
 
-// A RowStore over a std::vector table (rows, width).
-template <class V>
-class VectorRowStore final : public memory::RowStore {
- public:
-  VectorRowStore(const std::vector<V>* values, int64_t width) : values_(values), width_(width) {}
-  int64_t num_rows() const override { return static_cast<int64_t>(values_->size()) / width_; }
-  int64_t width() const override { return width_; }
-  void gather(std::span<const int64_t> rows, float* out, int64_t stride) const override {
-    copy(rows, out, stride);
-  }
-  void gather(std::span<const int64_t> rows, double* out, int64_t stride) const override {
-    copy(rows, out, stride);
-  }
-
- private:
-  template <class Out>
-  void copy(std::span<const int64_t> rows, Out* out, int64_t stride) const {
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const V* src = values_->data() + rows[i] * width_;
-      for (int64_t j = 0; j < width_; ++j)
-        out[static_cast<int64_t>(i) * stride + j] = static_cast<Out>(src[j]);
-    }
-  }
-  const std::vector<V>* values_;
-  int64_t width_;
-};
-
 template <class T>
 void fill_normal(std::vector<T>& v, std::mt19937_64& rng, double std) {
   std::normal_distribution<double> dist(0.0, std);
@@ -429,7 +402,7 @@ double Transformer<T>::forward(const int64_t* inputs, const int64_t* targets, in
     if (ei >= 0) {
       ls.x_engram = x;
       std::vector<T> out(x.size(), T(0));
-      const VectorRowStore<T> store(&L.engram_table, L.engram->config().row_width());
+      const memory::VectorRowStore<T> store(&L.engram_table, L.engram->config().row_width());
       L.engram->forward(x.data(), hash_ids_.data() + sz(ei) * sz(N * H), batch, seq, store,
                         out.data(), ls.engram);
       add_to(x, out);

@@ -15,31 +15,7 @@
 namespace engram::nn {
 namespace {
 
-// A table in a plain vector, so the checks can perturb its values.
-class VectorRowStore final : public memory::RowStore {
- public:
-  VectorRowStore(std::vector<double>* values, int64_t width) : values_(values), width_(width) {}
-  int64_t num_rows() const override { return static_cast<int64_t>(values_->size()) / width_; }
-  int64_t width() const override { return width_; }
-  void gather(std::span<const int64_t> rows, float* out, int64_t stride) const override {
-    copy(rows, out, stride);
-  }
-  void gather(std::span<const int64_t> rows, double* out, int64_t stride) const override {
-    copy(rows, out, stride);
-  }
-
- private:
-  template <class Out>
-  void copy(std::span<const int64_t> rows, Out* out, int64_t stride) const {
-    for (size_t i = 0; i < rows.size(); ++i) {
-      for (int64_t j = 0; j < width_; ++j)
-        out[static_cast<int64_t>(i) * stride + j] =
-            static_cast<Out>((*values_)[static_cast<size_t>(rows[i] * width_ + j)]);
-    }
-  }
-  std::vector<double>* values_;
-  int64_t width_;
-};
+using memory::VectorRowStore;  // the checks perturb the table in place
 
 struct Case {
   int64_t hc_mult, max_ngram_size;

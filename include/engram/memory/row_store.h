@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "engram/tensor/tensor.h"
 
@@ -39,6 +40,35 @@ class TensorRowStore final : public RowStore {
   template <class Out>
   void gather_as(std::span<const int64_t> rows, Out* out, int64_t out_stride) const;
   Tensor table_;
+};
+
+// A table in a caller-owned std::vector of (rows * width) values of type V (float or double),
+// read in place: the vector must outlive the store, and its values may change between calls
+// (an optimizer updating the table, a gradient check perturbing it).
+template <class V>
+class VectorRowStore final : public RowStore {
+ public:
+  VectorRowStore(const std::vector<V>* values, int64_t width) : values_(values), width_(width) {}
+  int64_t num_rows() const override { return static_cast<int64_t>(values_->size()) / width_; }
+  int64_t width() const override { return width_; }
+  void gather(std::span<const int64_t> rows, float* out, int64_t stride) const override {
+    copy(rows, out, stride);
+  }
+  void gather(std::span<const int64_t> rows, double* out, int64_t stride) const override {
+    copy(rows, out, stride);
+  }
+
+ private:
+  template <class Out>
+  void copy(std::span<const int64_t> rows, Out* out, int64_t stride) const {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const V* src = values_->data() + rows[i] * width_;
+      Out* dst = out + static_cast<int64_t>(i) * stride;
+      for (int64_t j = 0; j < width_; ++j) dst[j] = static_cast<Out>(src[j]);
+    }
+  }
+  const std::vector<V>* values_;
+  int64_t width_;
 };
 
 }  // namespace engram::memory
