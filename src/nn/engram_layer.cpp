@@ -10,6 +10,7 @@
 #include "engram/tensor/gemm.h"
 #include "engram/util/error.h"
 #include "engram/util/parallel.h"
+#include "nn/activation.h"
 
 namespace engram::nn {
 namespace {
@@ -17,11 +18,6 @@ namespace {
 // Token loops that also reduce into weight gradients run over a fixed number of chunks whose
 // partial sums are added in chunk order: results do not depend on the number of threads.
 constexpr size_t kChunks = 64;
-
-template <class T>
-T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
 
 // The gate's score transform: sign(s) * sqrt(max(|s|, 1e-6)), and its derivative (PyTorch's
 // clamp_min passes the gradient where |s| >= 1e-6; sign has none).

@@ -8,6 +8,7 @@
 
 #include "engram/tensor/gemm.h"
 #include "engram/util/parallel.h"
+#include "nn/activation.h"
 
 namespace engram::nn {
 namespace {
@@ -19,11 +20,6 @@ constexpr int kSinkhornIterations = 20;
 // The normalisation steps after the softmax: one column step, then (row, column) 19 times.
 constexpr int kSinkhornSteps = 2 * kSinkhornIterations - 1;
 constexpr size_t kTokenGrain = 64;
-
-template <class T>
-T sigmoid(T a) {
-  return T(1) / (T(1) + std::exp(-a));
-}
 
 // Step s (1-based) normalises columns when s is odd, rows when it is even.
 bool step_normalises_columns(int step) {

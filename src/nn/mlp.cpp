@@ -5,14 +5,10 @@
 
 #include "engram/tensor/gemm.h"
 #include "engram/util/parallel.h"
+#include "nn/activation.h"
 
 namespace engram::nn {
 namespace {
-
-template <class T>
-T sigmoid(T a) {
-  return T(1) / (T(1) + std::exp(-a));
-}
 
 // g (n*h) = SiLU(h1) ⊙ h3.
 template <class T>

@@ -9,16 +9,12 @@
 #include "engram/tensor/gemm.h"
 #include "engram/util/error.h"
 #include "engram/util/parallel.h"
+#include "nn/activation.h"
 
 namespace engram::nn {
 namespace {
 
 constexpr size_t kTokenGrain = 16;
-
-template <class T>
-T sigmoid(T a) {
-  return T(1) / (T(1) + std::exp(-a));
-}
 
 void check_seq_len(const MoeShape& s, int64_t seq_len) {
   if (seq_len < 1 || s.tokens % seq_len != 0)

@@ -4,17 +4,9 @@
 
 #include "engram/nn/rmsnorm.h"
 #include "engram/util/parallel.h"
+#include "nn/activation.h"
 
 namespace engram::nn {
-namespace {
-
-template <class T>
-T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
-
-}  // namespace
-
 template <class T>
 void short_conv_forward(T* y, ShortConvSaved<T>& saved, const T* x, const T* conv_w,
                         const T* norm_w, const ShortConvShape& s, T eps) {
