@@ -72,6 +72,14 @@ Commands:
   params --config MODEL.toml [--json]
       Parameter accounting of a model config: per component, total (without embedding and
       head), activated per token, Engram table, and the allocation ratio rho.
+  train --config FILE.toml --out DIR [--steps N] [--resume] [--threads N]
+      Trains a model on the prepared data named by the config's train.data; progress on
+      stderr, DIR/metrics.jsonl, DIR/loss.svg and DIR/checkpoint.safetensors.
+  eval --ckpt DIR [--tokens N] [--tokenizer DIR] [--threads N]
+      Validation loss of a checkpoint: {"val_loss", "ppl", "bits_per_byte", "tokens"}.
+  generate --ckpt DIR --prompt TEXT --max-tokens N [--seed S] [--temperature T] [--top-k K]
+           [--top-p P] [--tokenizer DIR]
+      Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
   bench tokenize --tokenizer DIR FILE [--threads N]
   bench hash --tokenizer DIR --config CFG.json [--tokens N] [--threads N]
       Print one JSON object of throughput figures.
@@ -99,6 +107,9 @@ int main(int argc, char** argv) {
     if (cmd == "run-layer") return cli::run_layer(argc, argv);
     if (cmd == "prepare") return cli::run_prepare(argc, argv);
     if (cmd == "params") return cli::run_params(argc, argv);
+    if (cmd == "train") return cli::run_train(argc, argv);
+    if (cmd == "eval") return cli::run_eval(argc, argv);
+    if (cmd == "generate") return cli::run_generate(argc, argv);
     std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
     return 2;
   } catch (const cli::UsageError& e) {

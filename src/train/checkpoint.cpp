@@ -119,8 +119,11 @@ void save_checkpoint(const std::string& path, model::TransformerParams<float>& p
   write_safetensors(path, tensors, metadata);
 }
 
-CheckpointState load_checkpoint(const std::string& path, model::TransformerParams<float>& params,
-                                std::vector<OptimizerCheckpoint>& optimizers) {
+namespace {
+
+// weights_only: optimizer tensors and metadata in the file are ignored (inference).
+CheckpointState load_impl(const std::string& path, model::TransformerParams<float>& params,
+                          std::vector<OptimizerCheckpoint>& optimizers, bool weights_only) {
   const SafetensorsFile file = SafetensorsFile::open(path);
   const std::string& format = meta(file, "format");
   if (format != kCheckpointFormat) {
@@ -149,6 +152,7 @@ CheckpointState load_checkpoint(const std::string& path, model::TransformerParam
     sources.push_back(std::move(src));
   }
   for (const auto& name : file.names()) {
+    if (weights_only && name.rfind("optim.", 0) == 0) continue;
     if (expected.count(name) == 0) {
       throw FormatError(error_message(path, name + ": unexpected tensor " +
                                                 shape_string(file.get(name).shape()) +
@@ -175,6 +179,37 @@ CheckpointState load_checkpoint(const std::string& path, model::TransformerParam
   for (size_t i = 0; i < optimizers.size(); ++i) {
     optimizers[i].steps = steps[i];
     if (optimizers[i].restore_steps) optimizers[i].restore_steps(steps[i]);
+  }
+  return state;
+}
+
+}  // namespace
+
+CheckpointState load_checkpoint(const std::string& path, model::TransformerParams<float>& params,
+                                std::vector<OptimizerCheckpoint>& optimizers) {
+  return load_impl(path, params, optimizers, false);
+}
+
+CheckpointState load_checkpoint_weights_only(const std::string& path,
+                                             model::TransformerParams<float>& params) {
+  std::vector<OptimizerCheckpoint> none;
+  return load_impl(path, params, none, true);
+}
+
+CheckpointState read_checkpoint_metadata(const std::string& path) {
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  const std::string& format = meta(file, "format");
+  if (format != kCheckpointFormat) {
+    throw FormatError(error_message(
+        path, "__metadata__: format: \"" + format + "\" (expected \"" + kCheckpointFormat + "\")"));
+  }
+  CheckpointState state;
+  state.step = meta_int<int64_t>(file, "step");
+  state.data_seed = meta_int<uint64_t>(file, "data_seed");
+  state.data_position = meta_int<int64_t>(file, "data_position");
+  state.config_toml = meta(file, "config_toml");
+  for (const auto& [k, v] : file.metadata()) {
+    if (k.rfind("extra.", 0) == 0) state.extra[k.substr(6)] = v;
   }
   return state;
 }

@@ -95,6 +95,8 @@ class Transformer {
   // when there is no Engram. Returns the mean cross-entropy and saves activations.
   double forward(const int64_t* inputs, const int64_t* targets, int64_t batch, int64_t seq,
                  std::span<const int32_t> hash_ids = {});
+  // Logits of the last forward, (B*T, V) row-major.
+  const std::vector<T>& logits() const { return logits_; }
   // Gradients of the last forward's loss: overwrites grads(), embed_grad(), engram_table_grads().
   void backward();
 

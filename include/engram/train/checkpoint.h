@@ -62,4 +62,12 @@ void save_checkpoint(const std::string& path, model::TransformerParams<float>& p
 CheckpointState load_checkpoint(const std::string& path, model::TransformerParams<float>& params,
                                 std::vector<OptimizerCheckpoint>& optimizers);
 
+// Only the model: param.* and buffer.* validated and restored as above; optimizer tensors and
+// metadata in the file are ignored (inference).
+CheckpointState load_checkpoint_weights_only(const std::string& path,
+                                             model::TransformerParams<float>& params);
+
+// The run state (metadata) of a checkpoint without reading its tensors.
+CheckpointState read_checkpoint_metadata(const std::string& path);
+
 }  // namespace engram::train
