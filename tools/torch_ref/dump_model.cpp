@@ -1,1 +1,250 @@
-int main() { return 1; }
+// Dumps one forward + backward of the CPU Transformer for the PyTorch mirror
+// (tools/torch_ref/model_ref.py), which loads the parameters, recomputes everything with torch
+// autograd and compares.
+//
+//   engram_dump_model --config FILE.toml --out OUT.safetensors [--dtype f32|f64] [--batch B]
+//                     [--seq T] [--seed S]
+//
+// The model is built with its seeded init, then every parameter and buffer is perturbed with
+// small deterministic noise: the init leaves the Engram conv weights at 0, the norm weights at 1,
+// the mHC parameters at special values and the MoE biases at 0, where a bug could hide. Inputs
+// and targets are uniform in [0, vocab) (a few targets -1, not counted); Engram hash ids come from
+// an NgramHasher over a synthetic compression table lut[id] = id % V', V' = 3/4 of the vocabulary.
+//
+// Written (dtype F32 or F64 as --dtype; ids I64/I32):
+//   param.<name>   every TransformerParams::named() entry, embed and Engram tables included
+//   buffer.<name>  every named_buffers() entry (MoE selection biases)
+//   inputs, targets (B, T) I64;  hash_ids (L_engram, B, T, H) I32 (only with Engram)
+//   logits (B*T, V);  loss (1)
+//   grad.<name>    every dense gradient, and grad.embed / grad.layers.{l}.engram.table scattered
+//                  from the sparse row gradients to dense
+//   moe_counts.{l} (E) I64, the expert loads of every MoE layer
+// Metadata: config_toml, dtype, batch, seq, seed, engram_head_sizes (JSON list of lists).
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engram/hash/ngram_hasher.h"
+#include "engram/model/config.h"
+#include "engram/model/safetensors.h"
+#include "engram/model/transformer.h"
+#include "engram/tensor/tensor.h"
+
+namespace {
+
+using engram::DType;
+using engram::Tensor;
+using engram::model::ModelConfig;
+using engram::model::Transformer;
+
+struct Args {
+  std::string config, out, dtype = "f32";
+  int64_t batch = 0, seq = 0;
+  uint64_t seed = 1;
+};
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr,
+               "engram_dump_model: %s\nusage: engram_dump_model --config FILE.toml --out "
+               "OUT.safetensors [--dtype f32|f64] [--batch B] [--seq T] [--seed S]\n",
+               why.c_str());
+  std::exit(2);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (i + 1 >= argc) usage("missing value for " + k);
+    const std::string v = argv[++i];
+    if (k == "--config") {
+      a.config = v;
+    } else if (k == "--out") {
+      a.out = v;
+    } else if (k == "--dtype") {
+      a.dtype = v;
+    } else if (k == "--batch") {
+      a.batch = std::stoll(v);
+    } else if (k == "--seq") {
+      a.seq = std::stoll(v);
+    } else if (k == "--seed") {
+      a.seed = std::stoull(v);
+    } else {
+      usage("unknown option " + k);
+    }
+  }
+  if (a.config.empty() || a.out.empty()) usage("--config and --out are required");
+  if (a.dtype != "f32" && a.dtype != "f64") usage("--dtype must be f32 or f64");
+  return a;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// Standard deviation of the noise added to a parameter: large enough that every path (conv,
+// mHC dynamics, norm weights) carries weight in the result, small enough to stay near init.
+double noise_std(const std::string& name) {
+  if (contains(name, "short_conv.conv.weight")) return 0.3;  // init 0
+  if (contains(name, ".hc_") || name.rfind("hc_head.", 0) == 0) {
+    if (ends_with(name, ".alpha")) return 0.3;  // init 0.01: give the dynamic part weight
+    if (ends_with(name, ".b")) return 0.2;
+    return 0.02;  // phi (init std 0.002)
+  }
+  if (contains(name, "norm")) return 0.1;  // norm weights, init 1
+  return 0.02;
+}
+
+template <class T>
+constexpr DType dtype_of() {
+  return sizeof(T) == 8 ? DType::kF64 : DType::kF32;
+}
+
+std::string json_list(const std::vector<std::vector<int64_t>>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) {
+    s += i ? ",[" : "[";
+    for (size_t j = 0; j < v[i].size(); ++j) s += (j ? "," : "") + std::to_string(v[i][j]);
+    s += "]";
+  }
+  return s + "]";
+}
+
+template <class T>
+std::vector<T> densify(const engram::nn::SparseRowGrad<T>& g, int64_t size) {
+  std::vector<T> out(static_cast<size_t>(size), T(0));
+  for (size_t r = 0; r < g.rows.size(); ++r) {
+    for (int64_t j = 0; j < g.width; ++j) {
+      out[static_cast<size_t>(g.rows[r] * g.width + j)] +=
+          g.values[r * static_cast<size_t>(g.width) + static_cast<size_t>(j)];
+    }
+  }
+  return out;
+}
+
+template <class T>
+int run(const Args& a) {
+  const ModelConfig config = ModelConfig::from_file(a.config);
+  const int64_t B = a.batch > 0 ? a.batch : config.train.batch_size;
+  const int64_t Tn = a.seq > 0 ? a.seq : config.train.seq_len;
+  const int64_t N = B * Tn, V = config.model.vocab_size;
+
+  std::mt19937_64 rng(a.seed * 7919ULL + 17);
+  std::vector<int64_t> inputs(static_cast<size_t>(N)), targets(static_cast<size_t>(N));
+  std::uniform_int_distribution<int64_t> tok(0, V - 1);
+  for (auto& x : inputs) x = tok(rng);
+  for (auto& x : targets) x = tok(rng);
+  for (int64_t i = 3; i < N; i += 11) targets[static_cast<size_t>(i)] = -1;
+
+  std::vector<std::vector<int64_t>> head_sizes;
+  std::vector<int32_t> hash_ids;
+  int64_t n_engram = 0, H = 0;
+  if (config.engram) {
+    const int64_t compressed = std::max<int64_t>(1, V * 3 / 4);
+    std::vector<int32_t> lut(static_cast<size_t>(V));
+    for (int64_t id = 0; id < V; ++id)
+      lut[static_cast<size_t>(id)] = static_cast<int32_t>(id % compressed);
+    const engram::hash::NgramHasher hasher(config.engram_hash_config(), std::move(lut), compressed);
+    head_sizes = engram::model::engram_head_sizes(hasher);
+    n_engram = static_cast<int64_t>(hasher.num_layers());
+    H = hasher.ids_per_token();
+    hash_ids.resize(static_cast<size_t>(n_engram * N * H));
+    hasher.hash_all_layers(inputs, static_cast<size_t>(B), static_cast<size_t>(Tn), hash_ids);
+  }
+
+  Transformer<T> model(config, head_sizes, a.seed);
+  std::mt19937_64 noise(a.seed * 1000003ULL + 99);
+  for (auto& p : model.params().named()) {
+    std::normal_distribution<double> d(0.0, noise_std(p.name));
+    for (int64_t i = 0; i < p.size; ++i) p.data[i] += static_cast<T>(d(noise));
+  }
+  for (auto& p : model.params().named_buffers()) {
+    std::normal_distribution<double> d(0.0, 0.01);
+    for (int64_t i = 0; i < p.size; ++i) p.data[i] += static_cast<T>(d(noise));
+  }
+
+  const double loss = model.forward(inputs.data(), targets.data(), B, Tn, hash_ids);
+  model.backward();
+
+  // Everything written must outlive write_safetensors: owned vectors live here.
+  std::vector<std::vector<T>> owned;
+  owned.reserve(64);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  const DType dt = dtype_of<T>();
+  std::vector<engram::nn::NamedParam<T>> params = model.params().named();
+  for (auto& p : params)
+    tensors.emplace_back("param." + p.name, Tensor::view(dt, p.shape, p.data, nullptr));
+  std::vector<engram::nn::NamedParam<T>> buffers = model.params().named_buffers();
+  for (auto& p : buffers)
+    tensors.emplace_back("buffer." + p.name, Tensor::view(dt, p.shape, p.data, nullptr));
+  tensors.emplace_back("inputs", Tensor::view(DType::kI64, {B, Tn}, inputs.data(), nullptr));
+  tensors.emplace_back("targets", Tensor::view(DType::kI64, {B, Tn}, targets.data(), nullptr));
+  if (n_engram > 0) {
+    tensors.emplace_back("hash_ids",
+                         Tensor::view(DType::kI32, {n_engram, B, Tn, H}, hash_ids.data(), nullptr));
+  }
+  std::vector<T> logits = model.logits();
+  tensors.emplace_back("logits", Tensor::view(dt, {N, V}, logits.data(), nullptr));
+  std::vector<T> loss_v{static_cast<T>(loss)};
+  tensors.emplace_back("loss", Tensor::view(dt, {1}, loss_v.data(), nullptr));
+  std::vector<double> loss_d{loss};  // the double the C++ forward returned, before rounding
+  tensors.emplace_back("loss_f64", Tensor::view(DType::kF64, {1}, loss_d.data(), nullptr));
+
+  std::vector<engram::nn::NamedParam<T>> grads = model.grads().named();
+  for (auto& g : grads)
+    tensors.emplace_back("grad." + g.name, Tensor::view(dt, g.shape, g.data, nullptr));
+  size_t engram_index = 0;
+  for (auto& p : params) {
+    const engram::nn::SparseRowGrad<T>* sparse = nullptr;
+    if (p.name == "embed") {
+      sparse = &model.embed_grad();
+    } else if (ends_with(p.name, "engram.table")) {
+      sparse = &model.engram_table_grads().at(engram_index++);
+    }
+    if (sparse == nullptr) continue;
+    owned.push_back(densify(*sparse, p.size));
+    tensors.emplace_back("grad." + p.name, Tensor::view(dt, p.shape, owned.back().data(), nullptr));
+  }
+  std::vector<std::vector<int64_t>> counts = model.moe_expert_counts();
+  for (size_t l = 0; l < counts.size(); ++l) {
+    if (counts[l].empty()) continue;
+    tensors.emplace_back("moe_counts." + std::to_string(l),
+                         Tensor::view(DType::kI64, {static_cast<int64_t>(counts[l].size())},
+                                      counts[l].data(), nullptr));
+  }
+
+  std::map<std::string, std::string> meta;
+  meta["config_toml"] = config.to_toml();
+  meta["dtype"] = a.dtype;
+  meta["batch"] = std::to_string(B);
+  meta["seq"] = std::to_string(Tn);
+  meta["seed"] = std::to_string(a.seed);
+  meta["engram_head_sizes"] = json_list(head_sizes);
+  engram::write_safetensors(a.out, tensors, meta);
+  std::printf("%s: %s, B=%lld T=%lld, %zu tensors, loss %.10g\n", a.out.c_str(), a.dtype.c_str(),
+              static_cast<long long>(B), static_cast<long long>(Tn), tensors.size(), loss);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  try {
+    return a.dtype == "f64" ? run<double>(a) : run<float>(a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "engram_dump_model: %s\n", e.what());
+    return 1;
+  }
+}

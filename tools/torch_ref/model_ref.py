@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""A PyTorch mirror of engram's CPU language model, and the parity check against its dumps.
+
+  model_ref.py DUMP.safetensors [DUMP ...] [--device cuda|cpu] [--json OUT.json] [--verbose]
+               [--mutate NAME]
+
+Each DUMP is written by `engram_dump_model` (tools/torch_ref/dump_model.cpp): the parameters
+(param.*), MoE biases (buffer.*), inputs, targets, Engram hash ids, and the C++ results: logits,
+loss and every gradient (grad.*), sparse ones scattered to dense. This script builds the same
+architecture from the config in the dump's metadata, loads the parameters under the same names,
+runs forward and backward with torch autograd in the dump's dtype (float32 or float64) and
+compares. Per tensor: max relative error = max|a - b| / max(max|b|, tiny), b = torch. PASS iff
+every error is <= 1e-4 (float32) or <= 1e-9 (float64). Prints a table per dump and a final JSON
+line; exits 1 on any failure.
+
+--mutate NAME deliberately breaks the mirror (a negative control: the check must then FAIL):
+  rope_interleaved  RoPE on (2i, 2i+1) pairs instead of (i, i + hd/2)
+  sinkhorn_short    one Sinkhorn normalisation step fewer
+  moe_unnormalized  MoE gate weights s_i * route_scale without dividing by the selected sum
+  engram_no_gate    Engram output without the sigmoid gate (alpha = 1)
+
+The architecture (BACKBONE_SPEC, ENGRAM_SPEC; where the C++ chooses, as src/nn/*.cpp does):
+  X = embed[ids] copied to n = hc_mult streams, (N, n, C) with N = B*T tokens
+  per layer: X += Engram(X, hash ids)                  (Engram layers only; tools' Engram ref)
+             for F in (attention, SwiGLU or MoE):
+               n = 1: X = X + F(RMSNorm(X))
+               n > 1: pre, post, comb = mHC coefficients(X); y = sum_i pre_i X_i
+                      X_k = post_k F(RMSNorm(y)) + sum_j comb[j, k] X_j
+  head: z = X (n = 1) or the head read-out (n > 1); logits = RMSNorm(z) head^T;
+        loss = mean cross-entropy over targets >= 0.
+  RoPE: rotate-half (pairs (i, i + hd/2)), angle t * theta^(-2i/hd), computed in float64.
+  MoE:  s = sigmoid(u Wg^T); top-k of s + bias (bias: selection only); w = route_scale *
+        s_i / sum_{j in S} s_j; y = shared(u) + sum_{i in S} w_i E_i(u).
+  mHC:  r = (mean(v^2) + 1e-6)^-1/2, a = r (Phi v) * alpha_slot + b; pre = sigmoid + 1e-6,
+        post = 2 sigmoid, comb = Sinkhorn (row softmax + 1e-6, column step, then 19 x (row,
+        column), each dividing by line sum + 1e-6). Head: pre = sigmoid(r (Phi_h v) alpha_h + b_h)
+        + 1e-6.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import tomllib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+if not hasattr(nn, "RMSNorm"):  # torch < 2.4 (e.g. Debian's python3-torch 1.13): the same norm
+    class _RMSNorm(nn.Module):
+        def __init__(self, dim, eps=None):
+            super().__init__()
+            self.eps = eps
+            self.weight = nn.Parameter(torch.ones(dim))
+
+        def forward(self, x):
+            eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
+
+    nn.RMSNorm = _RMSNorm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engram_layer_ref import Engram  # noqa: E402  (the verified reference Engram layer)
+
+MUTATE = set()
+
+HC_EPS = 1e-6          # mHC: rms eps, pre offset, Sinkhorn eps (hyper_connection.cpp)
+SINKHORN_ITERS = 20    # softmax + column step, then 19 x (row, column)
+
+
+def rmsnorm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def swiglu(x, w1, w3, w2):
+    return (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
+
+
+# ---- attention -------------------------------------------------------------------------------
+
+def rope(x, theta):
+    """x (B, T, H, hd): rotate each pair (i, i + hd/2) by t * theta^(-2i/hd) (attention.cpp)."""
+    B, T, H, hd = x.shape
+    half = hd // 2
+    i = torch.arange(half, dtype=torch.float64, device=x.device)
+    inv_freq = theta ** (-2.0 * i / hd)
+    ang = torch.arange(T, dtype=torch.float64, device=x.device)[:, None] * inv_freq[None, :]
+    cos = ang.cos().to(x.dtype)[None, :, None, :]
+    sin = ang.sin().to(x.dtype)[None, :, None, :]
+    if "rope_interleaved" in MUTATE:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, C, heads, kv_heads, head_dim, theta):
+        super().__init__()
+        self.heads, self.kv_heads, self.hd, self.theta = heads, kv_heads, head_dim, theta
+        self.wq = nn.Parameter(torch.empty(heads * head_dim, C))
+        self.wk = nn.Parameter(torch.empty(kv_heads * head_dim, C))
+        self.wv = nn.Parameter(torch.empty(kv_heads * head_dim, C))
+        self.wo = nn.Parameter(torch.empty(C, heads * head_dim))
+
+    def forward(self, h, B, T):  # h (N, C) -> (N, C)
+        hd = self.hd
+        q = rope((h @ self.wq.T).view(B, T, self.heads, hd), self.theta)
+        k = rope((h @ self.wk.T).view(B, T, self.kv_heads, hd), self.theta)
+        v = (h @ self.wv.T).view(B, T, self.kv_heads, hd)
+        group = self.heads // self.kv_heads  # query head h reads kv head h // group
+        k = k.repeat_interleave(group, dim=2)
+        v = v.repeat_interleave(group, dim=2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+        mask = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+        p = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        ctx = (p @ v).transpose(1, 2).reshape(B * T, self.heads * hd)
+        return ctx @ self.wo.T
+
+
+# ---- FFN and MoE -----------------------------------------------------------------------------
+
+class Mlp(nn.Module):
+    def __init__(self, C, Fw):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(Fw, C))
+        self.w3 = nn.Parameter(torch.empty(Fw, C))
+        self.w2 = nn.Parameter(torch.empty(C, Fw))
+
+    def forward(self, u):
+        return swiglu(u, self.w1, self.w3, self.w2)
+
+
+class Moe(nn.Module):
+    def __init__(self, C, E, H, top_k, n_shared, route_scale):
+        super().__init__()
+        self.E, self.top_k, self.route_scale = E, top_k, route_scale
+        self.gate = nn.Parameter(torch.empty(E, C))
+        self.w1 = nn.Parameter(torch.empty(E, H, C))
+        self.w3 = nn.Parameter(torch.empty(E, H, C))
+        self.w2 = nn.Parameter(torch.empty(E, C, H))
+        self.has_shared = n_shared > 0
+        if self.has_shared:
+            self.shared_w1 = nn.Parameter(torch.empty(n_shared * H, C))
+            self.shared_w3 = nn.Parameter(torch.empty(n_shared * H, C))
+            self.shared_w2 = nn.Parameter(torch.empty(C, n_shared * H))
+        self.register_buffer("bias", torch.zeros(E))
+        self.stats = {}
+
+    def forward(self, u):  # u (N, C)
+        s = torch.sigmoid(u @ self.gate.T)                    # (N, E) router scores
+        key = (s + self.bias).detach()                        # selection only, no gradient
+        sel = torch.topk(key, self.top_k, dim=-1).indices     # (N, k)
+        g = s.gather(1, sel)                                  # unbiased scores of the chosen
+        if "moe_unnormalized" in MUTATE:
+            w = self.route_scale * g
+        else:
+            w = self.route_scale * g / g.sum(-1, keepdim=True)
+        y = swiglu(u, self.shared_w1, self.shared_w3, self.shared_w2) if self.has_shared \
+            else torch.zeros_like(u)
+        for e in range(self.E):
+            tok, slot = (sel == e).nonzero(as_tuple=True)
+            if tok.numel() == 0:
+                continue
+            out = swiglu(u[tok], self.w1[e], self.w3[e], self.w2[e])
+            y = y.index_add(0, tok, w[tok, slot, None] * out)
+        # Selection margin: gap between the k-th and (k+1)-th biased score (a near-tie could
+        # flip between float implementations).
+        srt = key.sort(dim=-1, descending=True).values
+        margin = (srt[:, self.top_k - 1] - srt[:, self.top_k]).min().item() if self.top_k < self.E \
+            else float("inf")
+        self.stats = {"counts": torch.bincount(sel.flatten(), minlength=self.E).cpu(),
+                      "margin": margin}
+        return y
+
+
+# ---- mHC -------------------------------------------------------------------------------------
+
+def sinkhorn(logits):  # (N, n, n) -> (N, n, n), row-major [i, j]
+    m = logits.softmax(-1) + HC_EPS
+    m = m / (m.sum(-2, keepdim=True) + HC_EPS)                # column step
+    iters = SINKHORN_ITERS - 1 - (1 if "sinkhorn_short" in MUTATE else 0)
+    for _ in range(iters):
+        m = m / (m.sum(-1, keepdim=True) + HC_EPS)            # rows
+        m = m / (m.sum(-2, keepdim=True) + HC_EPS)            # columns
+    return m
+
+
+def rms_projection(X, phi):  # X (N, n, C), phi (K, n*C) -> (N, K)
+    v = X.reshape(X.shape[0], -1)
+    r = torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + HC_EPS)
+    return r * (v @ phi.T)
+
+
+class HcSub(nn.Module):
+    """mHC coefficients of one sublayer: phi (n^2+2n, n*C), b (n^2+2n), alpha (3)."""
+
+    def __init__(self, n, C):
+        super().__init__()
+        self.n = n
+        K = n * n + 2 * n
+        self.phi = nn.Parameter(torch.empty(K, n * C))
+        self.b = nn.Parameter(torch.empty(K))
+        self.alpha = nn.Parameter(torch.empty(3))
+
+    def forward(self, X):
+        n = self.n
+        m = rms_projection(X, self.phi)
+        a_scale = torch.cat([self.alpha[0].expand(n), self.alpha[1].expand(n),
+                             self.alpha[2].expand(n * n)])
+        a = m * a_scale + self.b
+        pre = torch.sigmoid(a[:, :n]) + HC_EPS
+        post = 2 * torch.sigmoid(a[:, n:2 * n])
+        comb = sinkhorn(a[:, 2 * n:].reshape(-1, n, n))
+        return pre, post, comb
+
+
+class HcHead(nn.Module):
+    """The read-out before the LM head: phi (n, n*C), b (n), alpha (1), no Sinkhorn."""
+
+    def __init__(self, n, C):
+        super().__init__()
+        self.phi = nn.Parameter(torch.empty(n, n * C))
+        self.b = nn.Parameter(torch.empty(n))
+        self.alpha = nn.Parameter(torch.empty(1))
+
+    def forward(self, X):
+        pre = torch.sigmoid(rms_projection(X, self.phi) * self.alpha[0] + self.b) + HC_EPS
+        return torch.einsum("ni,nic->nc", pre, X)
+
+
+# ---- the model -------------------------------------------------------------------------------
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer, head_sizes):
+        super().__init__()
+        m = cfg["model"]
+        C, n = m["hidden_size"], m["hc_mult"]
+        self.n, self.eps = n, m["norm_eps"]
+        self.attn_norm = nn.Parameter(torch.empty(C))
+        self.attn = Attention(C, m["num_heads"], m["num_kv_heads"], m["head_dim"], m["rope_theta"])
+        self.ffn_norm = nn.Parameter(torch.empty(C))
+        moe = cfg.get("moe")
+        self.is_moe = moe is not None and layer >= m["first_dense_layers"]
+        if self.is_moe:
+            self.moe = Moe(C, moe["num_experts"], moe["expert_intermediate_size"], moe["top_k"],
+                           moe["num_shared_experts"], moe["route_scale"])
+        else:
+            self.mlp = Mlp(C, m["dense_intermediate_size"])
+        if n > 1:
+            self.hc_attn = HcSub(n, C)
+            self.hc_ffn = HcSub(n, C)
+        self.engram = None
+        if head_sizes is not None:
+            e = cfg["engram"]
+            self.engram = Engram(head_sizes, C, n, e["max_ngram_size"], e["n_embed_per_ngram"],
+                                 e["n_head_per_ngram"], e["kernel_size"], bias=e["bias"],
+                                 short_conv=e["short_conv"])
+
+    def sub(self, X, hc, norm_w, fn):
+        if self.n == 1:
+            return X + fn(rmsnorm(X, norm_w, self.eps))
+        pre, post, comb = hc(X)
+        y = torch.einsum("ni,nic->nc", pre, X)
+        f = fn(rmsnorm(y, norm_w, self.eps))
+        return post[:, :, None] * f[:, None, :] + torch.einsum("njk,njc->nkc", comb, X)
+
+    def forward(self, X, B, T, hash_ids):  # X (N, C) or (N, n, C)
+        if self.engram is not None:
+            n, C = self.n, X.shape[-1]
+            h4 = X.reshape(B, T, n, C)
+            if "engram_no_gate" in MUTATE:
+                out = self.engram.value_proj(self.engram.multi_head_embedding(hash_ids)
+                                             .flatten(start_dim=-2)).unsqueeze(2).expand(B, T, n, C)
+                if self.engram.short_conv is not None:
+                    out = out + self.engram.short_conv(out)
+            else:
+                out = self.engram(h4, hash_ids)
+            X = X + out.reshape(X.shape)
+        X = self.sub(X, getattr(self, "hc_attn", None), self.attn_norm,
+                     lambda h: self.attn(h, B, T))
+        ffn = self.moe if self.is_moe else self.mlp
+        return self.sub(X, getattr(self, "hc_ffn", None), self.ffn_norm, ffn)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg, head_sizes):
+        super().__init__()
+        m = cfg["model"]
+        V, C, n = m["vocab_size"], m["hidden_size"], m["hc_mult"]
+        self.n, self.eps = n, m["norm_eps"]
+        self.embed = nn.Parameter(torch.empty(V, C))
+        engram_layers = cfg["engram"]["layer_ids"] if "engram" in cfg else []
+        self.engram_index = {l: i for i, l in enumerate(engram_layers)}
+        self.layers = nn.ModuleList([
+            Block(cfg, l, head_sizes[self.engram_index[l]] if l in self.engram_index else None)
+            for l in range(m["num_layers"])])
+        if n > 1:
+            self.hc_head = HcHead(n, C)
+        self.final_norm = nn.Parameter(torch.empty(C))
+        self.head = nn.Parameter(torch.empty(V, C))
+
+    def forward(self, inputs, targets, hash_ids):
+        B, T = inputs.shape
+        X = self.embed[inputs.reshape(-1)]                      # (N, C)
+        if self.n > 1:
+            X = X[:, None, :].expand(-1, self.n, -1)            # copied to every stream
+        for l, block in enumerate(self.layers):
+            ids = hash_ids[self.engram_index[l]] if l in self.engram_index else None
+            X = block(X, B, T, ids)
+        z = X if self.n == 1 else self.hc_head(X)
+        logits = rmsnorm(z, self.final_norm, self.eps) @ self.head.T
+        loss = F.cross_entropy(logits, targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+
+# Our names <-> the module's: only the Engram table differs (the reference calls it
+# multi_head_embedding.embedding.weight).
+def torch_name(ours):
+    return ours.replace("engram.table", "engram.multi_head_embedding.embedding.weight")
+
+
+def apply_defaults(cfg):
+    m = cfg["model"]
+    m.setdefault("num_kv_heads", m["num_heads"])
+    m.setdefault("head_dim", m["hidden_size"] // m["num_heads"])
+    for k, v in {"hc_mult": 1, "rope_theta": 10000.0, "norm_eps": 1e-6, "first_dense_layers": 1,
+                 "vocab_size": 128815}.items():
+        m.setdefault(k, v)
+    if "moe" in cfg:
+        cfg["moe"].setdefault("num_shared_experts", 0)
+        cfg["moe"].setdefault("route_scale", 1.0)
+    if "engram" in cfg:
+        cfg["engram"].setdefault("bias", True)
+        cfg["engram"].setdefault("short_conv", True)
+        cfg["engram"].setdefault("kernel_size", 4)
+    return cfg
+
+
+# ---- the check -------------------------------------------------------------------------------
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / max(b.abs().max().item(), 1e-30)).item()
+
+
+def load_dump(path):
+    """(tensors, metadata) of a safetensors file; the safetensors package when installed."""
+    try:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+        return load_file(path), meta
+    except ImportError:  # a minimal reader: u64 header length, JSON header, packed bytes
+        import struct
+        dtypes = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64,
+                  "I32": torch.int32}
+        with open(path, "rb") as f:
+            data = f.read()
+        n = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8:8 + n])
+        meta = header.pop("__metadata__", {})
+        body = bytearray(data[8 + n:])
+        t = {}
+        for name, e in header.items():
+            b, end = e["data_offsets"]
+            dt = dtypes[e["dtype"]]
+            t[name] = torch.frombuffer(body[b:end], dtype=dt).reshape(e["shape"]).clone() \
+                if end > b else torch.zeros(e["shape"], dtype=dt)
+        return t, meta
+
+
+def check(path, device, verbose):
+    t, meta = load_dump(path)
+    cfg = apply_defaults(tomllib.loads(meta["config_toml"]))
+    head_sizes = json.loads(meta.get("engram_head_sizes", "[]"))
+    dtype = {"f32": torch.float32, "f64": torch.float64}[meta["dtype"]]
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+
+    model = Transformer(cfg, head_sizes).to(device=device, dtype=dtype)
+    state = {torch_name(k[len("param."):]): v for k, v in t.items() if k.startswith("param.")}
+    state.update({k[len("buffer."):]: v for k, v in t.items() if k.startswith("buffer.")})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("multi_head_embedding.offsets")]
+    assert not missing and not unexpected, f"{path}: missing {missing}, unexpected {unexpected}"
+    for name, p in model.named_parameters():
+        assert p.dtype == dtype and state[name].dtype == dtype, name
+
+    inputs = t["inputs"].to(device)
+    targets = t["targets"].to(device)
+    hash_ids = t["hash_ids"].to(device=device, dtype=torch.long) if "hash_ids" in t else None
+    logits, loss = model(inputs, targets, hash_ids)
+    loss.backward()
+
+    rows = [("logits", rel_err(t["logits"], logits.detach().cpu())),
+            ("loss", rel_err(t["loss_f64"], loss.detach().cpu().reshape(1)))]
+    params = dict(model.named_parameters())
+    seen = set()
+    for k in sorted(x for x in t if x.startswith("grad.")):
+        name = torch_name(k[len("grad."):])
+        g = params[name].grad
+        g = torch.zeros_like(params[name]) if g is None else g
+        rows.append((k, rel_err(t[k], g.detach().cpu())))
+        seen.add(name)
+    not_dumped = sorted(set(params) - seen)
+    assert not not_dumped, f"{path}: no C++ gradient for {not_dumped}"
+
+    notes = []
+    for l, block in enumerate(model.layers):
+        if block.is_moe:
+            st = block.moe.stats
+            ours = t.get(f"moe_counts.{l}")
+            same = ours is not None and torch.equal(ours.cpu(), st["counts"])
+            notes.append(f"layer {l} MoE: loads torch {st['counts'].tolist()} vs C++ "
+                         f"{ours.tolist() if ours is not None else None} "
+                         f"({'same' if same else 'DIFFERENT: a near-tie flipped a selection?'}), "
+                         f"min top-k margin {st['margin']:.3g}")
+            if not same:
+                rows.append((f"moe_counts.{l} (mismatch)", float("inf")))
+
+    worst = max(rows, key=lambda r: r[1])
+    grad_rows = [r for r in rows if r[0].startswith("grad.")]
+    worst_grad = max(grad_rows, key=lambda r: r[1])
+    ok = all(e <= tol for _, e in rows)
+    name = os.path.basename(path)
+    print(f"\n== {name}: {meta['dtype']}, B={meta['batch']} T={meta['seq']}, "
+          f"{len(grad_rows)} gradients, tol {tol:g}: {'PASS' if ok else 'FAIL'}")
+    print(f"   loss C++ {t['loss_f64'].item():.12g}  torch {loss.item():.12g}")
+    for note in notes:
+        print("   " + note)
+    width = max(len(r[0]) for r in rows)
+    for r, e in rows:
+        if verbose or e > tol or not r.startswith("grad."):
+            print(f"   {r:<{width}}  {e:.3e}{'  FAIL' if e > tol else ''}")
+    print(f"   {'max over gradients':<{width}}  {worst_grad[1]:.3e}  ({worst_grad[0]})")
+    return {"dump": name, "dtype": meta["dtype"], "pass": ok, "tol": tol,
+            "logits": rows[0][1], "loss": rows[1][1], "max_grad": worst_grad[1],
+            "max_grad_tensor": worst_grad[0], "worst": worst[1], "worst_tensor": worst[0],
+            "gradients": len(grad_rows), "moe": notes,
+            "errors": {r: e for r, e in rows}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dumps", nargs="+")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", help="write every per-tensor error here")
+    ap.add_argument("--verbose", action="store_true", help="print every gradient's error")
+    ap.add_argument("--mutate", action="append", default=[],
+                    choices=["rope_interleaved", "sinkhorn_short", "moe_unnormalized",
+                             "engram_no_gate"])
+    a = ap.parse_args()
+    MUTATE.update(a.mutate)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device(a.device)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__} on {where}" + (f", mutations {sorted(MUTATE)}" if MUTATE else ""))
+    results = [check(p, dev, a.verbose) for p in a.dumps]
+    ok = all(r["pass"] for r in results)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"torch": torch.__version__, "device": where, "mutate": sorted(MUTATE),
+                       "pass": ok, "results": results}, f, indent=1)
+    summary = [{k: r[k] for k in ("dump", "pass", "logits", "loss", "max_grad", "max_grad_tensor")}
+               for r in results]
+    print(json.dumps({"torch": torch.__version__, "device": where, "mutate": sorted(MUTATE),
+                      "pass": ok, "results": summary}))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
