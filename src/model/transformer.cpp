@@ -424,7 +424,7 @@ double Transformer<T>::forward(const int64_t* inputs, const int64_t* targets, in
   hn_.assign(sz(N * C), T(0));
   nn::rmsnorm_forward(hn_.data(), C, final_rstd_.data(), z_.data(), nn::RowLayout{N, C, C},
                       params_.final_norm.data(), static_cast<T>(m.norm_eps));
-  logits_.assign(sz(N * V), T(0));
+  logits_.resize(sz(N * V));  // written by the product (beta = 0), not cleared first
   gemm<T>(Trans::kNo, Trans::kYes, N, V, C, T(1), hn_.data(), C, params_.head.data(), C, T(0),
           logits_.data(), V);
   const double loss = nn::cross_entropy_forward(logits_.data(), targets_.data(), N, V);
@@ -437,14 +437,19 @@ void Transformer<T>::backward() {
   if (!have_forward_) throw Error("transformer backward: no forward to differentiate");
   const BackboneConfig& m = config_.model;
   const int64_t N = batch_ * seq_, n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;
-  grads_.zeros(config_, head_sizes_, false);
+  // Zeroed in place: the buffers keep their addresses (an optimizer holds pointers to them).
+  // The head's gradient is written whole by its product below (beta = 0).
+  for (auto& g : grads_.named()) {
+    if (g.data != grads_.head.data()) std::fill(g.data, g.data + g.size, T(0));
+  }
+  for (auto& g : grads_.named_buffers()) std::fill(g.data, g.data + g.size, T(0));
 
-  std::vector<T> dlogits(sz(N * V));
-  nn::cross_entropy_backward(dlogits.data(), logits_.data(), targets_.data(), N, V);
+  dlogits_.resize(sz(N * V));  // kept between steps: (N, V) is the largest activation
+  nn::cross_entropy_backward(dlogits_.data(), logits_.data(), targets_.data(), N, V);
   std::vector<T> dhn(sz(N * C), T(0));
-  gemm<T>(Trans::kNo, Trans::kNo, N, C, V, T(1), dlogits.data(), V, params_.head.data(), C, T(0),
+  gemm<T>(Trans::kNo, Trans::kNo, N, C, V, T(1), dlogits_.data(), V, params_.head.data(), C, T(0),
           dhn.data(), C);
-  gemm<T>(Trans::kYes, Trans::kNo, V, C, N, T(1), dlogits.data(), V, hn_.data(), C, T(1),
+  gemm<T>(Trans::kYes, Trans::kNo, V, C, N, T(1), dlogits_.data(), V, hn_.data(), C, T(0),
           grads_.head.data(), C);
   std::vector<T> dz(sz(N * C), T(0));
   nn::rmsnorm_backward(dz.data(), C, grads_.final_norm.data(), dhn.data(), C, z_.data(),

@@ -1,1 +1,367 @@
-// placeholder
+#include "engram/train/trainer.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "engram/train/checkpoint.h"
+#include "engram/train/optimizer.h"
+#include "engram/util/error.h"
+#include "engram/util/file.h"
+
+namespace engram::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+// mkdir -p.
+void make_dirs(const std::string& dir) {
+  std::string cur;
+  for (size_t i = 0; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      if (!cur.empty() && !exists(cur) && ::mkdir(cur.c_str(), 0755) != 0 && !exists(cur)) {
+        throw IoError(error_message(cur, "cannot create directory"));
+      }
+    }
+    if (i < dir.size()) cur += dir[i];
+  }
+}
+
+// acc += g over sorted row lists (the union of rows, values added).
+void add_sparse(nn::SparseRowGrad<float>& acc, const nn::SparseRowGrad<float>& g) {
+  if (acc.rows.empty()) {
+    acc = g;
+    return;
+  }
+  const auto w = static_cast<size_t>(g.width);
+  nn::SparseRowGrad<float> out;
+  out.width = g.width;
+  out.rows.reserve(acc.rows.size() + g.rows.size());
+  out.values.reserve((acc.rows.size() + g.rows.size()) * w);
+  size_t i = 0, j = 0;
+  while (i < acc.rows.size() || j < g.rows.size()) {
+    const bool take_a = j == g.rows.size() || (i < acc.rows.size() && acc.rows[i] <= g.rows[j]);
+    const bool take_b = i == acc.rows.size() || (j < g.rows.size() && g.rows[j] <= acc.rows[i]);
+    const int64_t row = take_a ? acc.rows[i] : g.rows[j];
+    out.rows.push_back(row);
+    const size_t at = out.values.size();
+    out.values.resize(at + w, 0.0f);
+    if (take_a) {
+      for (size_t c = 0; c < w; ++c) out.values[at + c] += acc.values[i * w + c];
+      ++i;
+    }
+    if (take_b) {
+      for (size_t c = 0; c < w; ++c) out.values[at + c] += g.values[j * w + c];
+      ++j;
+    }
+  }
+  acc = std::move(out);
+}
+
+void scale_sparse(nn::SparseRowGrad<float>& g, float s) {
+  for (auto& v : g.values) v *= s;
+}
+
+bool is_table(const std::string& name) {
+  return name == "embed" || name.ends_with(".engram.table");
+}
+
+std::string describe_difference(const model::ModelConfig& a, const model::ModelConfig& b) {
+  std::string d;
+  if (!(a.model == b.model)) d += " [model]";
+  if (a.moe.has_value() != b.moe.has_value() || (a.moe && !(*a.moe == *b.moe))) d += " [moe]";
+  if (a.engram.has_value() != b.engram.has_value() || (a.engram && !(*a.engram == *b.engram)))
+    d += " [engram]";
+  return d;
+}
+
+}  // namespace
+
+std::vector<int32_t> token_byte_lengths(const text::Tokenizer& tokenizer) {
+  const auto V = static_cast<uint32_t>(tokenizer.vocab_size());
+  std::vector<int32_t> out(V, 0);
+  for (uint32_t id = 0; id < V; ++id) {
+    if (!tokenizer.id_to_token(id)) continue;  // a hole in the vocabulary
+    const uint32_t ids[1] = {id};
+    out[id] = static_cast<int32_t>(tokenizer.decode_bytes(ids).size());
+  }
+  for (const auto& t : tokenizer.added_tokens()) {
+    if (t.special && t.id < V) out[t.id] = 0;
+  }
+  return out;
+}
+
+EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_t max_tokens,
+                    const std::vector<int32_t>& byte_lengths) {
+  loader.reset();
+  EvalResult r;
+  double nll = 0;
+  Batch b;
+  while ((max_tokens <= 0 || r.tokens < max_tokens) && loader.next(b)) {
+    const double loss = model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids);
+    const int64_t n = b.batch * b.seq;  // every target of a window is counted
+    nll += loss * static_cast<double>(n);
+    r.tokens += n;
+    for (const int64_t t : b.targets) {
+      if (t >= 0 && static_cast<size_t>(t) < byte_lengths.size()) r.bytes += byte_lengths[static_cast<size_t>(t)];
+    }
+  }
+  if (r.tokens == 0) {
+    throw InputError("evaluate: the validation shard holds no full window of seq_len + 1 tokens");
+  }
+  r.loss = nll / static_cast<double>(r.tokens);
+  r.ppl = std::exp(r.loss);
+  r.bits_per_byte = r.bytes > 0 ? nll / std::log(2.0) / static_cast<double>(r.bytes) : NAN;
+  return r;
+}
+
+TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) {
+  model::ModelConfig config = config_in;
+  if (opt.steps) {
+    if (*opt.steps < 1) throw ConfigError("--steps: " + std::to_string(*opt.steps) + " (must be >= 1)");
+    config.train.steps = *opt.steps;
+    if (config.train.warmup_steps > config.train.steps) config.train.warmup_steps = config.train.steps;
+  }
+  config.validate("config");
+  const model::TrainConfig& tc = config.train;
+  if (tc.data.empty()) {
+    throw ConfigError("config: train.data: empty (the folder written by `engram prepare`)");
+  }
+  if (opt.out_dir.empty()) throw ConfigError("train: no output directory given");
+  const RunDir run{opt.out_dir};
+
+  if (!opt.resume && exists(run.checkpoint())) {
+    throw InputError(error_message(run.checkpoint(),
+                                   "a checkpoint exists already: pass --resume to continue this "
+                                   "run, or choose another --out"));
+  }
+  if (opt.resume && !exists(run.checkpoint())) {
+    throw IoError(error_message(run.checkpoint(), "--resume: no checkpoint to resume from"));
+  }
+
+  // Data and text context.
+  const DataManifest manifest = read_manifest(tc.data);
+  if (manifest.vocab_size > config.model.vocab_size) {
+    throw ConfigError(error_message(
+        tc.data + "/manifest.json",
+        "tokenizer.vocab_size = " + std::to_string(manifest.vocab_size) +
+            " does not fit model.vocab_size = " + std::to_string(config.model.vocab_size)));
+  }
+  const TextContext text = make_text_context(config, opt.tokenizer);
+  const hash::NgramHasher* hasher = text.hasher.get();
+  auto open_loader = [&](const std::string& file, DataLoader::Mode mode) {
+    const std::string path = tc.data + "/" + file;
+    try {
+      return DataLoader(TokenShard::open(path), tc.batch_size, tc.seq_len, hasher, tc.seed, mode);
+    } catch (const InputError& e) {
+      throw InputError(error_message(path, e.what()));
+    }
+  };
+  DataLoader train_loader = open_loader("train.bin", DataLoader::Mode::kRandom);
+  DataLoader val_loader = open_loader("val.bin", DataLoader::Mode::kSequential);
+
+  // Model and optimizers.
+  model::Transformer<float> model(config, text.head_sizes, tc.seed);
+  model::TransformerParams<float>& P = model.params();
+  const int64_t accum = tc.grad_accum;
+  model::TransformerParams<float> acc;  // summed gradients when accumulating
+  if (accum > 1) acc.zeros(config, text.head_sizes, false);
+  model::TransformerParams<float>& G = accum > 1 ? acc : model.grads();
+
+  AdamWOptions aw;
+  aw.weight_decay = tc.weight_decay;
+  AdamW dense(aw);
+  std::map<std::string, nn::NamedParam<float>> grad_by_name;
+  for (auto& g : G.named()) grad_by_name.emplace(g.name, g);
+  std::vector<std::span<float>> dense_grads;
+  std::unique_ptr<SparseRowAdam> embed_opt;
+  std::vector<std::unique_ptr<SparseRowAdam>> table_opts;
+  for (auto& p : P.named()) {
+    if (p.name == "embed") {
+      embed_opt = std::make_unique<SparseRowAdam>(p.data, p.shape[0], p.shape[1]);
+      continue;
+    }
+    if (is_table(p.name)) {
+      table_opts.push_back(std::make_unique<SparseRowAdam>(p.data, p.shape[0], p.shape[1]));
+      continue;
+    }
+    auto it = grad_by_name.find(p.name);
+    if (it == grad_by_name.end() || it->second.size != p.size) {
+      throw Error("train: no gradient buffer for parameter " + p.name);
+    }
+    dense.add_group(p.name, p.data, it->second.data, p.size, p.shape.size() >= 2);
+    dense_grads.emplace_back(it->second.data, static_cast<size_t>(p.size));
+  }
+  std::vector<OptimizerCheckpoint> optim_ckpt;
+  optim_ckpt.push_back(optimizer_checkpoint("dense", dense));
+  optim_ckpt.push_back(optimizer_checkpoint("embed", *embed_opt));
+  for (size_t i = 0; i < table_opts.size(); ++i) {
+    optim_ckpt.push_back(optimizer_checkpoint("engram." + std::to_string(i), *table_opts[i]));
+  }
+
+  make_dirs(opt.out_dir);
+  int64_t start = 0;
+  if (opt.resume) {
+    const CheckpointState prev_state = read_checkpoint_metadata(run.checkpoint());
+    const model::ModelConfig prev =
+        model::ModelConfig::from_toml(prev_state.config_toml, run.checkpoint() + " (config_toml)");
+    const std::string diff = describe_difference(prev, config);
+    if (!diff.empty()) {
+      throw ConfigError(error_message(run.checkpoint(),
+                                      "--resume: the config's" + diff +
+                                          " differ from the checkpoint's (see " + run.config() + ")"));
+    }
+    if (prev_state.data_seed != tc.seed) {
+      throw ConfigError(error_message(
+          run.checkpoint(), "--resume: train.seed = " + std::to_string(tc.seed) +
+                                " but the run was started with seed " +
+                                std::to_string(prev_state.data_seed)));
+    }
+    const CheckpointState st = load_checkpoint(run.checkpoint(), P, optim_ckpt);
+    start = st.step;
+  }
+  write_file_atomic(run.config(), config.to_toml());
+
+  const int64_t total = tc.steps;
+  const int64_t end = std::min(total, opt.stop_at ? std::max<int64_t>(*opt.stop_at, start) : total);
+  MetricsLog log(run.metrics(), opt.resume ? start : -1);
+  const std::vector<int32_t> byte_lengths = token_byte_lengths(*text.tokenizer);
+  const LrSchedule schedule{tc.lr, tc.warmup_steps, total, tc.min_lr_ratio};
+  schedule.validate();
+
+  auto save = [&](int64_t step) {
+    CheckpointState st;
+    st.step = step;
+    st.data_seed = tc.seed;
+    st.data_position = step * accum;  // the next training batch
+    st.config_toml = config.to_toml();
+    save_checkpoint(run.checkpoint(), P, optim_ckpt, st);
+    if (opt.on_note) opt.on_note("checkpoint: " + run.checkpoint() + " (step " + std::to_string(step) + ")");
+  };
+  auto draw = [&]() {
+    write_file_atomic(run.loss_svg(),
+                      loss_curve_svg({{"", log.points()}}, "engram train: " + opt.out_dir));
+  };
+
+  TrainResult result;
+  result.checkpoint = run.checkpoint();
+  const auto t_start = Clock::now();
+  double tokens_done = 0;
+  const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * accum);
+  std::vector<nn::SparseRowGrad<float>> table_acc(table_opts.size());
+  nn::SparseRowGrad<float> embed_acc;
+  int64_t step = start;
+  for (; step < end; ++step) {
+    const auto t0 = Clock::now();
+    double loss_sum = 0;
+    if (accum > 1) {
+      for (auto& p : acc.named()) std::fill(p.data, p.data + p.size, 0.0f);
+      embed_acc = {};
+      for (auto& t : table_acc) t = {};
+    }
+    for (int64_t k = 0; k < accum; ++k) {
+      const Batch b = train_loader.batch_at(step * accum + k);
+      const double loss = model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids);
+      if (!std::isfinite(loss)) {
+        throw Error("train: the loss is " + std::to_string(loss) + " at step " +
+                    std::to_string(step + 1) + " (lr " + std::to_string(schedule.lr(step + 1)) +
+                    "); lower train.lr or train.grad_clip");
+      }
+      loss_sum += loss;
+      model.backward();
+      model.update_moe_bias();
+      if (accum > 1) {
+        auto src = model.grads().named();
+        auto dst = acc.named();
+        for (size_t i = 0; i < src.size(); ++i) {
+          for (int64_t j = 0; j < src[i].size; ++j) dst[i].data[j] += src[i].data[j];
+        }
+        add_sparse(embed_acc, model.embed_grad());
+        for (size_t i = 0; i < table_acc.size(); ++i) add_sparse(table_acc[i], model.engram_table_grads()[i]);
+      }
+    }
+    nn::SparseRowGrad<float>* embed_g = nullptr;
+    std::vector<nn::SparseRowGrad<float>*> sparse;
+    std::vector<nn::SparseRowGrad<float>> single;  // accum == 1: copies of the model's grads
+    if (accum > 1) {
+      const float s = 1.0f / static_cast<float>(accum);
+      for (auto& g : dense_grads)
+        for (float& v : g) v *= s;
+      scale_sparse(embed_acc, s);
+      for (auto& t : table_acc) scale_sparse(t, s);
+      embed_g = &embed_acc;
+      for (auto& t : table_acc) sparse.push_back(&t);
+    } else {
+      single.reserve(1 + table_opts.size());
+      single.push_back(model.embed_grad());
+      for (const auto& t : model.engram_table_grads()) single.push_back(t);
+      embed_g = &single[0];
+      for (size_t i = 1; i < single.size(); ++i) sparse.push_back(&single[i]);
+    }
+    std::vector<nn::SparseRowGrad<float>*> all_sparse = sparse;
+    all_sparse.push_back(embed_g);
+    const double norm = tc.grad_clip > 0
+                            ? clip_grad_norm(dense_grads, all_sparse, tc.grad_clip)
+                            : clip_grad_norm(dense_grads, all_sparse, INFINITY);
+    if (!std::isfinite(norm)) {
+      throw Error("train: the gradient norm is " + std::to_string(norm) + " at step " +
+                  std::to_string(step + 1) + "; lower train.lr");
+    }
+    const double lr = schedule.lr(step + 1);
+    dense.step(lr);
+    embed_opt->step(*embed_g, lr);
+    for (size_t i = 0; i < table_opts.size(); ++i) {
+      table_opts[i]->step(*sparse[i], tc.engram_lr_multiplier * lr);
+    }
+
+    StepReport r;
+    r.step = step + 1;
+    r.total_steps = total;
+    r.first_step = start;
+    r.train_loss = loss_sum / static_cast<double>(accum);
+    r.lr = lr;
+    r.grad_norm = norm;
+    r.tokens_per_s = tokens_per_step / std::max(seconds_since(t0), 1e-9);
+    tokens_done += tokens_per_step;
+    const bool interrupted = opt.interrupt != nullptr && opt.interrupt->load();
+    const bool last = r.step == end;
+    const bool eval_now = last || (tc.eval_every > 0 && r.step % tc.eval_every == 0);
+    if (eval_now) {
+      const EvalResult e = evaluate(model, val_loader, tc.eval_tokens, byte_lengths);
+      r.val_loss = e.loss;
+      r.val_bits_per_byte = e.bits_per_byte;
+      result.last_val_loss = e.loss;
+    }
+    r.elapsed_s = seconds_since(t_start);
+    log.append(r);
+    result.last_train_loss = r.train_loss;
+    if (opt.on_step) opt.on_step(r);
+    if (eval_now || interrupted) {
+      save(r.step);
+      draw();
+    }
+    if (interrupted && !last) {
+      result.interrupted = true;
+      ++step;
+      break;
+    }
+  }
+  if (step == start) draw();  // nothing to do (already at the end): still leave a plot
+  result.steps_done = step;
+  const double elapsed = seconds_since(t_start);
+  result.tokens_per_s = elapsed > 0 ? tokens_done / elapsed : 0;
+  return result;
+}
+
+}  // namespace engram::train

@@ -244,6 +244,34 @@ TEST(TransformerTest, SgdDecreasesLoss) {
   }
 }
 
+// An optimizer keeps pointers into grads(): a second backward must reuse the buffers, and must
+// not add to the previous gradients.
+TEST(TransformerTest, BackwardReusesGradientBuffers) {
+  const ModelConfig c = tiny_config(2, true, true);
+  Transformer<double> model(c, kHeadSizes, 3);
+  perturb(model, 2);
+  const Batch b1 = make_batch(c, 6), b2 = make_batch(c, 7);
+  model.forward(b1.inputs.data(), b1.targets.data(), kB, kT, b1.hash_ids);
+  model.backward();
+  std::vector<const double*> where;
+  for (auto& g : model.grads().named()) where.push_back(g.data);
+  model.forward(b2.inputs.data(), b2.targets.data(), kB, kT, b2.hash_ids);
+  model.backward();
+  std::map<std::string, std::vector<double>> second;
+  size_t i = 0;
+  for (auto& g : model.grads().named()) {
+    EXPECT_EQ(g.data, where[i++]) << g.name;
+    second[g.name].assign(g.data, g.data + g.size);
+  }
+  Transformer<double> fresh(c, kHeadSizes, 3);
+  perturb(fresh, 2);
+  fresh.forward(b2.inputs.data(), b2.targets.data(), kB, kT, b2.hash_ids);
+  fresh.backward();
+  for (auto& g : fresh.grads().named()) {
+    EXPECT_EQ(second[g.name], std::vector<double>(g.data, g.data + g.size)) << g.name;
+  }
+}
+
 TEST(TransformerTest, DeterministicForSameSeed) {
   const ModelConfig c = tiny_config(2, true, true);
   const Batch b = make_batch(c, 8);

@@ -85,7 +85,8 @@ class Transformer {
   const ModelConfig& config() const { return config_; }
   TransformerParams<T>& params() { return params_; }
   const TransformerParams<T>& params() const { return params_; }
-  // Gradients of the last backward(): same layout as params() (no embed, no tables).
+  // Gradients of the last backward(): same layout as params() (no embed, no tables). The
+  // buffers are allocated once, so pointers into them stay valid across backward() calls.
   TransformerParams<T>& grads() { return grads_; }
   const nn::SparseRowGrad<T>& embed_grad() const { return embed_grad_; }
   // One per Engram layer (layer_ids order).
@@ -137,7 +138,7 @@ class Transformer {
   std::vector<int64_t> inputs_, targets_;
   std::vector<int32_t> hash_ids_;
   std::vector<LayerSaved> saved_;
-  std::vector<T> x_final_, z_, head_pre_, final_rstd_, hn_, logits_;
+  std::vector<T> x_final_, z_, head_pre_, final_rstd_, hn_, logits_, dlogits_;
   nn::HcCoefficientsSaved<T> head_coeff_;
   bool have_forward_ = false;
 };
