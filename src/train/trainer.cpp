@@ -203,12 +203,17 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     dense.add_group(p.name, p.data, it->second.data, p.size, p.shape.size() >= 2);
     dense_grads.emplace_back(it->second.data, static_cast<size_t>(p.size));
   }
-  std::vector<OptimizerCheckpoint> optim_ckpt;
-  optim_ckpt.push_back(optimizer_checkpoint("dense", dense));
-  optim_ckpt.push_back(optimizer_checkpoint("embed", *embed_opt));
-  for (size_t i = 0; i < table_opts.size(); ++i) {
-    optim_ckpt.push_back(optimizer_checkpoint("engram." + std::to_string(i), *table_opts[i]));
-  }
+  // The optimizers' checkpoint groups, made afresh for every save (they carry the step count
+  // as of their making).
+  auto optimizer_groups = [&] {
+    std::vector<OptimizerCheckpoint> g;
+    g.push_back(optimizer_checkpoint("dense", dense));
+    g.push_back(optimizer_checkpoint("embed", *embed_opt));
+    for (size_t i = 0; i < table_opts.size(); ++i) {
+      g.push_back(optimizer_checkpoint("engram." + std::to_string(i), *table_opts[i]));
+    }
+    return g;
+  };
 
   make_dirs(opt.out_dir);
   int64_t start = 0;
@@ -228,7 +233,8 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
                                 " but the run was started with seed " +
                                 std::to_string(prev_state.data_seed)));
     }
-    const CheckpointState st = load_checkpoint(run.checkpoint(), P, optim_ckpt);
+    std::vector<OptimizerCheckpoint> groups = optimizer_groups();
+    const CheckpointState st = load_checkpoint(run.checkpoint(), P, groups);
     start = st.step;
   }
   write_file_atomic(run.config(), config.to_toml());
@@ -246,7 +252,7 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     st.data_seed = tc.seed;
     st.data_position = step * accum;  // the next training batch
     st.config_toml = config.to_toml();
-    save_checkpoint(run.checkpoint(), P, optim_ckpt, st);
+    save_checkpoint(run.checkpoint(), P, optimizer_groups(), st);
     if (opt.on_note) opt.on_note("checkpoint: " + run.checkpoint() + " (step " + std::to_string(step) + ")");
   };
   auto draw = [&]() {
@@ -336,7 +342,11 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     tokens_done += tokens_per_step;
     const bool interrupted = opt.interrupt != nullptr && opt.interrupt->load();
     const bool last = r.step == end;
-    const bool eval_now = last || (tc.eval_every > 0 && r.step % tc.eval_every == 0);
+    // Evaluations fall on multiples of eval_every and the schedule's last step; a run stopped
+    // early (stop_at, interrupt) only saves, so that its log continues exactly on resume.
+    const bool eval_now =
+        r.step == total || (tc.eval_every > 0 && r.step % tc.eval_every == 0);
+    const bool save_now = eval_now || last || interrupted;
     if (eval_now) {
       const EvalResult e = evaluate(model, val_loader, tc.eval_tokens, byte_lengths);
       r.val_loss = e.loss;
@@ -347,7 +357,7 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     log.append(r);
     result.last_train_loss = r.train_loss;
     if (opt.on_step) opt.on_step(r);
-    if (eval_now || interrupted) {
+    if (save_now) {
       save(r.step);
       draw();
     }

@@ -47,7 +47,8 @@ struct OptimizerCheckpoint {
   std::function<void(int64_t)> restore_steps;
 };
 
-// Groups wired to an optimizer: state, counters, steps and restore_steps filled in.
+// Groups wired to an optimizer: state, counters, steps and restore_steps filled in. `steps` is
+// the count at the time of the call: make the groups right before saving.
 OptimizerCheckpoint optimizer_checkpoint(std::string prefix, AdamW& optimizer);
 OptimizerCheckpoint optimizer_checkpoint(std::string prefix, SparseRowAdam& optimizer);
 
