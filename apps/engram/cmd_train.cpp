@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "engram/train/run.h"
 #include "engram/train/trainer.h"
+#include "engram/util/file.h"
 #include "engram/util/parallel.h"
 #include "util/json.h"
 
@@ -109,7 +110,7 @@ int run_train(int argc, char** argv) {
 }
 
 int run_eval(int argc, char** argv) {
-  const Args args(argc, argv, 2, {"ckpt", "tokens", "tokenizer", "threads", "data"}, {});
+  const Args args(argc, argv, 2, {"ckpt", "tokens", "tokenizer", "threads", "data", "windows"}, {});
   set_default_threads(static_cast<int>(args.integer("threads", 0, 0, 4096)));
   train::LoadedModel m =
       train::load_model(args.required("ckpt"), args.optional("tokenizer").value_or(""));
@@ -126,10 +127,33 @@ int run_eval(int argc, char** argv) {
       throw InputError(error_message(val, e.what()));
     }
   }();
-  const auto r = train::evaluate(*m.model, loader, tokens, train::token_byte_lengths(*m.text.tokenizer));
+  std::vector<double> windows;
+  const auto r = train::evaluate(*m.model, loader, tokens, train::token_byte_lengths(*m.text.tokenizer),
+                                 &windows);
+  if (auto w = args.optional("windows")) write_file_atomic(*w, json::Json(windows).dump() + "\n");
   const json::Json out = {{"val_loss", r.loss},  {"ppl", r.ppl},     {"bits_per_byte", r.bits_per_byte},
                           {"tokens", r.tokens}, {"bytes", r.bytes}, {"step", m.state.step}};
   write_stdout(out.dump() + "\n");
+  return 0;
+}
+
+}  // namespace engram::cli
+
+namespace engram::cli {
+
+int run_plot(int argc, char** argv) {
+  const Args args(argc, argv, 2, {"out", "title"}, {});
+  if (args.positional().empty()) throw UsageError("expected one or more run directories");
+  std::vector<train::LossSeries> series;
+  for (const std::string& dir : args.positional()) {
+    const train::RunDir run{dir};
+    std::string label = dir;
+    while (label.size() > 1 && label.back() == '/') label.pop_back();
+    label = label.substr(label.find_last_of('/') + 1);
+    series.push_back({label, train::read_metrics(run.metrics())});
+  }
+  const std::string out = args.required("out");
+  write_file_atomic(out, train::loss_curve_svg(series, args.optional("title").value_or("loss")));
   return 0;
 }
 

@@ -15,6 +15,7 @@ int run_prepare(int argc, char** argv);
 int run_params(int argc, char** argv);
 int run_train(int argc, char** argv);  // cmd_train.cpp (train and eval)
 int run_eval(int argc, char** argv);
+int run_plot(int argc, char** argv);
 int run_generate(int argc, char** argv);  // cmd_generate.cpp
 
 // All of standard input (binary).

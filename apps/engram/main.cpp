@@ -72,14 +72,19 @@ Commands:
   params --config MODEL.toml [--json]
       Parameter accounting of a model config: per component, total (without embedding and
       head), activated per token, Engram table, and the allocation ratio rho.
-  train --config FILE.toml --out DIR [--steps N] [--resume] [--threads N]
-      Trains a model on the prepared data named by the config's train.data; progress on
-      stderr, DIR/metrics.jsonl, DIR/loss.svg and DIR/checkpoint.safetensors.
-  eval --ckpt DIR [--tokens N] [--tokenizer DIR] [--threads N]
-      Validation loss of a checkpoint: {"val_loss", "ppl", "bits_per_byte", "tokens"}.
+  train --config FILE.toml --out DIR [--steps N] [--resume] [--stop-at N] [--data DIR]
+        [--threads N] [--quiet]
+      Trains a model on the prepared data named by the config's train.data (or --data);
+      progress on stderr, DIR/metrics.jsonl, DIR/loss.svg, DIR/checkpoint.safetensors.
+      Ctrl-C stops after the current step with a checkpoint; --resume continues exactly.
+  eval --ckpt DIR [--tokens N] [--data DIR] [--tokenizer DIR] [--threads N] [--windows FILE]
+      Validation loss of a checkpoint: {"val_loss", "ppl", "bits_per_byte", "tokens"};
+      --windows writes the mean loss of every window scored (a JSON array).
   generate --ckpt DIR --prompt TEXT --max-tokens N [--seed S] [--temperature T] [--top-k K]
-           [--top-p P] [--tokenizer DIR]
+           [--top-p P] [--tokenizer DIR] [--threads N]
       Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
+  plot --out FILE.svg [--title T] RUN_DIR...
+      One SVG of the loss curves of several runs (their metrics.jsonl).
   bench tokenize --tokenizer DIR FILE [--threads N]
   bench hash --tokenizer DIR --config CFG.json [--tokens N] [--threads N]
       Print one JSON object of throughput figures.
@@ -109,6 +114,7 @@ int main(int argc, char** argv) {
     if (cmd == "params") return cli::run_params(argc, argv);
     if (cmd == "train") return cli::run_train(argc, argv);
     if (cmd == "eval") return cli::run_eval(argc, argv);
+    if (cmd == "plot") return cli::run_plot(argc, argv);
     if (cmd == "generate") return cli::run_generate(argc, argv);
     std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
     return 2;

@@ -58,43 +58,46 @@ std::string escape_xml(const std::string& s) {
 
 }  // namespace
 
+std::vector<MetricPoint> read_metrics(const std::string& path, int64_t keep_until,
+                                      std::string* kept) {
+  std::vector<MetricPoint> points;
+  const std::string text = read_file(path);
+  std::istringstream in(text);
+  std::string line;
+  int64_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.empty()) continue;
+    json::Json j;
+    try {
+      j = json::Json::parse(line);
+    } catch (const std::exception&) {
+      // A run killed mid-write can leave a partial last line: drop it, keep the rest.
+      if (in.peek() == EOF) break;
+      throw FormatError(error_message(path, "line " + std::to_string(line_no) +
+                                                ": not a JSON object"));
+    }
+    if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
+      throw FormatError(
+          error_message(path, "line " + std::to_string(line_no) + ": no integer \"step\""));
+    }
+    const int64_t step = j["step"].get<int64_t>();
+    if (step > keep_until) continue;
+    MetricPoint p;
+    p.step = step;
+    p.train_loss = j.contains("train_loss") && j["train_loss"].is_number()
+                       ? j["train_loss"].get<double>()
+                       : NAN;
+    if (j.contains("val_loss") && j["val_loss"].is_number()) p.val_loss = j["val_loss"].get<double>();
+    points.push_back(p);
+    if (kept != nullptr) *kept += line + "\n";
+  }
+  return points;
+}
+
 MetricsLog::MetricsLog(std::string path, int64_t keep_until) : path_(std::move(path)) {
   std::string kept;
-  if (keep_until >= 0 && file_exists(path_)) {
-    const std::string text = read_file(path_);
-    std::istringstream in(text);
-    std::string line;
-    int64_t line_no = 0;
-    while (std::getline(in, line)) {
-      ++line_no;
-      if (line.empty()) continue;
-      json::Json j;
-      try {
-        j = json::Json::parse(line);
-      } catch (const std::exception&) {
-        // A run killed mid-write can leave a partial last line: drop it, keep the rest.
-        if (in.peek() == EOF) break;
-        throw FormatError(error_message(path_, "line " + std::to_string(line_no) +
-                                                   ": not a JSON object"));
-      }
-      if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
-        throw FormatError(
-            error_message(path_, "line " + std::to_string(line_no) + ": no integer \"step\""));
-      }
-      const int64_t step = j["step"].get<int64_t>();
-      if (step > keep_until) continue;
-      MetricPoint p;
-      p.step = step;
-      if (j.contains("train_loss") && j["train_loss"].is_number()) {
-        p.train_loss = j["train_loss"].get<double>();
-      } else {
-        p.train_loss = NAN;
-      }
-      if (j.contains("val_loss") && j["val_loss"].is_number()) p.val_loss = j["val_loss"].get<double>();
-      points_.push_back(p);
-      kept += line + "\n";
-    }
-  }
+  if (keep_until >= 0 && file_exists(path_)) points_ = read_metrics(path_, keep_until, &kept);
   // Rewrite what is kept atomically, then append to it.
   write_file_atomic(path_, kept);
   file_ = std::fopen(path_.c_str(), "ab");

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 
+#include "engram/nn/loss.h"
 #include "engram/train/checkpoint.h"
 #include "engram/train/optimizer.h"
 #include "engram/util/error.h"
@@ -103,7 +104,7 @@ std::vector<int32_t> token_byte_lengths(const text::Tokenizer& tokenizer) {
 }
 
 EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_t max_tokens,
-                    const std::vector<int32_t>& byte_lengths) {
+                    const std::vector<int32_t>& byte_lengths, std::vector<double>* window_losses) {
   loader.reset();
   EvalResult r;
   double nll = 0;
@@ -112,6 +113,13 @@ EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_
     const double loss = model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids);
     const int64_t n = b.batch * b.seq;  // every target of a window is counted
     nll += loss * static_cast<double>(n);
+    if (window_losses != nullptr) {
+      const int64_t V = model.config().model.vocab_size;
+      for (int64_t w = 0; w < b.batch; ++w) {
+        window_losses->push_back(nn::cross_entropy_forward(
+            model.logits().data() + w * b.seq * V, b.targets.data() + w * b.seq, b.seq, V));
+      }
+    }
     r.tokens += n;
     for (const int64_t t : b.targets) {
       if (t >= 0 && static_cast<size_t>(t) < byte_lengths.size()) r.bytes += byte_lengths[static_cast<size_t>(t)];
@@ -135,6 +143,11 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   }
   config.validate("config");
   const model::TrainConfig& tc = config.train;
+  if (config.moe && config.moe->seq_aux_alpha != 0) {
+    throw ConfigError("config: moe.seq_aux_alpha = " + std::to_string(config.moe->seq_aux_alpha) +
+                      ": the sequence-wise balance loss is not implemented yet (set it to 0; "
+                      "balance comes from the auxiliary-loss-free bias update)");
+  }
   if (tc.data.empty()) {
     throw ConfigError("config: train.data: empty (the folder written by `engram prepare`)");
   }

@@ -219,7 +219,8 @@ TEST(TrainerTest, EvaluateIsTheMeanOverWindows) {
   DataLoader loader(TokenShard::open(data_dir() + "/val.bin"), 2, 16, text.hasher.get(), 0,
                     DataLoader::Mode::kSequential);
   const auto bytes = token_byte_lengths(*text.tokenizer);
-  const EvalResult r = evaluate(m, loader, 0, bytes);
+  std::vector<double> windows;
+  const EvalResult r = evaluate(m, loader, 0, bytes, &windows);
   // By hand: every window, one at a time.
   DataLoader one(TokenShard::open(data_dir() + "/val.bin"), 1, 16, text.hasher.get(), 0,
                  DataLoader::Mode::kSequential);
@@ -227,11 +228,15 @@ TEST(TrainerTest, EvaluateIsTheMeanOverWindows) {
   int64_t n = 0, nbytes = 0;
   Batch b;
   while (one.next(b)) {
-    sum += m.forward(b.inputs.data(), b.targets.data(), 1, 16, b.hash_ids) * 16;
+    const double l = m.forward(b.inputs.data(), b.targets.data(), 1, 16, b.hash_ids);
+    ASSERT_LT(static_cast<size_t>(n / 16), windows.size());
+    EXPECT_NEAR(windows[static_cast<size_t>(n / 16)], l, 1e-5);
+    sum += l * 16;
     n += 16;
     for (int64_t t : b.targets) nbytes += bytes[static_cast<size_t>(t)];
   }
   EXPECT_EQ(r.tokens, n);
+  EXPECT_EQ(static_cast<int64_t>(windows.size()) * 16, n);
   EXPECT_EQ(r.bytes, nbytes);
   EXPECT_NEAR(r.loss, sum / static_cast<double>(n), 1e-5);
   EXPECT_NEAR(r.bits_per_byte, sum / std::log(2.0) / static_cast<double>(nbytes), 1e-5);
@@ -361,9 +366,13 @@ struct Cli {
   std::string out, err;
 };
 
-Cli cli(const std::string& args) {
+// Runs the CLI through bash; `prefix` is shell code run first (e.g. a ulimit).
+Cli cli(const std::string& args, const std::string& prefix = "") {
   const std::string out = temp_dir() + "/cli_out", err = temp_dir() + "/cli_err";
-  const std::string cmd = test::cli_path() + " " + args + " >" + out + " 2>" + err;
+  const std::string script = prefix + "exec " + test::cli_path() + " " + args + " >" + out + " 2>" + err;
+  std::string quoted = "'";
+  for (char c : script) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  const std::string cmd = "bash -c " + quoted + "'";
   const int rc = std::system(cmd.c_str());
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, read_file(out), read_file(err)};
 }
@@ -395,6 +404,16 @@ TEST(TrainCli, TrainEvalGenerate) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["steps"], 10);
   EXPECT_EQ(lines(out + "/metrics.jsonl").size(), 10u);
+
+  // A disk that fills while the checkpoint is written (a file-size limit: writes past it fail
+  // with EFBIG): the run fails naming the checkpoint, and the previous checkpoint survives.
+  const std::string before = read_file(out + "/checkpoint.safetensors");
+  r = cli("train --config " + cfg + " --out " + out + " --steps 12 --resume --threads 1",
+          "trap '' XFSZ; ulimit -f 64; ");
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("checkpoint.safetensors"), std::string::npos) << r.err;
+  EXPECT_EQ(read_file(out + "/checkpoint.safetensors"), before);
+  EXPECT_EQ(read_checkpoint_metadata(out + "/checkpoint.safetensors").step, 10);
 
   // Bad input: unknown config key, missing checkpoint.
   write_file_atomic(cfg + ".bad", std::string(kConfig) + "learning_rate = 1\n");

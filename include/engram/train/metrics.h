@@ -55,6 +55,12 @@ class MetricsLog {
   std::vector<MetricPoint> points_;
 };
 
+// Reads the points of a metrics.jsonl with step <= keep_until, without changing the file; the
+// kept lines are appended to *kept when given. A partial last line (a run killed mid-write) is
+// ignored; any other bad line throws FormatError naming the file and line.
+std::vector<MetricPoint> read_metrics(const std::string& path, int64_t keep_until = INT64_MAX,
+                                      std::string* kept = nullptr);
+
 // A self-contained SVG (no scripts, no external fonts) of training loss (raw, faint, and a
 // moving average) and validation loss against step, with axes, ticks and a legend. `series`
 // holds one or more runs (the first's train loss drawn in full, every run's validation loss).

@@ -72,7 +72,10 @@ std::vector<int32_t> token_byte_lengths(const text::Tokenizer& tokenizer);
 
 // Mean loss over the first sequential windows of `loader` (reset first) covering at least
 // max_tokens tokens (all windows when max_tokens <= 0). byte_lengths as token_byte_lengths.
+// window_losses, when given, gets the mean loss of every window scored, in order (for paired
+// comparisons of two models on the same windows).
 EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_t max_tokens,
-                    const std::vector<int32_t>& byte_lengths);
+                    const std::vector<int32_t>& byte_lengths,
+                    std::vector<double>* window_losses = nullptr);
 
 }  // namespace engram::train
