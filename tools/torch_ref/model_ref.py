@@ -13,6 +13,20 @@ compares. Per tensor: max relative error = max|a - b| / max(max|b|, tiny), b = t
 every error is <= 1e-4 (float32) or <= 1e-9 (float64). Prints a table per dump and a final JSON
 line; exits 1 on any failure.
 
+  model_ref.py bench --config FILE.toml [--threads N] [--steps S] [--warmup W]
+
+bench: PyTorch CPU training throughput of the same model, the baseline for build/bench/bench_train
+(tools/bench/train.sh runs both). Builds the mirror from the TOML config in float32 on the CPU
+(torch.set_num_threads(N)), random init (normal 0.02 matrices, norms 1, mHC as below), and times S
+training steps after W warm-up steps on random token batches of train.batch_size x train.seq_len:
+forward, backward, clip_grad_norm_(train.grad_clip), torch.optim.AdamW (weight decay on matrices,
+Engram tables at engram_lr_multiplier x lr without decay). Embedding, LM head and Engram tables are
+dense parameters updated densely (torch's AdamW has no sparse rows; our trainer's are sparse).
+Engram hash ids: a uniform random id per head below that head's prime table size (the primes of
+the real hasher; the ids are not real n-gram hashes), no data loader or hashing in the timing.
+Prints one JSON line: {"bench": "train_torch", "config", "threads", "torch", "tokens_per_s"
+(median over the timed steps), "seconds_per_step" (median), ...}.
+
 --mutate NAME deliberately breaks the mirror (a negative control: the check must then FAIL):
   rope_interleaved  RoPE on (2i, 2i+1) pairs instead of (i, i + hd/2)
   sinkhorn_short    one Sinkhorn normalisation step fewer
@@ -443,7 +457,153 @@ def check(path, device, verbose):
             "errors": {r: e for r, e in rows}}
 
 
+# ---- the training-throughput baseline -----------------------------------------------------
+
+def is_prime(n):
+    if n < 2:
+        return False
+    d = 2
+    while d * d <= n:
+        if n % d == 0:
+            return False
+        d += 1
+    return True
+
+
+def engram_head_sizes(e):
+    """Per Engram layer, the head table sizes in output order: for each layer, for each n-gram
+    order's engram_vocab_size base, n_head_per_ngram successive unused primes above base - 1
+    (engram::hash::next_unused_prime, as src/model/param_count.cpp and the hasher do)."""
+    used, sizes = set(), []
+    for _ in e["layer_ids"]:
+        heads = []
+        for base in e["engram_vocab_size"]:
+            start = base - 1
+            for _ in range(e["n_head_per_ngram"]):
+                start += 1
+                while not is_prime(start) or start in used:
+                    start += 1
+                used.add(start)
+                heads.append(start)
+        sizes.append(heads)
+    return sizes
+
+
+def init_params(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.split(".")[-1]
+            if leaf == "alpha":
+                p.fill_(0.01)                                   # mHC scalars
+            elif p.dim() == 1 and ("norm" in name or leaf == "weight"):
+                p.fill_(1.0)                                    # RMSNorm weights
+            elif p.dim() == 1:
+                p.zero_()                                       # biases, mHC b
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def blas_threads(n):
+    """torch.set_num_threads does not reach a generic BLAS: Debian's torch calls the system
+    OpenBLAS, which starts one thread per core unless told. Sets its threads to n; returns a note
+    on the BLAS (OpenBLAS's kernel core: OPENBLAS_CORETYPE picks it, set before start-up)."""
+    import ctypes
+    try:
+        libs = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line}
+    except OSError:
+        libs = set()
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+            lib.openblas_set_num_threads(n)
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            lib.openblas_get_num_threads.restype = ctypes.c_int
+            return (f"{os.path.basename(path)}, core {lib.openblas_get_corename().decode()}, "
+                    f"{lib.openblas_get_num_threads()} threads")
+        except (OSError, AttributeError):
+            continue
+    return "no OpenBLAS loaded (torch's own BLAS: MKL or similar)"
+
+
+def bench(argv):
+    import statistics
+    import time
+    ap = argparse.ArgumentParser(prog="model_ref.py bench")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    blas = blas_threads(a.threads)
+    with open(a.config, "rb") as f:
+        cfg = apply_defaults(tomllib.load(f))
+    tr = cfg.get("train", {})
+    B, T = tr.get("batch_size", 8), tr.get("seq_len", 256)
+    lr, wd = tr.get("lr", 1e-3), tr.get("weight_decay", 0.1)
+    clip, engram_mult = tr.get("grad_clip", 1.0), tr.get("engram_lr_multiplier", 5.0)
+    V = cfg["model"]["vocab_size"]
+    head_sizes = engram_head_sizes(cfg["engram"]) if "engram" in cfg else []
+
+    torch.manual_seed(a.seed)
+    model = Transformer(cfg, head_sizes).to(dtype=torch.float32)
+    init_params(model, a.seed)
+    decay, no_decay, tables = [], [], []
+    for name, p in model.named_parameters():
+        if "multi_head_embedding" in name:
+            tables.append(p)
+        elif p.dim() >= 2 and name != "embed":
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    if tables:
+        groups.append({"params": tables, "weight_decay": 0.0, "lr": lr * engram_mult})
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+    n_params = sum(p.numel() for p in model.parameters())
+
+    g = torch.Generator().manual_seed(a.seed + 1)
+
+    def batch():
+        x = torch.randint(0, V, (B, T + 1), generator=g)
+        ids = [torch.stack([torch.randint(0, s, (B, T), generator=g) for s in sizes], dim=-1)
+               for sizes in head_sizes]
+        return x[:, :-1], x[:, 1:], ids
+
+    def step(inputs, targets, ids):
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(inputs, targets, ids)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        return loss.item()
+
+    times, losses = [], []
+    for s in range(a.warmup + a.steps):
+        inputs, targets, ids = batch()
+        t0 = time.perf_counter()
+        losses.append(step(inputs, targets, ids))
+        if s >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    print(json.dumps({
+        "bench": "train_torch", "config": a.config, "threads": a.threads,
+        "torch": torch.__version__, "blas": blas, "steps": a.steps, "warmup": a.warmup,
+        "tokens_per_step": B * T, "tokens_per_s": round(B * T / sec, 1),
+        "seconds_per_step": round(sec, 4), "step_seconds": [round(t, 4) for t in times],
+        "params": n_params, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+        "step": "forward + backward + clip_grad_norm_ + AdamW (weight decay on matrices)",
+        "embeddings": "dense (sparse=False): embedding, LM head and Engram tables updated densely",
+        "hash_ids": "uniform random id per head below the head's prime table size (not real "
+                    "n-gram hashes); no data loader or hashing timed" if head_sizes else None}))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "bench":
+        return bench(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dumps", nargs="+")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
