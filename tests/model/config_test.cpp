@@ -79,7 +79,8 @@ void expect_error(const std::string& text, const std::vector<std::string>& keywo
 }
 
 TEST(ModelConfig, ShippedConfigsLoad) {
-  for (const char* name : {"tiny.toml", "small_engram.toml", "small_moe.toml"}) {
+  for (const char* name :
+       {"tiny.toml", "small_engram.toml", "small_moe.toml", "main_engram.toml", "main_moe.toml"}) {
     SCOPED_TRACE(name);
     const ModelConfig c = ModelConfig::from_file(config_path(name));
     EXPECT_GE(c.model.num_layers, 2);
@@ -305,6 +306,19 @@ TEST(ParamCount, ShippedIsoParameterPair) {
   };
   EXPECT_LT(rel(e.total, m.total), 0.01) << e.total << " vs " << m.total;
   EXPECT_LT(rel(e.active, m.active), 0.01) << e.active << " vs " << m.active;
+}
+
+// The main job's configs are the small pair with another [train] section.
+TEST(ParamCount, MainJobConfigsAreTheSmallPair) {
+  for (const char* m : {"engram", "moe"}) {
+    SCOPED_TRACE(m);
+    const ModelConfig small = ModelConfig::from_file(config_path(std::string("small_") + m + ".toml"));
+    const ModelConfig main = ModelConfig::from_file(config_path(std::string("main_") + m + ".toml"));
+    EXPECT_EQ(small.model, main.model);
+    EXPECT_EQ(small.moe, main.moe);
+    EXPECT_EQ(small.engram, main.engram);
+    EXPECT_EQ(main.train.data, "data/prepared/gutenberg");
+  }
 }
 
 }  // namespace
