@@ -82,6 +82,12 @@ int run_generate(int argc, char** argv) {
   const size_t sample_vocab =
       std::min(tok.vocab_size(), static_cast<size_t>(loaded.config.model.vocab_size));
 
+  // Special added tokens (BOS, placeholders, tool markers...) other than EOS are never sampled:
+  // they mark structure, not text.
+  for (const auto& t : tok.added_tokens()) {
+    if (t.special && !(eos && t.id == *eos)) o.banned.push_back(t.id);
+  }
+
   infer::Decoder decoder(*loaded.model, loaded.text.hasher.get());
   infer::Sampler sampler(o);
   const auto t0 = std::chrono::steady_clock::now();

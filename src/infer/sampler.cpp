@@ -96,6 +96,14 @@ double Sampler::uniform() {
 
 int64_t Sampler::sample(std::span<const float> logits) {
   if (logits.empty()) throw InputError("sampler: no logits given");
+  if (!options_.banned.empty()) {
+    masked_.assign(logits.begin(), logits.end());
+    for (const int64_t id : options_.banned) {
+      if (id >= 0 && static_cast<size_t>(id) < masked_.size())
+        masked_[static_cast<size_t>(id)] = -std::numeric_limits<float>::infinity();
+    }
+    logits = masked_;
+  }
   int64_t best = 0;
   for (size_t i = 0; i < logits.size(); ++i) {
     if (std::isnan(logits[i])) {

@@ -168,6 +168,18 @@ TEST(Sampler, NegativeInfinityIsNeverDrawn) {
   for (int64_t id : draws(o, {ninf, 0.0f, ninf, 0.5f}, 1000)) EXPECT_TRUE(id == 1 || id == 3);
 }
 
+TEST(Sampler, BannedIdsAreNeverDrawnEvenWhenMostLikely) {
+  SamplingOptions o;
+  o.banned = {0, 3, 99};  // 99 is outside the logits: ignored
+  const std::vector<float> logits = {9.0f, 1.0f, 1.5f, 8.0f};
+  for (double t : {0.0, 0.7, 5.0}) {
+    o.temperature = t;
+    for (int64_t id : draws(o, logits, 500)) EXPECT_TRUE(id == 1 || id == 2) << "T " << t << ": " << id;
+  }
+  o.temperature = 0;
+  EXPECT_EQ(draws(o, logits, 1)[0], 2);  // the best id not banned
+}
+
 template <class E, class F>
 std::string error_of(F&& f) {
   try {

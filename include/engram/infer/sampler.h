@@ -26,6 +26,9 @@ struct SamplingOptions {
   int64_t top_k = 0;         // >= 0; 0 = off
   double top_p = 1.0;        // in (0, 1]; 1 = off
   uint64_t seed = 0;
+  // Ids never drawn, as if their logits were -inf (engram generate: the tokenizer's special
+  // tokens other than EOS). Ids outside the logits are ignored.
+  std::vector<int64_t> banned;
 
   // Throws ConfigError naming the option: temperature negative or not finite, top_k < 0,
   // top_p outside (0, 1].
@@ -48,6 +51,7 @@ class Sampler {
   SamplingOptions options_;
   std::mt19937_64 rng_;
   std::vector<std::pair<double, int64_t>> candidates_;  // (probability, id) scratch
+  std::vector<float> masked_;                            // logits with banned ids at -inf
 };
 
 }  // namespace engram::infer
