@@ -226,29 +226,8 @@ void Decoder::attention(int64_t layer, const float* h, float* out, int64_t count
       const int64_t hh = static_cast<int64_t>(head), g = hh / group;
       float* p = scores_.data() + hh * total;
       for (int64_t t = 0; t < N; ++t) {
-        const int64_t last = position_ + t;
-        const float* qt = q_.data() + t * QD + hh * hd;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t u = 0; u <= last; ++u) {
-          const float* ku = K + u * KD + g * hd;
-          float dot = 0;
-          for (int64_t i = 0; i < hd; ++i) dot += qt[i] * ku[i];
-          p[u] = dot * scale;
-          mx = std::max(mx, p[u]);
-        }
-        float sum = 0;
-        for (int64_t u = 0; u <= last; ++u) {
-          p[u] = std::exp(p[u] - mx);
-          sum += p[u];
-        }
-        const float inv = 1.0f / sum;
-        float* ct = ctx_.data() + t * QD + hh * hd;
-        std::fill(ct, ct + hd, 0.0f);
-        for (int64_t u = 0; u <= last; ++u) {
-          const float pu = p[u] * inv;
-          const float* vu = Vc + u * KD + g * hd;
-          for (int64_t i = 0; i < hd; ++i) ct[i] += pu * vu[i];
-        }
+        nn::attention_row(ctx_.data() + t * QD + hh * hd, p, q_.data() + t * QD + hh * hd,
+                          K + g * hd, Vc + g * hd, position_ + t + 1, KD, hd, scale);
       }
     }
   });

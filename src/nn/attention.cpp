@@ -89,6 +89,31 @@ void rope_backward(T* x, int64_t batch, int64_t seq, int64_t heads, int64_t head
 }
 
 template <class T>
+void attention_row(T* ctx, T* p, const T* q, const T* k, const T* v, int64_t keys,
+                   int64_t stride, int64_t head_dim, T scale) {
+  T mx = -std::numeric_limits<T>::infinity();
+  for (int64_t u = 0; u < keys; ++u) {
+    const T* ku = k + u * stride;
+    T dot = 0;
+    for (int64_t i = 0; i < head_dim; ++i) dot += q[i] * ku[i];
+    p[u] = dot * scale;
+    mx = std::max(mx, p[u]);
+  }
+  T sum = 0;
+  for (int64_t u = 0; u < keys; ++u) {
+    p[u] = std::exp(p[u] - mx);
+    sum += p[u];
+  }
+  const T inv = T(1) / sum;
+  std::fill(ctx, ctx + head_dim, T(0));
+  for (int64_t u = 0; u < keys; ++u) {
+    p[u] *= inv;
+    const T* vu = v + u * stride;
+    for (int64_t i = 0; i < head_dim; ++i) ctx[i] += p[u] * vu[i];
+  }
+}
+
+template <class T>
 void attention_forward(T* out, AttentionSaved<T>& saved, const T* x, const AttentionWeights<T>& w,
                        const AttentionShape& s) {
   validate(s);
@@ -114,29 +139,11 @@ void attention_forward(T* out, AttentionSaved<T>& saved, const T* x, const Atten
       const int64_t h = static_cast<int64_t>(item) % s.heads;
       const int64_t g = h / group;
       for (int64_t t = 0; t < Tn; ++t) {
-        const T* qt = saved.q.data() + (b * Tn + t) * QD + h * hd;
-        T* p = saved.att.data() + ((b * s.heads + h) * Tn + t) * Tn;
-        T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t u = 0; u <= t; ++u) {
-          const T* ku = saved.k.data() + (b * Tn + u) * KD + g * hd;
-          T dot = 0;
-          for (int64_t i = 0; i < hd; ++i) dot += qt[i] * ku[i];
-          p[u] = dot * scale;
-          mx = std::max(mx, p[u]);
-        }
-        T sum = 0;
-        for (int64_t u = 0; u <= t; ++u) {
-          p[u] = std::exp(p[u] - mx);
-          sum += p[u];
-        }
-        const T inv = T(1) / sum;
-        T* ct = saved.context.data() + (b * Tn + t) * QD + h * hd;
-        std::fill(ct, ct + hd, T(0));
-        for (int64_t u = 0; u <= t; ++u) {
-          p[u] *= inv;
-          const T* vu = saved.v.data() + (b * Tn + u) * KD + g * hd;
-          for (int64_t i = 0; i < hd; ++i) ct[i] += p[u] * vu[i];
-        }
+        attention_row(saved.context.data() + (b * Tn + t) * QD + h * hd,
+                      saved.att.data() + ((b * s.heads + h) * Tn + t) * Tn,
+                      saved.q.data() + (b * Tn + t) * QD + h * hd,
+                      saved.k.data() + b * Tn * KD + g * hd, saved.v.data() + b * Tn * KD + g * hd,
+                      t + 1, KD, hd, scale);
       }
     }
   });
@@ -221,6 +228,8 @@ void attention_backward(T* dx, const AttentionGrads<T>& grads, const T* dout, co
 }
 
 #define ENGRAM_INSTANTIATE(T)                                                                      \
+  template void attention_row<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,  \
+                                 T);                                                              \
   template void attention_forward<T>(T*, AttentionSaved<T>&, const T*, const AttentionWeights<T>&, \
                                      const AttentionShape&);                                       \
   template void attention_backward<T>(T*, const AttentionGrads<T>&, const T*, const T*,            \

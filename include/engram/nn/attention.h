@@ -77,6 +77,15 @@ void attention_backward(T* dx, const AttentionGrads<T>& grads, const T* dout, co
                         const AttentionSaved<T>& saved, const AttentionWeights<T>& w,
                         const AttentionShape& s);
 
+// One query row against keys 0..keys-1 (causal: the caller passes the keys the row may see):
+//   p[u] = softmax_u(q . k_u * scale),  ctx = sum_u p[u] v_u
+// q (hd); k_u = k + u * stride, v_u = v + u * stride (hd each); p (keys) gets the probabilities,
+// ctx (hd) is written. Shared by attention_forward and the KV-cached decoder, so both sum in
+// the same order.
+template <class T>
+void attention_row(T* ctx, T* p, const T* q, const T* k, const T* v, int64_t keys,
+                   int64_t stride, int64_t head_dim, T scale);
+
 // RoPE in place on x (B, T, H, hd): rope_forward rotates by +angle, rope_backward by -angle
 // (the transpose, which carries a gradient back through rope_forward).
 template <class T>
