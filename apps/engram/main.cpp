@@ -46,7 +46,8 @@ void write_stdout(const std::string& s) {
 namespace {
 
 constexpr const char* kUsage =
-    R"(engram — Engram conditional memory: text front end and n-gram hashing
+    R"(engram — Engram conditional memory: text front end, n-gram hashing, and a language model
+with Engram layers (train, eval, generate)
 
 Usage: engram <command> [options]
 
