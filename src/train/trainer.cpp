@@ -254,6 +254,11 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
 
   const int64_t total = tc.steps;
   const int64_t end = std::min(total, opt.stop_at ? std::max<int64_t>(*opt.stop_at, start) : total);
+  if (start >= end && opt.on_note) {
+    opt.on_note("nothing to train: the checkpoint is at step " + std::to_string(start) +
+                " and the run ends at step " + std::to_string(end) +
+                " (a larger --steps continues it)");
+  }
   MetricsLog log(run.metrics(), opt.resume ? start : -1);
   const std::vector<int32_t> byte_lengths = token_byte_lengths(*text.tokenizer);
   const LrSchedule schedule{tc.lr, tc.warmup_steps, total, tc.min_lr_ratio};
