@@ -45,6 +45,8 @@ class NgramHasher {
 
   const EngramHashConfig& config() const { return config_; }
   int64_t tokenizer_vocab() const { return static_cast<int64_t>(lut_.size()); }
+  // The compression table P: compress_lut()[id] for every tokenizer id (tokenizer_vocab() values).
+  std::span<const int32_t> compress_lut() const { return lut_; }
   int64_t compressed_vocab() const { return compressed_vocab_; }
   int64_t pad_compressed() const { return pad_compressed_; }
   int max_ngram_size() const { return config_.max_ngram_size; }

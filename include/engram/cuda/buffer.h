@@ -1,0 +1,83 @@
+// GPU memory owned by RAII handles, free of CUDA headers so that CPU-only builds compile.
+//
+//   DeviceBuffer<float> buf(1024);          // cudaMalloc of 1024 floats
+//   buf.upload(host);                       // host.size() == buf.size()
+//   kernel_launcher(buf.data(), ...);
+//   buf.download(host);
+//
+// Every CUDA call is checked: a failure throws engram::Error naming the call, its file:line and
+// cudaGetErrorString, e.g. "src/cuda/buffer.cpp:31: cudaMalloc(&p, bytes): out of memory".
+// In a build without CUDA every function here throws engram::Error("built without CUDA"), so a
+// caller fails loudly instead of crashing.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "engram/util/error.h"
+
+namespace engram::cuda {
+
+// Untyped device memory; the typed DeviceBuffer below is what callers use.
+void* device_alloc(size_t bytes);                               // nullptr for 0 bytes
+void device_free(void* ptr) noexcept;                           // nullptr is fine
+void copy_to_device(void* dst, const void* src, size_t bytes);  // synchronous
+void copy_to_host(void* dst, const void* src, size_t bytes);    // synchronous
+void device_synchronize();                                      // waits for all streams
+
+// A device array of `size()` elements of a trivially copyable T. Move-only.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t size)
+      : data_(static_cast<T*>(device_alloc(size * sizeof(T)))), size_(size) {}
+  // Allocates and uploads `host`.
+  explicit DeviceBuffer(std::span<const T> host) : DeviceBuffer(host.size()) { upload(host); }
+  ~DeviceBuffer() { device_free(data_); }
+
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      device_free(data_);
+      data_ = std::exchange(other.data_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  size_t size() const { return size_; }
+  size_t bytes() const { return size_ * sizeof(T); }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+
+  // Copies host.size() == size() elements in; throws InputError on a size mismatch.
+  void upload(std::span<const T> host) {
+    check_size(host.size(), "upload");
+    copy_to_device(data_, host.data(), bytes());
+  }
+  // Copies all size() elements out into host (host.size() == size()).
+  void download(std::span<T> host) const {
+    check_size(host.size(), "download");
+    copy_to_host(host.data(), data_, bytes());
+  }
+
+ private:
+  void check_size(size_t host_size, const char* where) const {
+    if (host_size != size_) {
+      throw InputError(error_message(std::string("DeviceBuffer::") + where,
+                                     "host span has " + std::to_string(host_size) +
+                                         " elements, the buffer " + std::to_string(size_)));
+    }
+  }
+
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace engram::cuda

@@ -1,0 +1,36 @@
+// Row gather for Engram tables on the GPU: the `e` of the Engram layer (ENGRAM_SPEC §3), as
+// src/nn/engram_layer.cpp forms it on the CPU from a memory::RowStore.
+//
+// For hash ids (tokens, H) and per-head row offsets (H):
+//   out[t, h*w .. h*w + w) = table[offsets[h] + ids[t, h], 0 .. w)          out is (tokens, H*w)
+// Tables of F32 or BF16 rows; out is f32 (bf16 values are widened exactly). Rows are copied
+// 4 values per thread (16-byte stores, 16- or 8-byte loads) when the width is a multiple of 4
+// and the pointers are aligned for it, one value per thread otherwise.
+#pragma once
+
+#include <cstdint>
+
+#include "engram/tensor/dtype.h"
+
+namespace engram::cuda {
+
+// A table in device memory: (rows, width) values of `dtype`, row-major, contiguous.
+struct DeviceTable {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;  // kF32 or kBF16
+  int64_t rows = 0;
+  int64_t width = 0;
+};
+
+// d_out: (tokens, heads * table.width) f32; d_ids: (tokens, heads) int32 per-head ids (the
+// GpuNgramHasher's output for one layer); d_head_offsets: (heads) int64, the first row of each
+// head (NgramHasher::head_offsets). All device pointers. Launched on `stream` (a cudaStream_t;
+// nullptr = the default stream), asynchronously.
+// Precondition: offsets[h] + ids[t, h] names a row of head h. The kernel checks only that the
+// read stays inside the table: an id < 0 or a row >= table.rows gives a row of NaN.
+// Throws InputError for another dtype or a negative size, engram::Error on a launch failure.
+void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
+                 const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
+                 void* stream = nullptr);
+
+}  // namespace engram::cuda

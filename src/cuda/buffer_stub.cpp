@@ -1,0 +1,25 @@
+// Stands in for src/cuda/buffer.cpp in builds without CUDA: every call throws.
+#include "engram/cuda/buffer.h"
+
+namespace engram::cuda {
+namespace {
+[[noreturn]] void no_cuda(const char* where) {
+  throw Error(error_message(where, "built without CUDA"));
+}
+}  // namespace
+
+void* device_alloc(size_t) {
+  no_cuda("device_alloc");
+}
+void device_free(void*) noexcept {}
+void copy_to_device(void*, const void*, size_t) {
+  no_cuda("copy_to_device");
+}
+void copy_to_host(void*, const void*, size_t) {
+  no_cuda("copy_to_host");
+}
+void device_synchronize() {
+  no_cuda("device_synchronize");
+}
+
+}  // namespace engram::cuda

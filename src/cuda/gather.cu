@@ -1,0 +1,110 @@
+// Row gather (include/engram/cuda/gather.h). src/cuda/gather_stub.cpp stands in for this file
+// in builds without CUDA.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "cuda/check.h"
+#include "engram/cuda/gather.h"
+
+namespace engram::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+struct GatherArgs {
+  float* out;              // (tokens, heads * width)
+  const void* table;       // (rows, width)
+  const int32_t* ids;      // (tokens, heads)
+  const int64_t* offsets;  // (heads)
+  int64_t rows, width, tokens, heads;
+};
+
+__device__ __forceinline__ float widen(uint16_t bits) {
+  return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+}
+
+// kVec values per item (4: the width is a multiple of 4 and the pointers are aligned; 1: any).
+// Items are numbered in output order: item i writes out[i*kVec .. i*kVec + kVec).
+template <bool kBf16, int kVec>
+__global__ void __launch_bounds__(kThreads) gather_kernel(GatherArgs a) {
+  const int64_t chunks = a.width / kVec;  // items per row
+  const int64_t items = a.tokens * a.heads * chunks;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items;
+       i += stride) {
+    const int64_t token_head = i / chunks;  // t * heads + h
+    const int64_t col = (i - token_head * chunks) * kVec;
+    const int32_t id = __ldg(a.ids + token_head);
+    const int64_t row = id + __ldg(a.offsets + token_head % a.heads);
+    float* o = a.out + i * kVec;
+    if (id < 0 || row < 0 || row >= a.rows) {
+      for (int j = 0; j < kVec; ++j) o[j] = __int_as_float(0x7fc00000);  // quiet NaN
+      continue;
+    }
+    const int64_t src = row * a.width + col;
+    if constexpr (kVec == 4) {
+      float4 v;
+      if constexpr (kBf16) {
+        const uint2 w = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(a.table) +
+                                                             src));  // 4 bf16 in 8 bytes
+        v = make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
+                        __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
+      } else {
+        v = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(a.table) + src));
+      }
+      *reinterpret_cast<float4*>(o) = v;
+    } else if constexpr (kBf16) {
+      *o = widen(__ldg(static_cast<const uint16_t*>(a.table) + src));
+    } else {
+      *o = __ldg(static_cast<const float*>(a.table) + src);
+    }
+  }
+}
+
+template <bool kBf16>
+void launch(const GatherArgs& a, bool vec4, cudaStream_t s) {
+  const int64_t items = a.tokens * a.heads * (vec4 ? a.width / 4 : a.width);
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((items + kThreads - 1) / kThreads, INT32_MAX));
+  if (vec4) {
+    gather_kernel<kBf16, 4><<<blocks, kThreads, 0, s>>>(a);
+  } else {
+    gather_kernel<kBf16, 1><<<blocks, kThreads, 0, s>>>(a);
+  }
+}
+
+}  // namespace
+
+void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
+                 const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
+  if (table.dtype != DType::kF32 && table.dtype != DType::kBF16) {
+    throw InputError(error_message(
+        "gather_rows",
+        "table dtype " + std::string(dtype_name(table.dtype)) + " is not F32 or BF16"));
+  }
+  if (tokens < 0 || heads < 0 || table.rows < 0 || table.width < 0) {
+    throw InputError(error_message(
+        "gather_rows", "tokens " + std::to_string(tokens) + ", heads " + std::to_string(heads) +
+                           ", table rows " + std::to_string(table.rows) + " and width " +
+                           std::to_string(table.width) + " must be >= 0"));
+  }
+  if (tokens == 0 || heads == 0 || table.width == 0) return;
+  const bool bf16 = table.dtype == DType::kBF16;
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  // 4 values: a 16-byte f32 store, and a 16-byte (f32) or 8-byte (bf16) load.
+  const bool vec4 =
+      table.width % 4 == 0 && addr(d_out) % 16 == 0 && addr(table.data) % (bf16 ? 8 : 16) == 0;
+  const GatherArgs args{d_out,      table.data,  d_ids,  d_head_offsets,
+                        table.rows, table.width, tokens, heads};
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    launch<true>(args, vec4, s);
+  } else {
+    launch<false>(args, vec4, s);
+  }
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace engram::cuda

@@ -1,0 +1,13 @@
+// Stands in for src/cuda/gather.cu in builds without CUDA: every call throws.
+#include "engram/cuda/gather.h"
+
+#include "engram/util/error.h"
+
+namespace engram::cuda {
+
+void gather_rows(float*, const DeviceTable&, const int32_t*, const int64_t*, int64_t, int64_t,
+                 void*) {
+  throw Error(error_message("gather_rows", "built without CUDA"));
+}
+
+}  // namespace engram::cuda

@@ -1,0 +1,152 @@
+// GPU row gather against the CPU's RowStore gather (the `e` of the Engram layer), value for
+// value, for f32 and bf16 tables (skipped without a GPU).
+#include "engram/cuda/gather.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "engram/cuda/buffer.h"
+#include "engram/cuda/device.h"
+#include "engram/memory/row_store.h"
+#include "engram/tensor/tensor.h"
+#include "engram/util/error.h"
+
+namespace engram::cuda {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
+
+// A table of H heads with random sizes, random values, and random per-head ids.
+struct Case {
+  int64_t heads, width, tokens;
+  std::vector<int64_t> head_sizes, offsets;
+  int64_t rows = 0;
+  std::vector<int32_t> ids;  // (tokens, heads)
+};
+
+Case make_case(int64_t heads, int64_t width, int64_t tokens, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Case c{heads, width, tokens, {}, {}, 0, {}};
+  for (int64_t h = 0; h < heads; ++h) {
+    c.offsets.push_back(c.rows);
+    c.head_sizes.push_back(static_cast<int64_t>(50 + rng() % 300));
+    c.rows += c.head_sizes.back();
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      c.ids.push_back(static_cast<int32_t>(rng() % static_cast<uint64_t>(c.head_sizes[h])));
+    }
+  }
+  return c;
+}
+
+// The table as the CPU layer sees it: a Tensor of `dtype` in a TensorRowStore.
+Tensor random_table(DType dtype, int64_t rows, int64_t width, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Tensor t(dtype, {rows, width});
+  for (int64_t i = 0; i < rows * width; ++i) {
+    const float v = normal(rng);
+    if (dtype == DType::kBF16) {
+      t.data<bf16>()[i] = float_to_bf16(v);
+    } else {
+      t.data<float>()[i] = v;
+    }
+  }
+  return t;
+}
+
+// e on the CPU: rows offsets[h] + ids[t, h], concatenated per token (src/nn/engram_layer.cpp).
+std::vector<float> cpu_gather(const Case& c, const Tensor& table) {
+  std::vector<int64_t> rows;
+  for (int64_t t = 0; t < c.tokens; ++t) {
+    for (int64_t h = 0; h < c.heads; ++h) rows.push_back(c.offsets[h] + c.ids[t * c.heads + h]);
+  }
+  std::vector<float> e(rows.size() * static_cast<size_t>(c.width));
+  memory::TensorRowStore(table).gather(rows, e.data(), c.width);
+  return e;
+}
+
+std::vector<float> gpu_gather(const Case& c, const Tensor& table, size_t out_shift = 0) {
+  DeviceBuffer<uint8_t> d_table{
+      std::span<const uint8_t>(static_cast<const uint8_t*>(table.raw()), table.nbytes())};
+  const DeviceBuffer<int32_t> d_ids{std::span<const int32_t>(c.ids)};
+  const DeviceBuffer<int64_t> d_offsets{std::span<const int64_t>(c.offsets)};
+  const size_t n = static_cast<size_t>(c.tokens * c.heads * c.width);
+  DeviceBuffer<float> d_out(n + out_shift);
+  gather_rows(d_out.data() + out_shift, DeviceTable{d_table.data(), table.dtype(), c.rows, c.width},
+              d_ids.data(), d_offsets.data(), c.tokens, c.heads);
+  std::vector<float> out(n + out_shift);
+  d_out.download(out);
+  return std::vector<float>(out.begin() + static_cast<ptrdiff_t>(out_shift), out.end());
+}
+
+// Bit for bit (bf16 widening is exact).
+void expect_bitwise_equal(const std::vector<float>& got, const std::vector<float>& want,
+                          const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << what;
+}
+
+TEST(GpuGather, MatchesCpuRowStoreForF32AndBf16) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 1;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t width : {8, 12, 16, 24, 32, 40, 48, 64}) {
+      for (int64_t heads : {8, 16}) {
+        const Case c = make_case(heads, width, 777, seed++);
+        const Tensor table = random_table(dtype, c.rows, width, seed++);
+        const std::string what = std::string(dtype_name(dtype)) + " width " + std::to_string(width);
+        expect_bitwise_equal(gpu_gather(c, table), cpu_gather(c, table), what.c_str());
+      }
+    }
+  }
+}
+
+TEST(GpuGather, WidthsAndPointersOffTheVectorPath) {
+  SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t width : {1, 7, 10, 13}) {
+      const Case c = make_case(3, width, 100, static_cast<uint64_t>(width));
+      const Tensor table = random_table(dtype, c.rows, width, 9);
+      expect_bitwise_equal(gpu_gather(c, table), cpu_gather(c, table), "odd width");
+    }
+    // Width 16, but the output one float past a 16-byte boundary.
+    const Case c = make_case(8, 16, 100, 3);
+    const Tensor table = random_table(dtype, c.rows, 16, 4);
+    expect_bitwise_equal(gpu_gather(c, table, 1), cpu_gather(c, table), "unaligned out");
+  }
+}
+
+TEST(GpuGather, ManyTokens) {
+  SKIP_WITHOUT_GPU();
+  const Case c = make_case(16, 32, 50000, 8);
+  const Tensor table = random_table(DType::kBF16, c.rows, 32, 8);
+  expect_bitwise_equal(gpu_gather(c, table), cpu_gather(c, table), "50,000 tokens");
+}
+
+TEST(GpuGather, OutOfTableIdsGiveNanRowsAndBadArgumentsThrow) {
+  SKIP_WITHOUT_GPU();
+  Case c = make_case(2, 8, 3, 5);
+  c.ids[1] = -1;                            // token 0, head 1
+  c.ids[4] = static_cast<int32_t>(c.rows);  // token 2, head 0: past the table
+  const Tensor table = random_table(DType::kF32, c.rows, 8, 6);
+  const std::vector<float> got = gpu_gather(c, table);
+  for (size_t i = 0; i < got.size(); ++i) {
+    const size_t token_head = i / 8;
+    EXPECT_EQ(std::isnan(got[i]), token_head == 1 || token_head == 4) << i;
+  }
+  EXPECT_THROW(
+      gather_rows(nullptr, DeviceTable{nullptr, DType::kF64, 1, 1}, nullptr, nullptr, 1, 1),
+      InputError);
+  EXPECT_THROW(gather_rows(nullptr, DeviceTable{}, nullptr, nullptr, -1, 1), InputError);
+}
+
+}  // namespace
+}  // namespace engram::cuda
