@@ -1,1 +1,34 @@
-// placeholder
+// Stands in for src/cuda/engram_layer.{cpp,cu} in builds without CUDA: every call throws.
+#include "engram/cuda/engram_layer.h"
+
+#include "engram/util/error.h"
+
+namespace engram::cuda {
+namespace {
+[[noreturn]] void fail(const char* where) {
+  throw Error(error_message(where, "built without CUDA"));
+}
+}  // namespace
+
+GpuEngramGrads::GpuEngramGrads(const nn::EngramLayerConfig&) { fail("GpuEngramGrads"); }
+void GpuEngramGrads::zero() { fail("GpuEngramGrads::zero"); }
+void GpuEngramGrads::download(nn::EngramParams<float>&, nn::SparseRowGrad<float>&) const {
+  fail("GpuEngramGrads::download");
+}
+
+GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig&, const nn::EngramParams<float>&) {
+  fail("GpuEngramLayer");
+}
+GpuEngramLayer::~GpuEngramLayer() = default;
+void GpuEngramLayer::set_params(const nn::EngramParams<float>&) {
+  fail("GpuEngramLayer::set_params");
+}
+void GpuEngramLayer::forward(const float*, const int32_t*, int64_t, int64_t, const DeviceTable&,
+                             const int64_t*, float*) {
+  fail("GpuEngramLayer::forward");
+}
+void GpuEngramLayer::backward(const float*, const float*, float*, GpuEngramGrads&) {
+  fail("GpuEngramLayer::backward");
+}
+
+}  // namespace engram::cuda

@@ -1,0 +1,101 @@
+// The Engram layer's CUDA kernels (src/cuda/engram_layer.cu), in plain types: the .cu files are
+// C++17 and cannot include the std::span headers that GpuEngramLayer's file uses. Every launcher
+// runs on the default stream, asynchronously, and throws engram::Error on a launch failure.
+// Layouts follow src/nn/engram_layer.cpp: tokens = B*T, kvr = (1+M)*d, C = M*d.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace engram::cuda::detail {
+
+// Rows of the column reductions' partial sums: a reduction over `rows` needs
+// kColChunks * cols floats of scratch.
+inline constexpr int kColChunks = 64;
+
+// rows[i] = offsets[i % heads] + ids[i], slots[i] = i, for i < tokens*heads.
+void launch_table_rows(int64_t* rows, int32_t* slots, const int32_t* ids, const int64_t* offsets,
+                       int64_t tokens, int64_t heads);
+
+// kv (tokens, cols) += bias (cols) on every row.
+void launch_add_bias(float* kv, const float* bias, int64_t tokens, int64_t cols);
+
+struct GateArgs {
+  const float* kv;       // (tokens, kvr): v, k_0 .. k_{M-1}
+  const float* hidden;   // (tokens, M, d)
+  const float* key_w;    // (M, d)
+  const float* query_w;  // (M, d)
+  float* key_rstd;       // (tokens, M)
+  float* query_rstd;     // (tokens, M)
+  float* score;          // (tokens, M)
+  float* alpha;          // (tokens, M)
+  float* vt;             // (tokens, M, d)
+  int64_t tokens, M, d;
+  float eps;
+};
+void launch_gate_forward(const GateArgs& a);
+
+struct GateBwdArgs {
+  const float* dvt;  // (tokens, M, d)
+  const float* kv;
+  const float* hidden;
+  const float* key_w;
+  const float* query_w;
+  const float* key_rstd;
+  const float* query_rstd;
+  const float* score;
+  const float* alpha;
+  float* dkv;       // (tokens, kvr), written
+  float* d_hidden;  // (tokens, M, d), +=
+  float* ds;        // (tokens, M) scratch: the score gradient
+  float* d_key_w;   // (M, d), +=
+  float* d_query_w; // (M, d), +=
+  float* partial;   // kColChunks * M * d scratch
+  int64_t tokens, M, d;
+};
+void launch_gate_backward(const GateBwdArgs& a);
+
+struct ConvArgs {
+  int64_t batch, seq, M, d, kernel, dilation;
+  const float* x;       // (tokens, C): Vt
+  const float* conv_w;  // (C, kernel)
+  const float* norm_w;  // (M, d)
+  float* xn;            // (tokens, C)
+  float* rstd;          // (tokens, M)
+  float* u;             // (tokens, C)
+  float eps;
+};
+// out = x + SiLU(conv(RMSNorm(x))); saves xn, rstd, u.
+void launch_conv_forward(const ConvArgs& a, float* out);
+
+// dx (+=), d_conv_w (+=), d_norm_w (+=) from dy; du, dxn (tokens, C) and partial
+// (kColChunks * C * kernel) are scratch.
+void launch_conv_backward(const ConvArgs& a, const float* dy, float* dx, float* d_conv_w,
+                          float* d_norm_w, float* du, float* dxn, float* partial);
+
+// d_bias (cols) += column sums of dkv (tokens, cols); partial: kColChunks * cols scratch.
+void launch_bias_grad(float* d_bias, const float* dkv, int64_t tokens, int64_t cols,
+                      float* partial);
+
+// The sparse table gradient. n = tokens*heads slots; rows/slots from launch_table_rows.
+struct TableGradArgs {
+  const int64_t* rows;   // (n)
+  const int32_t* slots;  // (n): 0 .. n-1
+  const float* de;       // (n, width)
+  int64_t n, width;
+  int end_bit;           // rows < 2^end_bit
+  int64_t* rows_sorted;  // (n) scratch
+  int32_t* slots_sorted; // (n) scratch
+  int32_t* counts;       // (n) scratch
+  int32_t* starts;       // (n) scratch
+  int32_t* num_runs;     // (1) scratch
+  void* temp;            // table_grad_temp_bytes(n, end_bit) scratch
+  size_t temp_bytes;
+  int64_t* out_rows;     // (n) unique rows, ascending
+  float* out_values;     // (n, width): their summed gradients
+};
+size_t table_grad_temp_bytes(int64_t n, int end_bit);
+// Returns the number of unique rows (waits for the device).
+int64_t launch_table_grad(const TableGradArgs& a);
+
+}  // namespace engram::cuda::detail
