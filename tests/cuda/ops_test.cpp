@@ -120,6 +120,8 @@ TEST(CudaOpsRmsNorm, ForwardAndBackwardMatchCpu) {
 }
 
 TEST(CudaOpsRmsNorm, BadArgumentsThrow) {
+  // The checks run before any CUDA call; a build without CUDA throws its "built without CUDA".
+  if (!engram::cuda::compiled_with_cuda()) GTEST_SKIP() << "built without CUDA";
   EXPECT_THROW(rmsnorm_forward(nullptr, 4, nullptr, nullptr, {2, 4, 3}, nullptr, 1e-6f),
                InputError);
   EXPECT_THROW(rmsnorm_backward(nullptr, 4, nullptr, nullptr, 4, nullptr, {-1, 4, 4}, nullptr,
