@@ -1,5 +1,4 @@
 // engram prepare: text corpora -> token shards with a train/validation split and a manifest.
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -9,6 +8,7 @@
 #include "commands.h"
 #include "engram/text/tokenizer.h"
 #include "engram/train/dataset.h"
+#include "engram/util/file.h"
 #include "util/json.h"
 
 namespace engram::cli {
@@ -44,8 +44,7 @@ int run_prepare(int argc, char** argv) {
       throw UsageError("--invalid-utf8: expected error, latin1 or replace, got \"" + *p + "\"");
   }
   std::string tok_path = args.required("tokenizer");
-  struct stat st {};
-  if (::stat(tok_path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) tok_path += "/tokenizer.json";
+  if (is_directory(tok_path)) tok_path += "/tokenizer.json";
   const auto tokenizer = text::Tokenizer::from_file(tok_path);
   const bool tty = ::isatty(2) != 0;  // a live counter on a terminal, one final line otherwise
   o.progress = [tty](size_t done, size_t total, int64_t tokens) {

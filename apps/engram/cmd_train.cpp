@@ -116,17 +116,9 @@ int run_eval(int argc, char** argv) {
       train::load_model(args.required("ckpt"), args.optional("tokenizer").value_or(""));
   const std::string data = args.optional("data").value_or(m.config.train.data);
   if (data.empty()) throw UsageError("the checkpoint's config has no train.data: pass --data DIR");
-  const std::string val = data + "/val.bin";
   const int64_t tokens = args.integer("tokens", m.config.train.eval_tokens, 0, INT64_MAX);
-  train::DataLoader loader = [&] {
-    try {
-      return train::DataLoader(train::TokenShard::open(val), m.config.train.batch_size,
-                               m.config.train.seq_len, m.text.hasher.get(), 0,
-                               train::DataLoader::Mode::kSequential);
-    } catch (const InputError& e) {
-      throw InputError(error_message(val, e.what()));
-    }
-  }();
+  train::DataLoader loader = train::open_data_loader(data, "val.bin", m.config, m.text.hasher.get(),
+                                                     train::DataLoader::Mode::kSequential);
   std::vector<double> windows;
   const auto r = train::evaluate(*m.model, loader, tokens, train::token_byte_lengths(*m.text.tokenizer),
                                  &windows);

@@ -174,25 +174,29 @@ void GpuEngramLayer::forward(const float* d_hidden, const int32_t* d_hash_ids, i
     ensure(xn_, tokens * M * d);
     ensure(u_, tokens * M * d);
     ensure(conv_rstd_, tokens * M);
-    const detail::ConvArgs a{batch,
-                             seq,
-                             M,
-                             d,
-                             c.kernel_size,
-                             c.max_ngram_size,
-                             vt_.data(),
-                             conv_weight_.data(),
-                             conv_norm_.data(),
-                             xn_.data(),
-                             conv_rstd_.data(),
-                             u_.data(),
-                             static_cast<float>(c.conv_norm_eps)};
-    detail::launch_conv_forward(a, d_out);
+    detail::launch_conv_forward(conv_args(), d_out);
   } else {
     ENGRAM_CUDA_CHECK(cudaMemcpyAsync(d_out, vt_.data(),
                                       static_cast<size_t>(tokens * M * d) * sizeof(float),
                                       cudaMemcpyDeviceToDevice));
   }
+}
+
+detail::ConvArgs GpuEngramLayer::conv_args() {
+  const nn::EngramLayerConfig& c = config_;
+  return {batch_,
+          seq_,
+          c.hc_mult,
+          c.hidden_size,
+          c.kernel_size,
+          c.max_ngram_size,
+          vt_.data(),
+          conv_weight_.data(),
+          conv_norm_.data(),
+          xn_.data(),
+          conv_rstd_.data(),
+          u_.data(),
+          static_cast<float>(c.conv_norm_eps)};
 }
 
 void GpuEngramLayer::backward(const float* d_dout, const float* d_hidden, float* d_dhidden,
@@ -217,20 +221,7 @@ void GpuEngramLayer::backward(const float* d_dout, const float* d_hidden, float*
   if (c.short_conv) {
     ensure(du_, n_out);
     ensure(dxn_, n_out);
-    const detail::ConvArgs a{batch_,
-                             seq_,
-                             M,
-                             d,
-                             c.kernel_size,
-                             c.max_ngram_size,
-                             vt_.data(),
-                             conv_weight_.data(),
-                             conv_norm_.data(),
-                             xn_.data(),
-                             conv_rstd_.data(),
-                             u_.data(),
-                             static_cast<float>(c.conv_norm_eps)};
-    detail::launch_conv_backward(a, d_dout, dvt_.data(), grads.conv_weight.data(),
+    detail::launch_conv_backward(conv_args(), d_dout, dvt_.data(), grads.conv_weight.data(),
                                  grads.conv_norm.data(), du_.data(), dxn_.data(), partial_.data());
   }
   // Gates: dkv, d_hidden, norm weight gradients.

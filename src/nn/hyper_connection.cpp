@@ -239,6 +239,22 @@ void hc_readout_forward(T* y, const T* x, const T* pre, int64_t tokens, int64_t 
   });
 }
 
+namespace {
+
+// The backward of y = sum_i w_i x_i for one term: dx += w * g, and returns sum_e g[e] * x[e]
+// (the gradient of w), in one pass over the c values.
+template <class T>
+T dot_and_axpy(const T* g, const T* x, T* dx, T w, int64_t c) {
+  T dot = 0;
+  for (int64_t e = 0; e < c; ++e) {
+    dot += g[e] * x[e];
+    dx[e] += w * g[e];
+  }
+  return dot;
+}
+
+}  // namespace
+
 template <class T>
 void hc_readout_backward(T* dx, T* dpre, const T* dy, const T* x, const T* pre, int64_t tokens,
                          int64_t n, int64_t c) {
@@ -249,12 +265,7 @@ void hc_readout_backward(T* dx, T* dpre, const T* dy, const T* x, const T* pre, 
         const T w = pre[t * n + i];
         const T* xi = x + (t * n + i) * c;
         T* dxi = dx + (t * n + i) * c;
-        T dot = 0;
-        for (int64_t e = 0; e < c; ++e) {
-          dot += g[e] * xi[e];
-          dxi[e] += w * g[e];
-        }
-        dpre[t * n + i] += dot;
+        dpre[t * n + i] += dot_and_axpy(g, xi, dxi, w, c);
       }
     }
   });
@@ -294,22 +305,12 @@ void hc_write_back_backward(T* df, T* dx, T* dpost, T* dcomb, const T* dx_out, c
       for (int64_t k = 0; k < n; ++k) {
         const T* g = dx_out + (t * n + k) * c;
         const T p = post[t * n + k];
-        T dot = 0;
-        for (int64_t e = 0; e < c; ++e) {
-          dot += g[e] * ft[e];
-          dft[e] += p * g[e];
-        }
-        dpost[t * n + k] += dot;
+        dpost[t * n + k] += dot_and_axpy(g, ft, dft, p, c);
         for (int64_t j = 0; j < n; ++j) {
           const T w = ct[j * n + k];
           const T* xj = x + (t * n + j) * c;
           T* dxj = dx + (t * n + j) * c;
-          T dw = 0;
-          for (int64_t e = 0; e < c; ++e) {
-            dw += g[e] * xj[e];
-            dxj[e] += w * g[e];
-          }
-          dct[j * n + k] += dw;
+          dct[j * n + k] += dot_and_axpy(g, xj, dxj, w, c);
         }
       }
     }

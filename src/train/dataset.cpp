@@ -183,9 +183,7 @@ PrepareResult prepare_dataset(const text::Tokenizer& tokenizer, const std::strin
   if (sources.empty())
     throw InputError(
         error_message("prepare", "the inputs hold no .txt, .text, .md, .rst or .jsonl files"));
-  std::error_code ec;
-  fs::create_directories(o.out_dir, ec);
-  if (ec) throw IoError(error_message(o.out_dir, "cannot create folder: " + ec.message()));
+  make_directories(o.out_dir);
 
   // The BOS token of DeepSeek-style vocabularies, if this tokenizer has it (-1: none).
   int64_t bos = -1;

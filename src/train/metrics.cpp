@@ -13,13 +13,6 @@
 namespace engram::train {
 namespace {
 
-bool file_exists(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return false;
-  std::fclose(f);
-  return true;
-}
-
 // Finite numbers as JSON numbers; NaN / inf as null (JSON has no such numbers).
 json::Json number(double v) {
   return std::isfinite(v) ? json::Json(v) : json::Json(nullptr);
@@ -97,7 +90,7 @@ std::vector<MetricPoint> read_metrics(const std::string& path, int64_t keep_unti
 
 MetricsLog::MetricsLog(std::string path, int64_t keep_until) : path_(std::move(path)) {
   std::string kept;
-  if (keep_until >= 0 && file_exists(path_)) points_ = read_metrics(path_, keep_until, &kept);
+  if (keep_until >= 0 && path_exists(path_)) points_ = read_metrics(path_, keep_until, &kept);
   // Rewrite what is kept atomically, then append to it.
   write_file_atomic(path_, kept);
   file_ = std::fopen(path_.c_str(), "ab");

@@ -1,42 +1,26 @@
 #include "engram/train/run.h"
 
-#include <sys/stat.h>
-
 #include "engram/text/compressor.h"
 #include "engram/util/error.h"
 #include "engram/util/file.h"
 #include "util/json.h"
 
 namespace engram::train {
-namespace {
-
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-bool is_file(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-}  // namespace
-
 std::string resolve_checkpoint(const std::string& path) {
-  if (is_dir(path)) {
+  if (is_directory(path)) {
     const std::string f = RunDir{path}.checkpoint();
-    if (!is_file(f)) {
+    if (!is_regular_file(f)) {
       throw IoError(error_message(path, "no checkpoint.safetensors in this run directory"));
     }
     return f;
   }
-  if (!is_file(path)) throw IoError(error_message(path, "no such checkpoint file or run directory"));
+  if (!is_regular_file(path)) throw IoError(error_message(path, "no such checkpoint file or run directory"));
   return path;
 }
 
 DataManifest read_manifest(const std::string& data_dir) {
   const std::string path = data_dir + "/manifest.json";
-  if (!is_file(path)) {
+  if (!is_regular_file(path)) {
     throw IoError(error_message(path, "missing (prepare the data with `engram prepare` first)"));
   }
   const json::Json j = json::parse(read_file(path), path);
@@ -63,6 +47,18 @@ DataManifest read_manifest(const std::string& data_dir) {
   return m;
 }
 
+DataLoader open_data_loader(const std::string& data_dir, const std::string& file,
+                            const model::ModelConfig& config, const hash::NgramHasher* hasher,
+                            DataLoader::Mode mode) {
+  const std::string path = data_dir + "/" + file;
+  try {
+    return DataLoader(TokenShard::open(path), config.train.batch_size, config.train.seq_len,
+                      hasher, config.train.seed, mode);
+  } catch (const InputError& e) {
+    throw InputError(error_message(path, e.what()));
+  }
+}
+
 TextContext make_text_context(const model::ModelConfig& config, const std::string& tokenizer) {
   TextContext ctx;
   std::string path = tokenizer;
@@ -74,7 +70,7 @@ TextContext make_text_context(const model::ModelConfig& config, const std::strin
     }
     path = read_manifest(config.train.data).tokenizer_path;
   }
-  if (is_dir(path)) path += "/tokenizer.json";
+  if (is_directory(path)) path += "/tokenizer.json";
   ctx.tokenizer_path = path;
   auto tok = std::make_shared<text::Tokenizer>(text::Tokenizer::from_file(path));
   if (static_cast<int64_t>(tok->vocab_size()) > config.model.vocab_size) {

@@ -1,7 +1,5 @@
 #include "engram/train/trainer.h"
 
-#include <sys/stat.h>
-
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -19,24 +17,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-bool exists(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0;
-}
-
-// mkdir -p.
-void make_dirs(const std::string& dir) {
-  std::string cur;
-  for (size_t i = 0; i <= dir.size(); ++i) {
-    if (i == dir.size() || dir[i] == '/') {
-      if (!cur.empty() && !exists(cur) && ::mkdir(cur.c_str(), 0755) != 0 && !exists(cur)) {
-        throw IoError(error_message(cur, "cannot create directory"));
-      }
-    }
-    if (i < dir.size()) cur += dir[i];
-  }
 }
 
 // acc += g over sorted row lists (the union of rows, values added).
@@ -154,12 +134,12 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   if (opt.out_dir.empty()) throw ConfigError("train: no output directory given");
   const RunDir run{opt.out_dir};
 
-  if (!opt.resume && exists(run.checkpoint())) {
+  if (!opt.resume && path_exists(run.checkpoint())) {
     throw InputError(error_message(run.checkpoint(),
                                    "a checkpoint exists already: pass --resume to continue this "
                                    "run, or choose another --out"));
   }
-  if (opt.resume && !exists(run.checkpoint())) {
+  if (opt.resume && !path_exists(run.checkpoint())) {
     throw IoError(error_message(run.checkpoint(), "--resume: no checkpoint to resume from"));
   }
 
@@ -173,16 +153,10 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   }
   const TextContext text = make_text_context(config, opt.tokenizer);
   const hash::NgramHasher* hasher = text.hasher.get();
-  auto open_loader = [&](const std::string& file, DataLoader::Mode mode) {
-    const std::string path = tc.data + "/" + file;
-    try {
-      return DataLoader(TokenShard::open(path), tc.batch_size, tc.seq_len, hasher, tc.seed, mode);
-    } catch (const InputError& e) {
-      throw InputError(error_message(path, e.what()));
-    }
-  };
-  DataLoader train_loader = open_loader("train.bin", DataLoader::Mode::kRandom);
-  DataLoader val_loader = open_loader("val.bin", DataLoader::Mode::kSequential);
+  DataLoader train_loader =
+      open_data_loader(tc.data, "train.bin", config, hasher, DataLoader::Mode::kRandom);
+  DataLoader val_loader =
+      open_data_loader(tc.data, "val.bin", config, hasher, DataLoader::Mode::kSequential);
 
   // Model and optimizers.
   model::Transformer<float> model(config, text.head_sizes, tc.seed);
@@ -228,7 +202,7 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     return g;
   };
 
-  make_dirs(opt.out_dir);
+  make_directories(opt.out_dir);
   int64_t start = 0;
   if (opt.resume) {
     const CheckpointState prev_state = read_checkpoint_metadata(run.checkpoint());

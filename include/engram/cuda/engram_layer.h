@@ -25,6 +25,10 @@
 
 namespace engram::cuda {
 
+namespace detail {
+struct ConvArgs;  // src/cuda/engram_layer_kernel.h
+}  // namespace detail
+
 // Gradients on the device: dense ones laid out like nn::EngramParams (accumulated, +=), and the
 // table's sparse one (replaced by each backward): table_unique rows (ascending) in
 // table_rows[0 .. table_unique) and their gradients in table_values (table_unique, table_width).
@@ -70,6 +74,9 @@ class GpuEngramLayer {
                 GpuEngramGrads& grads);
 
  private:
+  // The short conv's arguments over the saved batch (forward and backward use the same).
+  detail::ConvArgs conv_args();
+
   nn::EngramLayerConfig config_;
   void* cublas_ = nullptr;  // cublasHandle_t
   DeviceBuffer<float> kv_weight_, kv_bias_, key_norm_, query_norm_, conv_weight_, conv_norm_;

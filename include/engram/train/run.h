@@ -21,6 +21,7 @@
 #include "engram/model/transformer.h"
 #include "engram/text/tokenizer.h"
 #include "engram/train/checkpoint.h"
+#include "engram/train/data_loader.h"
 
 namespace engram::train {
 
@@ -45,6 +46,12 @@ struct DataManifest {
   int64_t train_bytes = 0, val_bytes = 0;
 };
 DataManifest read_manifest(const std::string& data_dir);
+
+// A loader over `data_dir`/`file` (train.bin or val.bin) with the config's batch_size, seq_len
+// and seed. Errors (cannot open, fewer tokens than one window) name the shard file.
+DataLoader open_data_loader(const std::string& data_dir, const std::string& file,
+                            const model::ModelConfig& config, const hash::NgramHasher* hasher,
+                            DataLoader::Mode mode);
 
 // The tokenizer and (for configs with [engram]) the hasher of a model.
 struct TextContext {

@@ -1,4 +1,4 @@
-// Whole-file reads and crash-safe writes.
+// Path checks, whole-file reads and crash-safe writes.
 #pragma once
 
 #include <cstddef>
@@ -6,6 +6,14 @@
 #include <string_view>
 
 namespace engram {
+
+// What is at a path (links followed); false when nothing is there or it cannot be looked at.
+bool path_exists(const std::string& path);
+bool is_directory(const std::string& path);
+bool is_regular_file(const std::string& path);
+
+// Creates `path` and any missing parents (mkdir -p). Throws IoError naming the path.
+void make_directories(const std::string& path);
 
 // Reads the whole file into a string. Throws IoError naming the path on failure.
 std::string read_file(const std::string& path);
