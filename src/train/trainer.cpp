@@ -258,13 +258,23 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   double tokens_done = 0;
   const double tokens_per_step = static_cast<double>(tc.batch_size * tc.seq_len * accum);
   std::vector<nn::SparseRowGrad<float>> table_acc(table_opts.size());
+  // accum > 1: (summed gradient, the model's gradient) buffer pairs, fixed for the whole run.
+  std::vector<std::pair<std::span<float>, std::span<const float>>> accum_pairs;
+  if (accum > 1) {
+    auto dst = acc.named();
+    auto src = model.grads().named();
+    for (size_t i = 0; i < dst.size(); ++i) {
+      accum_pairs.emplace_back(std::span<float>(dst[i].data, static_cast<size_t>(dst[i].size)),
+                               std::span<const float>(src[i].data, static_cast<size_t>(src[i].size)));
+    }
+  }
   nn::SparseRowGrad<float> embed_acc;
   int64_t step = start;
   for (; step < end; ++step) {
     const auto t0 = Clock::now();
     double loss_sum = 0;
     if (accum > 1) {
-      for (auto& p : acc.named()) std::fill(p.data, p.data + p.size, 0.0f);
+      for (auto& [dst, src] : accum_pairs) std::fill(dst.begin(), dst.end(), 0.0f);
       embed_acc = {};
       for (auto& t : table_acc) t = {};
     }
@@ -280,10 +290,8 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
       model.backward();
       model.update_moe_bias();
       if (accum > 1) {
-        auto src = model.grads().named();
-        auto dst = acc.named();
-        for (size_t i = 0; i < src.size(); ++i) {
-          for (int64_t j = 0; j < src[i].size; ++j) dst[i].data[j] += src[i].data[j];
+        for (const auto& [dst, src] : accum_pairs) {
+          for (size_t j = 0; j < dst.size(); ++j) dst[j] += src[j];
         }
         add_sparse(embed_acc, model.embed_grad());
         for (size_t i = 0; i < table_acc.size(); ++i) add_sparse(table_acc[i], model.engram_table_grads()[i]);
@@ -309,9 +317,8 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     }
     std::vector<nn::SparseRowGrad<float>*> all_sparse = sparse;
     all_sparse.push_back(embed_g);
-    const double norm = tc.grad_clip > 0
-                            ? clip_grad_norm(dense_grads, all_sparse, tc.grad_clip)
-                            : clip_grad_norm(dense_grads, all_sparse, INFINITY);
+    const double norm =
+        clip_grad_norm(dense_grads, all_sparse, tc.grad_clip > 0 ? tc.grad_clip : INFINITY);
     if (!std::isfinite(norm)) {
       throw Error("train: the gradient norm is " + std::to_string(norm) + " at step " +
                   std::to_string(step + 1) + "; lower train.lr");
