@@ -4,6 +4,8 @@
 #include "engram/cuda/attention.h"
 
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <utility>
 
@@ -46,6 +48,17 @@ bool check(const char* where, DType type, const FlashAttentionShape& s, float sc
   return s.batch > 0 && s.seq > 0 && s.heads > 0;
 }
 
+// The kernels move 4 elements at a time (16 bytes of float32, 8 of bfloat16).
+void check_aligned(const char* where, DType type,
+                   std::initializer_list<std::pair<const char*, const void*>> pointers) {
+  const uintptr_t align = type == DType::kBF16 ? 8 : 16;
+  for (const auto& [name, ptr] : pointers) {
+    if (reinterpret_cast<uintptr_t>(ptr) % align != 0) {
+      bad(where, std::string(name) + " is not aligned to " + std::to_string(align) + " bytes");
+    }
+  }
+}
+
 detail::AttentionDims dims(const FlashAttentionShape& s) {
   return {s.batch, s.seq, s.heads, s.kv_heads, s.head_dim};
 }
@@ -55,7 +68,9 @@ detail::AttentionDims dims(const FlashAttentionShape& s) {
 void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
                              DType type, const FlashAttentionShape& shape, float scale,
                              void* stream) {
-  if (!check("cuda::flash_attention_forward", type, shape, scale)) return;
+  const char* where = "cuda::flash_attention_forward";
+  if (!check(where, type, shape, scale)) return;
+  check_aligned(where, type, {{"ctx", ctx}, {"q", q}, {"k", k}, {"v", v}});
   detail::launch_flash_forward(ctx, lse, q, k, v, type == DType::kBF16, dims(shape), scale,
                                stream);
 }
@@ -64,7 +79,11 @@ void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, co
                               const void* k, const void* v, const void* ctx, const float* lse,
                               DType type, const FlashAttentionShape& shape, float scale,
                               void* stream) {
-  if (!check("cuda::flash_attention_backward", type, shape, scale)) return;
+  const char* where = "cuda::flash_attention_backward";
+  if (!check(where, type, shape, scale)) return;
+  check_aligned(where, type,
+                {{"dq", dq}, {"dk", dk}, {"dv", dv}, {"dctx", dctx}, {"q", q}, {"k", k}, {"v", v},
+                 {"ctx", ctx}});
   detail::launch_flash_backward(dq, dk, dv, dctx, q, k, v, ctx, lse, type == DType::kBF16,
                                 dims(shape), scale, stream);
 }
@@ -72,7 +91,9 @@ void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, co
 void attention_decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
                       const int32_t* lengths, DType type, const FlashAttentionShape& shape,
                       float scale, void* stream) {
-  if (!check("cuda::attention_decode", type, shape, scale)) return;
+  const char* where = "cuda::attention_decode";
+  if (!check(where, type, shape, scale)) return;
+  check_aligned(where, type, {{"ctx", ctx}, {"q", q}, {"k_cache", k_cache}, {"v_cache", v_cache}});
   detail::launch_attention_decode(ctx, q, k_cache, v_cache, lengths, type == DType::kBF16,
                                   dims(shape), scale, stream);
 }

@@ -1,1 +1,551 @@
-// placeholder: being written
+// Kernels of causal attention (include/engram/cuda/attention.h); src/cuda/attention.cpp checks
+// the arguments and calls the launchers at the end of this file.
+//
+// Every kernel gives each row it owns (a query row, or a key row in the dk/dv pass) to
+// kLanes = hd/16 consecutive threads, each thread holding 16 of the row's dims as 4 float4
+// chunks: thread `lane` owns chunks lane, lane + kLanes, lane + 2 kLanes, lane + 3 kLanes
+// (chunk c = dims 4c..4c+3). A dot product is 16 FMAs per thread and an xor-shuffle sum over the
+// kLanes threads, which leaves the same bits in every one of them. Blocks own 64 rows; the other
+// side streams through shared memory in tiles of 64*64/hd rows (32 KiB for K and V together),
+// widened to float32 on load. Softmax runs in base 2: scores are scaled by scale * log2(e).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/attention_kernel.h"
+#include "cuda/check.h"
+
+namespace engram::cuda::detail {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int HD>
+struct Cfg {
+  static constexpr int kRows = 64;                // rows owned by a block
+  static constexpr int kLanes = HD / 16;          // threads per row
+  static constexpr int kThreads = kRows * kLanes;
+  static constexpr int kChunks = HD / 4;          // float4 chunks per row
+  static constexpr int kTile = 64 * 64 / HD;      // rows of a streamed tile
+  static_assert(HD % 64 == 0 && kTile * HD == 64 * 64, "head_dim 64 or 128");
+};
+
+// ---- element access: 4 consecutive elements as one float4 -------------------------------------
+
+__device__ __forceinline__ float4 load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+                     __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void store4(float* p, float4 v) {
+  *reinterpret_cast<float4*>(p) = v;
+}
+__device__ __forceinline__ uint32_t bf16_bits(float x) {
+  return static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(x)));
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
+  uint2 u;
+  u.x = bf16_bits(v.x) | (bf16_bits(v.y) << 16);
+  u.y = bf16_bits(v.z) | (bf16_bits(v.w) << 16);
+  *reinterpret_cast<uint2*>(p) = u;
+}
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+__device__ __forceinline__ void axpy4(float4& y, float a, float4 x) {
+  y.x += a * x.x;
+  y.y += a * x.y;
+  y.z += a * x.z;
+  y.w += a * x.w;
+}
+__device__ __forceinline__ float4 scale4(float4 v, float a) {
+  return make_float4(v.x * a, v.y * a, v.z * a, v.w * a);
+}
+__device__ __forceinline__ float4 zero4() { return make_float4(0.f, 0.f, 0.f, 0.f); }
+
+// Sum over the L consecutive threads of a row (L a power of two dividing 32). Every thread of
+// the group ends with the same bits: each step adds the same two partial sums, in either order.
+template <int L>
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll
+  for (int o = 1; o < L; o *= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// rows x (HD/4) float4 tile from `rows` rows starting at `base`, `stride` elements apart; rows
+// at or beyond `valid` are zeros (never read).
+template <int HD, int ROWS, int THREADS, class T>
+__device__ __forceinline__ void load_tile(float4 (*dst)[HD / 4], const T* base, int64_t stride,
+                                          int valid) {
+  constexpr int kC = HD / 4;
+  for (int e = static_cast<int>(threadIdx.x); e < ROWS * kC; e += THREADS) {
+    const int r = e / kC, c = e % kC;
+    dst[r][c] = r < valid ? load4(base + r * stride + 4 * c) : zero4();
+  }
+}
+
+// ---- forward ----------------------------------------------------------------------------------
+
+// Grid (query tiles, Hq, B), the last tile (the most keys) first. ctx, q (B, T, Hq, HD);
+// k, v (B, T, Hkv, HD); lse (B, Hq, T).
+template <class T, int HD>
+__global__ void __launch_bounds__(Cfg<HD>::kThreads)
+    flash_forward_kernel(T* ctx, float* lse, const T* q, const T* k, const T* v, int seq,
+                         int heads, int kv_heads, float scale_log2) {
+  using C = Cfg<HD>;
+  constexpr int L = C::kLanes, NT = C::kTile;
+  __shared__ float4 ks[NT][C::kChunks];
+  __shared__ float4 vs[NT][C::kChunks];
+
+  const int tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int g = h / (heads / kv_heads);
+  const int row = static_cast<int>(threadIdx.x) / L, lane = static_cast<int>(threadIdx.x) % L;
+  const int q0 = tile * C::kRows, t = q0 + row;
+  const bool live = t < seq;
+  const int64_t q_stride = static_cast<int64_t>(heads) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
+  const int64_t q_off = (static_cast<int64_t>(b) * seq + t) * q_stride + static_cast<int64_t>(h) * HD;
+
+  float4 qr[4], o[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    qr[i] = live ? load4(q + q_off + 4 * (lane + L * i)) : zero4();
+    o[i] = zero4();
+  }
+  float m = -INFINITY, l = 0.f;
+  const T* kb = k + static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
+  const T* vb = v + static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
+  const int key_end = min(seq, q0 + C::kRows);  // tiles past the block's last query are masked
+  for (int k0 = 0; k0 < key_end; k0 += NT) {
+    const int valid = min(NT, seq - k0);
+    __syncthreads();  // the previous tile is no longer read
+    load_tile<HD, NT, C::kThreads>(ks, kb + k0 * kv_stride, kv_stride, valid);
+    load_tile<HD, NT, C::kThreads>(vs, vb + k0 * kv_stride, kv_stride, valid);
+    __syncthreads();
+    // Key 0 is visible to every row, so mx is finite from the first tile on.
+    float s[NT];
+    float mx = m;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      float d = 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) d += dot4(qr[i], ks[j][lane + L * i]);
+      d = group_sum<L>(d);
+      s[j] = k0 + j <= t ? d * scale_log2 : -INFINITY;
+      mx = fmaxf(mx, s[j]);
+    }
+    const float alpha = exp2f(m - mx);  // 0 on the first tile (m = -inf)
+    l *= alpha;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = scale4(o[i], alpha);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const float p = exp2f(s[j] - mx);
+      l += p;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) axpy4(o[i], p, vs[j][lane + L * i]);
+    }
+    m = mx;
+  }
+  if (!live) return;
+  const float inv = 1.f / l;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) store4(ctx + q_off + 4 * (lane + L * i), scale4(o[i], inv));
+  if (lane == 0) {
+    lse[(static_cast<int64_t>(b) * heads + h) * seq + t] = (m + log2f(l)) * kLn2;
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+// dd[b,h,t] = sum_i dctx[b,t,h,i] ctx[b,t,h,i]: one warp per (b, t, h) row, 8 rows per block.
+// dd (B, Hq, T); dctx, ctx (B, T, Hq, HD).
+template <class T, int HD>
+__global__ void __launch_bounds__(256)
+    row_dot_kernel(float* dd, const T* dctx, const T* ctx, int64_t rows, int seq, int heads) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (r >= rows) return;  // whole warps leave together
+  float s = 0.f;
+  for (int c = lane; c < HD / 4; c += 32) {
+    s += dot4(load4(dctx + r * HD + 4 * c), load4(ctx + r * HD + 4 * c));
+  }
+  s = group_sum<32>(s);
+  if (lane == 0) {
+    const int64_t h = r % heads, t = (r / heads) % seq, b = r / (static_cast<int64_t>(heads) * seq);
+    dd[(b * heads + h) * seq + t] = s;
+  }
+}
+
+// dk, dv: grid (key tiles, Hkv, B), the block's 64 keys held in registers; loops over the query
+// heads of the kv head, then over the query tiles at or after the key tile, in order.
+//   p = exp(q.k scale - lse), dv += p dctx, ds = p (dctx.v - D), dk += ds q (times scale at the end)
+template <class T, int HD>
+__global__ void __launch_bounds__(Cfg<HD>::kThreads)
+    flash_backward_dkdv_kernel(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx,
+                               const float* lse, const float* dd, int seq, int heads,
+                               int kv_heads, float scale, float scale_log2) {
+  using C = Cfg<HD>;
+  constexpr int L = C::kLanes, NT = C::kTile;
+  __shared__ float4 qs[NT][C::kChunks];
+  __shared__ float4 dos[NT][C::kChunks];
+  __shared__ float lse_s[NT];  // lse * log2(e)
+  __shared__ float d_s[NT];
+
+  const int g = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int group = heads / kv_heads;
+  const int row = static_cast<int>(threadIdx.x) / L, lane = static_cast<int>(threadIdx.x) % L;
+  const int k0 = static_cast<int>(blockIdx.x) * C::kRows, s_pos = k0 + row;
+  const bool live = s_pos < seq;
+  const int64_t q_stride = static_cast<int64_t>(heads) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
+  const int64_t kv_off =
+      (static_cast<int64_t>(b) * seq + s_pos) * kv_stride + static_cast<int64_t>(g) * HD;
+
+  float4 kr[4], vr[4], dk_acc[4], dv_acc[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    kr[i] = live ? load4(k + kv_off + 4 * (lane + L * i)) : zero4();
+    vr[i] = live ? load4(v + kv_off + 4 * (lane + L * i)) : zero4();
+    dk_acc[i] = zero4();
+    dv_acc[i] = zero4();
+  }
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    const T* qb = q + static_cast<int64_t>(b) * seq * q_stride + static_cast<int64_t>(h) * HD;
+    const T* ob = dctx + static_cast<int64_t>(b) * seq * q_stride + static_cast<int64_t>(h) * HD;
+    const float* lse_row = lse + (static_cast<int64_t>(b) * heads + h) * seq;
+    const float* d_row = dd + (static_cast<int64_t>(b) * heads + h) * seq;
+    // k0 is a multiple of NT, so the first query tile starts at the block's first key.
+    for (int q0 = k0; q0 < seq; q0 += NT) {
+      const int valid = min(NT, seq - q0);
+      __syncthreads();
+      load_tile<HD, NT, C::kThreads>(qs, qb + q0 * q_stride, q_stride, valid);
+      load_tile<HD, NT, C::kThreads>(dos, ob + q0 * q_stride, q_stride, valid);
+      for (int e = static_cast<int>(threadIdx.x); e < NT; e += C::kThreads) {
+        lse_s[e] = e < valid ? lse_row[q0 + e] * kLog2e : 0.f;
+        d_s[e] = e < valid ? d_row[q0 + e] : 0.f;
+      }
+      __syncthreads();
+#pragma unroll 4
+      for (int j = 0; j < NT; ++j) {
+        const int t = q0 + j;
+        float sc = 0.f, dp = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          sc += dot4(kr[i], qs[j][lane + L * i]);
+          dp += dot4(vr[i], dos[j][lane + L * i]);
+        }
+        sc = group_sum<L>(sc);
+        dp = group_sum<L>(dp);
+        const float p = s_pos <= t && t < seq ? exp2f(sc * scale_log2 - lse_s[j]) : 0.f;
+        const float ds = p * (dp - d_s[j]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          axpy4(dv_acc[i], p, dos[j][lane + L * i]);
+          axpy4(dk_acc[i], ds, qs[j][lane + L * i]);
+        }
+      }
+    }
+  }
+  if (!live) return;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    store4(dk + kv_off + 4 * (lane + L * i), scale4(dk_acc[i], scale));
+    store4(dv + kv_off + 4 * (lane + L * i), dv_acc[i]);
+  }
+}
+
+// dq: grid (query tiles, Hq, B), the last tile first; loops over the key tiles at or below the
+// diagonal, in order.  dq = scale sum_s p (dctx.v_s - D) k_s
+template <class T, int HD>
+__global__ void __launch_bounds__(Cfg<HD>::kThreads)
+    flash_backward_dq_kernel(T* dq, const T* q, const T* k, const T* v, const T* dctx,
+                             const float* lse, const float* dd, int seq, int heads, int kv_heads,
+                             float scale, float scale_log2) {
+  using C = Cfg<HD>;
+  constexpr int L = C::kLanes, NT = C::kTile;
+  __shared__ float4 ks[NT][C::kChunks];
+  __shared__ float4 vs[NT][C::kChunks];
+
+  const int tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int g = h / (heads / kv_heads);
+  const int row = static_cast<int>(threadIdx.x) / L, lane = static_cast<int>(threadIdx.x) % L;
+  const int q0 = tile * C::kRows, t = q0 + row;
+  const bool live = t < seq;
+  const int64_t q_stride = static_cast<int64_t>(heads) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
+  const int64_t q_off = (static_cast<int64_t>(b) * seq + t) * q_stride + static_cast<int64_t>(h) * HD;
+  const int64_t stat = (static_cast<int64_t>(b) * heads + h) * seq + t;
+
+  float4 qr[4], orow[4], dq_acc[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    qr[i] = live ? load4(q + q_off + 4 * (lane + L * i)) : zero4();
+    orow[i] = live ? load4(dctx + q_off + 4 * (lane + L * i)) : zero4();
+    dq_acc[i] = zero4();
+  }
+  const float lse2 = live ? lse[stat] * kLog2e : 0.f;
+  const float d_t = live ? dd[stat] : 0.f;
+  const T* kb = k + static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
+  const T* vb = v + static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
+  const int key_end = min(seq, q0 + C::kRows);
+  for (int k0 = 0; k0 < key_end; k0 += NT) {
+    const int valid = min(NT, seq - k0);
+    __syncthreads();
+    load_tile<HD, NT, C::kThreads>(ks, kb + k0 * kv_stride, kv_stride, valid);
+    load_tile<HD, NT, C::kThreads>(vs, vb + k0 * kv_stride, kv_stride, valid);
+    __syncthreads();
+#pragma unroll 4
+    for (int j = 0; j < NT; ++j) {
+      float sc = 0.f, dp = 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        sc += dot4(qr[i], ks[j][lane + L * i]);
+        dp += dot4(orow[i], vs[j][lane + L * i]);
+      }
+      sc = group_sum<L>(sc);
+      dp = group_sum<L>(dp);
+      const float p = k0 + j <= t ? exp2f(sc * scale_log2 - lse2) : 0.f;
+      const float ds = p * (dp - d_t);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) axpy4(dq_acc[i], ds, ks[j][lane + L * i]);
+    }
+  }
+  if (!live) return;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) store4(dq + q_off + 4 * (lane + L * i), scale4(dq_acc[i], scale));
+}
+
+// ---- decode -----------------------------------------------------------------------------------
+
+constexpr int kDecodeChunk = 256;  // keys per split
+constexpr int kDecodeThreads = 128;
+
+// Grid (chunks, Hq, B). Each group of HD/4 threads (one float4 of the row per thread) takes
+// every (threads / (HD/4))-th key of the chunk with its own online softmax; the groups are then
+// merged in order. Writes the chunk's unnormalised output, running max (base 2) and sum:
+//   part_o (B, Hq, chunks, HD), part_m, part_l (B, Hq, chunks); an empty chunk gets -inf, 0, 0.
+template <class T, int HD>
+__global__ void __launch_bounds__(kDecodeThreads)
+    decode_partial_kernel(float* part_o, float* part_m, float* part_l, const T* q,
+                          const T* k_cache, const T* v_cache, const int32_t* lengths, int t_max,
+                          int heads, int kv_heads, float scale_log2) {
+  constexpr int LK = HD / 4, kGroups = kDecodeThreads / LK;
+  __shared__ float4 o_s[kGroups][LK];
+  __shared__ float m_s[kGroups], l_s[kGroups];
+
+  const int chunk = static_cast<int>(blockIdx.x), chunks = static_cast<int>(gridDim.x);
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int g = h / (heads / kv_heads);
+  const int grp = static_cast<int>(threadIdx.x) / LK, li = static_cast<int>(threadIdx.x) % LK;
+  const int len = min(max(lengths[b], 0), t_max);
+  const int c0 = chunk * kDecodeChunk, c_end = min(c0 + kDecodeChunk, len);
+  const int64_t part = (static_cast<int64_t>(b) * heads + h) * chunks + chunk;
+
+  const float4 qf = load4(q + (static_cast<int64_t>(b) * heads + h) * HD + 4 * li);
+  const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
+  const int64_t base = static_cast<int64_t>(b) * t_max * kv_stride + static_cast<int64_t>(g) * HD;
+  float m = -INFINITY, l = 0.f;
+  float4 o = zero4();
+  // The loop bound is the same for the whole block, so every shuffle has all its lanes.
+  for (int s0 = c0; s0 < c_end; s0 += kGroups) {
+    const int s = s0 + grp;
+    const bool ok = s < c_end;
+    const int64_t off = base + static_cast<int64_t>(s) * kv_stride + 4 * li;
+    float d = ok ? dot4(qf, load4(k_cache + off)) : 0.f;
+    d = group_sum<LK>(d);
+    if (ok) {
+      const float sc = d * scale_log2;
+      const float mx = fmaxf(m, sc);
+      const float alpha = exp2f(m - mx), p = exp2f(sc - mx);
+      l = l * alpha + p;
+      o = scale4(o, alpha);
+      axpy4(o, p, load4(v_cache + off));
+      m = mx;
+    }
+  }
+  o_s[grp][li] = o;
+  if (li == 0) {
+    m_s[grp] = m;
+    l_s[grp] = l;
+  }
+  __syncthreads();
+  if (threadIdx.x >= LK) return;
+  float mx = -INFINITY;
+  for (int i = 0; i < kGroups; ++i) mx = fmaxf(mx, m_s[i]);
+  float lsum = 0.f;
+  float4 osum = zero4();
+  if (mx != -INFINITY) {
+    for (int i = 0; i < kGroups; ++i) {
+      const float w = exp2f(m_s[i] - mx);  // 0 for a group that saw no key
+      lsum += l_s[i] * w;
+      axpy4(osum, w, o_s[i][li]);
+    }
+  }
+  store4(part_o + part * HD + 4 * li, osum);
+  if (li == 0) {
+    part_m[part] = mx;
+    part_l[part] = lsum;
+  }
+}
+
+// Grid (Hq, B), HD/4 threads: merges the chunks in order. ctx, q (B, Hq, HD).
+template <class T, int HD>
+__global__ void decode_combine_kernel(T* ctx, const float* part_o, const float* part_m,
+                                      const float* part_l, int chunks, int heads) {
+  const int h = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y);
+  const int li = static_cast<int>(threadIdx.x);
+  const int64_t first = (static_cast<int64_t>(b) * heads + h) * chunks;
+  float mx = -INFINITY;
+  for (int c = 0; c < chunks; ++c) mx = fmaxf(mx, part_m[first + c]);
+  float lsum = 0.f;
+  float4 osum = zero4();
+  if (mx != -INFINITY) {
+    for (int c = 0; c < chunks; ++c) {
+      const float w = exp2f(part_m[first + c] - mx);
+      lsum += part_l[first + c] * w;
+      axpy4(osum, w, load4(part_o + (first + c) * HD + 4 * li));
+    }
+  }
+  const float inv = lsum > 0.f ? 1.f / lsum : 0.f;  // no keys (length 0): ctx = 0
+  store4(ctx + (static_cast<int64_t>(b) * heads + h) * HD + 4 * li, scale4(osum, inv));
+}
+
+// ---- launchers --------------------------------------------------------------------------------
+
+// Device scratch on a stream, freed on the same stream when it goes out of scope.
+class StreamScratch {
+ public:
+  StreamScratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
+    ENGRAM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+  }
+  ~StreamScratch() { (void)cudaFreeAsync(ptr_, stream_); }
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+  float* floats() const { return static_cast<float*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+unsigned tiles_of(int64_t n, int64_t tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
+
+template <class T, int HD>
+void forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
+             const AttentionDims& d, float scale, cudaStream_t st) {
+  using C = Cfg<HD>;
+  const dim3 grid(tiles_of(d.seq, C::kRows), static_cast<unsigned>(d.heads),
+                  static_cast<unsigned>(d.batch));
+  flash_forward_kernel<T, HD><<<grid, C::kThreads, 0, st>>>(
+      static_cast<T*>(ctx), lse, static_cast<const T*>(q), static_cast<const T*>(k),
+      static_cast<const T*>(v), static_cast<int>(d.seq), static_cast<int>(d.heads),
+      static_cast<int>(d.kv_heads), scale * kLog2e);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T, int HD>
+void backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, const void* k,
+              const void* v, const void* ctx, const float* lse, const AttentionDims& d,
+              float scale, cudaStream_t st) {
+  using C = Cfg<HD>;
+  const int64_t rows = d.batch * d.seq * d.heads;
+  const StreamScratch dd(static_cast<size_t>(rows) * sizeof(float), st);
+  const int seq = static_cast<int>(d.seq), heads = static_cast<int>(d.heads);
+  const int kv_heads = static_cast<int>(d.kv_heads);
+  const auto* qt = static_cast<const T*>(q);
+  const auto* kt = static_cast<const T*>(k);
+  const auto* vt = static_cast<const T*>(v);
+  const auto* ot = static_cast<const T*>(dctx);
+  row_dot_kernel<T, HD><<<tiles_of(rows, 8), 256, 0, st>>>(dd.floats(), ot,
+                                                           static_cast<const T*>(ctx), rows,
+                                                           seq, heads);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  const dim3 kv_grid(tiles_of(d.seq, C::kRows), static_cast<unsigned>(d.kv_heads),
+                     static_cast<unsigned>(d.batch));
+  flash_backward_dkdv_kernel<T, HD><<<kv_grid, C::kThreads, 0, st>>>(
+      static_cast<T*>(dk), static_cast<T*>(dv), qt, kt, vt, ot, lse, dd.floats(), seq, heads,
+      kv_heads, scale, scale * kLog2e);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  const dim3 q_grid(tiles_of(d.seq, C::kRows), static_cast<unsigned>(d.heads),
+                    static_cast<unsigned>(d.batch));
+  flash_backward_dq_kernel<T, HD><<<q_grid, C::kThreads, 0, st>>>(
+      static_cast<T*>(dq), qt, kt, vt, ot, lse, dd.floats(), seq, heads, kv_heads, scale,
+      scale * kLog2e);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T, int HD>
+void decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
+            const int32_t* lengths, const AttentionDims& d, float scale, cudaStream_t st) {
+  const int chunks = static_cast<int>(tiles_of(d.seq, kDecodeChunk));
+  const int64_t parts = d.batch * d.heads * chunks;
+  const StreamScratch scratch(static_cast<size_t>(parts * (HD + 2)) * sizeof(float), st);
+  float* part_o = scratch.floats();
+  float* part_m = part_o + parts * HD;
+  float* part_l = part_m + parts;
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(d.heads),
+                  static_cast<unsigned>(d.batch));
+  decode_partial_kernel<T, HD><<<grid, kDecodeThreads, 0, st>>>(
+      part_o, part_m, part_l, static_cast<const T*>(q), static_cast<const T*>(k_cache),
+      static_cast<const T*>(v_cache), lengths, static_cast<int>(d.seq),
+      static_cast<int>(d.heads), static_cast<int>(d.kv_heads), scale * kLog2e);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  decode_combine_kernel<T, HD>
+      <<<dim3(static_cast<unsigned>(d.heads), static_cast<unsigned>(d.batch)), HD / 4, 0, st>>>(
+          static_cast<T*>(ctx), part_o, part_m, part_l, chunks, static_cast<int>(d.heads));
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void launch_flash_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
+                          bool bf16, const AttentionDims& d, float scale, void* stream) {
+  const auto st = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    if (d.head_dim == 64) return forward<__nv_bfloat16, 64>(ctx, lse, q, k, v, d, scale, st);
+    return forward<__nv_bfloat16, 128>(ctx, lse, q, k, v, d, scale, st);
+  }
+  if (d.head_dim == 64) return forward<float, 64>(ctx, lse, q, k, v, d, scale, st);
+  forward<float, 128>(ctx, lse, q, k, v, d, scale, st);
+}
+
+void launch_flash_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q,
+                           const void* k, const void* v, const void* ctx, const float* lse,
+                           bool bf16, const AttentionDims& d, float scale, void* stream) {
+  const auto st = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    if (d.head_dim == 64) {
+      return backward<__nv_bfloat16, 64>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
+    }
+    return backward<__nv_bfloat16, 128>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
+  }
+  if (d.head_dim == 64) return backward<float, 64>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
+  backward<float, 128>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
+}
+
+void launch_attention_decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
+                             const int32_t* lengths, bool bf16, const AttentionDims& d,
+                             float scale, void* stream) {
+  const auto st = static_cast<cudaStream_t>(stream);
+  if (bf16) {
+    if (d.head_dim == 64) {
+      return decode<__nv_bfloat16, 64>(ctx, q, k_cache, v_cache, lengths, d, scale, st);
+    }
+    return decode<__nv_bfloat16, 128>(ctx, q, k_cache, v_cache, lengths, d, scale, st);
+  }
+  if (d.head_dim == 64) return decode<float, 64>(ctx, q, k_cache, v_cache, lengths, d, scale, st);
+  decode<float, 128>(ctx, q, k_cache, v_cache, lengths, d, scale, st);
+}
+
+}  // namespace engram::cuda::detail

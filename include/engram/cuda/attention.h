@@ -18,8 +18,10 @@
 // rounded once on store).
 //
 // Conventions, for every function here:
-//   * Pointers are device memory, valid for the sizes given (not checked). `stream` is a
-//     cudaStream_t (nullptr = the default stream); work is enqueued and the call returns at once.
+//   * Pointers are device memory, valid for the sizes given (not checked), and aligned to 16
+//     bytes (float32) or 8 bytes (bfloat16), which cudaMalloc'd buffers and offsets of whole
+//     rows are (checked: InputError). `stream` is a cudaStream_t (nullptr = the default
+//     stream); work is enqueued and the call returns at once.
 //   * The arguments are checked before anything touches the device: negative sizes, kv_heads
 //     not dividing heads (or < 1), a head_dim other than 64 or 128, an element type other than
 //     kF32 / kBF16, or a scale that is not finite throw engram::InputError naming the function
