@@ -48,10 +48,10 @@ bool check(const char* where, DType type, const FlashAttentionShape& s, float sc
   return s.batch > 0 && s.seq > 0 && s.heads > 0;
 }
 
-// The kernels move 4 elements at a time (16 bytes of float32, 8 of bfloat16).
-void check_aligned(const char* where, DType type,
+// The kernels move 16 bytes at a time.
+void check_aligned(const char* where,
                    std::initializer_list<std::pair<const char*, const void*>> pointers) {
-  const uintptr_t align = type == DType::kBF16 ? 8 : 16;
+  constexpr uintptr_t align = 16;
   for (const auto& [name, ptr] : pointers) {
     if (reinterpret_cast<uintptr_t>(ptr) % align != 0) {
       bad(where, std::string(name) + " is not aligned to " + std::to_string(align) + " bytes");
@@ -67,12 +67,13 @@ detail::AttentionDims dims(const FlashAttentionShape& s) {
 
 void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
                              DType type, const FlashAttentionShape& shape, float scale,
-                             void* stream) {
+                             void* stream, AttentionKernel kernel) {
   const char* where = "cuda::flash_attention_forward";
   if (!check(where, type, shape, scale)) return;
-  check_aligned(where, type, {{"ctx", ctx}, {"q", q}, {"k", k}, {"v", v}});
-  detail::launch_flash_forward(ctx, lse, q, k, v, type == DType::kBF16, dims(shape), scale,
-                               stream);
+  check_aligned(where, {{"ctx", ctx}, {"q", q}, {"k", k}, {"v", v}});
+  const bool bf16 = type == DType::kBF16;
+  detail::launch_flash_forward(ctx, lse, q, k, v, bf16, bf16 && kernel == AttentionKernel::kAuto,
+                               dims(shape), scale, stream);
 }
 
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q,
@@ -81,9 +82,14 @@ void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, co
                               void* stream) {
   const char* where = "cuda::flash_attention_backward";
   if (!check(where, type, shape, scale)) return;
-  check_aligned(where, type,
-                {{"dq", dq}, {"dk", dk}, {"dv", dv}, {"dctx", dctx}, {"q", q}, {"k", k}, {"v", v},
-                 {"ctx", ctx}});
+  check_aligned(where, {{"dq", dq},
+                        {"dk", dk},
+                        {"dv", dv},
+                        {"dctx", dctx},
+                        {"q", q},
+                        {"k", k},
+                        {"v", v},
+                        {"ctx", ctx}});
   detail::launch_flash_backward(dq, dk, dv, dctx, q, k, v, ctx, lse, type == DType::kBF16,
                                 dims(shape), scale, stream);
 }
@@ -93,7 +99,7 @@ void attention_decode(void* ctx, const void* q, const void* k_cache, const void*
                       float scale, void* stream) {
   const char* where = "cuda::attention_decode";
   if (!check(where, type, shape, scale)) return;
-  check_aligned(where, type, {{"ctx", ctx}, {"q", q}, {"k_cache", k_cache}, {"v_cache", v_cache}});
+  check_aligned(where, {{"ctx", ctx}, {"q", q}, {"k_cache", k_cache}, {"v_cache", v_cache}});
   detail::launch_attention_decode(ctx, q, k_cache, v_cache, lengths, type == DType::kBF16,
                                   dims(shape), scale, stream);
 }

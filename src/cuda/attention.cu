@@ -26,11 +26,11 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 template <int HD>
 struct Cfg {
-  static constexpr int kRows = 64;                // rows owned by a block
-  static constexpr int kLanes = HD / 16;          // threads per row
+  static constexpr int kRows = 64;        // rows owned by a block
+  static constexpr int kLanes = HD / 16;  // threads per row
   static constexpr int kThreads = kRows * kLanes;
-  static constexpr int kChunks = HD / 4;          // float4 chunks per row
-  static constexpr int kTile = 64 * 64 / HD;      // rows of a streamed tile
+  static constexpr int kChunks = HD / 4;      // float4 chunks per row
+  static constexpr int kTile = 64 * 64 / HD;  // rows of a streamed tile
   static_assert(HD % 64 == 0 && kTile * HD == 64 * 64, "head_dim 64 or 128");
 };
 
@@ -69,7 +69,9 @@ __device__ __forceinline__ void axpy4(float4& y, float a, float4 x) {
 __device__ __forceinline__ float4 scale4(float4 v, float a) {
   return make_float4(v.x * a, v.y * a, v.z * a, v.w * a);
 }
-__device__ __forceinline__ float4 zero4() { return make_float4(0.f, 0.f, 0.f, 0.f); }
+__device__ __forceinline__ float4 zero4() {
+  return make_float4(0.f, 0.f, 0.f, 0.f);
+}
 
 // Sum over the L consecutive threads of a row (L a power of two dividing 32). Every thread of
 // the group ends with the same bits: each step adds the same two partial sums, in either order.
@@ -98,8 +100,8 @@ __device__ __forceinline__ void load_tile(float4 (*dst)[HD / 4], const T* base, 
 // k, v (B, T, Hkv, HD); lse (B, Hq, T).
 template <class T, int HD>
 __global__ void __launch_bounds__(Cfg<HD>::kThreads)
-    flash_forward_kernel(T* ctx, float* lse, const T* q, const T* k, const T* v, int seq,
-                         int heads, int kv_heads, float scale_log2) {
+    flash_forward_kernel(T* ctx, float* lse, const T* q, const T* k, const T* v, int seq, int heads,
+                         int kv_heads, float scale_log2) {
   using C = Cfg<HD>;
   constexpr int L = C::kLanes, NT = C::kTile;
   __shared__ float4 ks[NT][C::kChunks];
@@ -113,7 +115,8 @@ __global__ void __launch_bounds__(Cfg<HD>::kThreads)
   const bool live = t < seq;
   const int64_t q_stride = static_cast<int64_t>(heads) * HD;
   const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
-  const int64_t q_off = (static_cast<int64_t>(b) * seq + t) * q_stride + static_cast<int64_t>(h) * HD;
+  const int64_t q_off =
+      (static_cast<int64_t>(b) * seq + t) * q_stride + static_cast<int64_t>(h) * HD;
 
   float4 qr[4], o[4];
 #pragma unroll
@@ -188,12 +191,13 @@ __global__ void __launch_bounds__(256)
 
 // dk, dv: grid (key tiles, Hkv, B), the block's 64 keys held in registers; loops over the query
 // heads of the kv head, then over the query tiles at or after the key tile, in order.
-//   p = exp(q.k scale - lse), dv += p dctx, ds = p (dctx.v - D), dk += ds q (times scale at the end)
+//   p = exp(q.k scale - lse), dv += p dctx, ds = p (dctx.v - D), dk += ds q (times scale at the
+//   end)
 template <class T, int HD>
 __global__ void __launch_bounds__(Cfg<HD>::kThreads)
     flash_backward_dkdv_kernel(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dctx,
-                               const float* lse, const float* dd, int seq, int heads,
-                               int kv_heads, float scale, float scale_log2) {
+                               const float* lse, const float* dd, int seq, int heads, int kv_heads,
+                               float scale, float scale_log2) {
   using C = Cfg<HD>;
   constexpr int L = C::kLanes, NT = C::kTile;
   __shared__ float4 qs[NT][C::kChunks];
@@ -284,7 +288,8 @@ __global__ void __launch_bounds__(Cfg<HD>::kThreads)
   const bool live = t < seq;
   const int64_t q_stride = static_cast<int64_t>(heads) * HD;
   const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
-  const int64_t q_off = (static_cast<int64_t>(b) * seq + t) * q_stride + static_cast<int64_t>(h) * HD;
+  const int64_t q_off =
+      (static_cast<int64_t>(b) * seq + t) * q_stride + static_cast<int64_t>(h) * HD;
   const int64_t stat = (static_cast<int64_t>(b) * heads + h) * seq + t;
 
   float4 qr[4], orow[4], dq_acc[4];
@@ -337,9 +342,9 @@ constexpr int kDecodeThreads = 128;
 //   part_o (B, Hq, chunks, HD), part_m, part_l (B, Hq, chunks); an empty chunk gets -inf, 0, 0.
 template <class T, int HD>
 __global__ void __launch_bounds__(kDecodeThreads)
-    decode_partial_kernel(float* part_o, float* part_m, float* part_l, const T* q,
-                          const T* k_cache, const T* v_cache, const int32_t* lengths, int t_max,
-                          int heads, int kv_heads, float scale_log2) {
+    decode_partial_kernel(float* part_o, float* part_m, float* part_l, const T* q, const T* k_cache,
+                          const T* v_cache, const int32_t* lengths, int t_max, int heads,
+                          int kv_heads, float scale_log2) {
   constexpr int LK = HD / 4, kGroups = kDecodeThreads / LK;
   __shared__ float4 o_s[kGroups][LK];
   __shared__ float m_s[kGroups], l_s[kGroups];
@@ -421,6 +426,211 @@ __global__ void decode_combine_kernel(T* ctx, const float* part_o, const float* 
   store4(ctx + (static_cast<int64_t>(b) * heads + h) * HD + 4 * li, scale4(osum, inv));
 }
 
+// ---- forward on tensor cores (bf16) ------------------------------------------------------------
+//
+// FlashAttention-2's forward with mma.sync.m16n8k16 (bf16 inputs, float32 accumulators): 4 warps,
+// each owning 16 of the block's 64 query rows, stream 64-key tiles of K and V through shared
+// memory. In the fragment layouts of the PTX manual, with gid = lane / 4 and tig = lane % 4, a
+// thread holds rows gid and gid + 8 of its warp's 16 and, of every 8 columns, columns 2 tig and
+// 2 tig + 1: S = Q K^T comes out in that layout, its exponentials P are packed to bf16 in place
+// as the A operand of O += P V, and the row statistics (max, sum) are reduced over the 4 threads
+// of a quad. K is kept as (keys, hd) and V transposed as (hd, keys), so that every B fragment is
+// two 32-bit shared loads; rows are padded by 8 elements so that the 8 rows a load touches fall
+// in different banks. The probabilities enter P V rounded to bf16; the row sums use them in
+// float32, as FlashAttention does.
+
+constexpr int kMmaRows = 64;  // queries per block
+constexpr int kMmaKeys = 64;  // keys per tile
+constexpr int kMmaThreads = 128;
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as a bf16 pair, the first in the low half (the lower column).
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  return bf16_bits(lo) | (bf16_bits(hi) << 16);
+}
+
+__device__ __forceinline__ uint32_t load32(const uint16_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+__device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+// Grid (query tiles, Hq, B), the last tile first. Same arguments as flash_forward_kernel.
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads)
+    flash_forward_mma_kernel(__nv_bfloat16* ctx, float* lse, const __nv_bfloat16* q,
+                             const __nv_bfloat16* k, const __nv_bfloat16* v, int seq, int heads,
+                             int kv_heads, float scale_log2) {
+  constexpr int KP = HD + 8;                           // padded row of ks
+  constexpr int VP = kMmaKeys + 8;                     // padded row of vt
+  constexpr int KK = HD / 16;                          // k-steps of Q K^T
+  constexpr int ND = HD / 8;                           // 8-column tiles of O
+  constexpr int NT = kMmaKeys / 8;                     // 8-key tiles of S
+  constexpr int CH = HD / 8;                           // 16-byte chunks of a row
+  __shared__ __align__(16) uint16_t ks[kMmaKeys][KP];  // K tile (keys, hd)
+  __shared__ __align__(16) uint16_t vt[HD][VP];        // V tile transposed (hd, keys)
+
+  const int tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int g = h / (heads / kv_heads);
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int gid = lane / 4, tig = lane % 4;
+  const int q0 = tile * kMmaRows;
+  const int t_lo = q0 + warp * 16 + gid, t_hi = t_lo + 8;  // the thread's two query rows
+  const int64_t q_stride = static_cast<int64_t>(heads) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
+  const auto* q16 = reinterpret_cast<const uint16_t*>(q);
+  const int64_t off_lo =
+      (static_cast<int64_t>(b) * seq + t_lo) * q_stride + static_cast<int64_t>(h) * HD;
+  const int64_t off_hi = off_lo + 8 * q_stride;
+
+  // Q as A fragments: qa[kk] covers dims 16 kk .. 16 kk + 15.
+  uint32_t qa[KK][4];
+#pragma unroll
+  for (int kk = 0; kk < KK; ++kk) {
+    const int d = 16 * kk + 2 * tig;
+    qa[kk][0] = t_lo < seq ? load32(q16 + off_lo + d) : 0u;
+    qa[kk][1] = t_hi < seq ? load32(q16 + off_hi + d) : 0u;
+    qa[kk][2] = t_lo < seq ? load32(q16 + off_lo + d + 8) : 0u;
+    qa[kk][3] = t_hi < seq ? load32(q16 + off_hi + d + 8) : 0u;
+  }
+  float o[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+
+  const auto* k16 = reinterpret_cast<const uint16_t*>(k) +
+                    static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
+  const auto* v16 = reinterpret_cast<const uint16_t*>(v) +
+                    static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
+  const int key_end = min(seq, q0 + kMmaRows);
+  for (int k0 = 0; k0 < key_end; k0 += kMmaKeys) {
+    const int valid = min(kMmaKeys, seq - k0);
+    __syncthreads();
+    // K: consecutive threads read consecutive 16-byte chunks of a row.
+    for (int e = static_cast<int>(threadIdx.x); e < kMmaKeys * CH; e += kMmaThreads) {
+      const int r = e / CH, c = e % CH;
+      const uint4 x = r < valid
+                          ? *reinterpret_cast<const uint4*>(k16 + (k0 + r) * kv_stride + 8 * c)
+                          : make_uint4(0u, 0u, 0u, 0u);
+      *reinterpret_cast<uint4*>(&ks[r][8 * c]) = x;
+    }
+    // V, transposed: consecutive threads take consecutive keys, so that the 2-byte stores of a
+    // warp fill consecutive words of a vt row.
+    for (int e = static_cast<int>(threadIdx.x); e < kMmaKeys * CH; e += kMmaThreads) {
+      const int r = e % kMmaKeys, c = e / kMmaKeys;
+      const uint4 x = r < valid
+                          ? *reinterpret_cast<const uint4*>(v16 + (k0 + r) * kv_stride + 8 * c)
+                          : make_uint4(0u, 0u, 0u, 0u);
+      const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        vt[8 * c + 2 * i][r] = static_cast<uint16_t>(w[i] & 0xffffu);
+        vt[8 * c + 2 * i + 1][r] = static_cast<uint16_t>(w[i] >> 16);
+      }
+    }
+    __syncthreads();
+
+    // S = Q K^T for the warp's 16 rows and the tile's 64 keys.
+    float s[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      const uint16_t* krow = &ks[8 * nt + gid][2 * tig];
+#pragma unroll
+      for (int kk = 0; kk < KK; ++kk)
+        mma_bf16(s[nt], qa[kk], lds32(krow + 16 * kk), lds32(krow + 16 * kk + 8));
+    }
+    // Scale, mask above the diagonal, and the new row maxima (key 0 is visible to every row,
+    // so they are finite from the first tile on).
+    float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int key = k0 + 8 * nt + 2 * tig;
+      s[nt][0] = key <= t_lo ? s[nt][0] * scale_log2 : -INFINITY;
+      s[nt][1] = key + 1 <= t_lo ? s[nt][1] * scale_log2 : -INFINITY;
+      s[nt][2] = key <= t_hi ? s[nt][2] * scale_log2 : -INFINITY;
+      s[nt][3] = key + 1 <= t_hi ? s[nt][3] * scale_log2 : -INFINITY;
+      mx_lo = fmaxf(mx_lo, fmaxf(s[nt][0], s[nt][1]));
+      mx_hi = fmaxf(mx_hi, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx_lo = quad_max(mx_lo);
+    mx_hi = quad_max(mx_hi);
+    const float a_lo = exp2f(m_lo - mx_lo), a_hi = exp2f(m_hi - mx_hi);
+    l_lo *= a_lo;
+    l_hi *= a_hi;
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) {
+      o[nd][0] *= a_lo;
+      o[nd][1] *= a_lo;
+      o[nd][2] *= a_hi;
+      o[nd][3] *= a_hi;
+    }
+    m_lo = mx_lo;
+    m_hi = mx_hi;
+    // O += P V, 16 keys (two S tiles) per k-step.
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+      float p[2][4];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float* sv = s[2 * kk + half];
+        p[half][0] = exp2f(sv[0] - mx_lo);
+        p[half][1] = exp2f(sv[1] - mx_lo);
+        p[half][2] = exp2f(sv[2] - mx_hi);
+        p[half][3] = exp2f(sv[3] - mx_hi);
+        l_lo += p[half][0] + p[half][1];
+        l_hi += p[half][2] + p[half][3];
+      }
+      const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]),
+                              pack_bf16(p[1][0], p[1][1]), pack_bf16(p[1][2], p[1][3])};
+#pragma unroll
+      for (int nd = 0; nd < ND; ++nd) {
+        const uint16_t* vrow = &vt[8 * nd + gid][16 * kk + 2 * tig];
+        mma_bf16(o[nd], pa, lds32(vrow), lds32(vrow + 8));
+      }
+    }
+  }
+  // Row sums over the quad, then the output rows.
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
+  l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
+  l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
+  auto* c16 = reinterpret_cast<uint16_t*>(ctx);
+  const float inv_lo = 1.f / l_lo, inv_hi = 1.f / l_hi;
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) {
+    const int d = 8 * nd + 2 * tig;
+    if (t_lo < seq) {
+      *reinterpret_cast<uint32_t*>(c16 + off_lo + d) =
+          pack_bf16(o[nd][0] * inv_lo, o[nd][1] * inv_lo);
+    }
+    if (t_hi < seq) {
+      *reinterpret_cast<uint32_t*>(c16 + off_hi + d) =
+          pack_bf16(o[nd][2] * inv_hi, o[nd][3] * inv_hi);
+    }
+  }
+  if (tig == 0) {
+    float* lse_row = lse + (static_cast<int64_t>(b) * heads + h) * seq;
+    if (t_lo < seq) lse_row[t_lo] = (m_lo + log2f(l_lo)) * kLn2;
+    if (t_hi < seq) lse_row[t_hi] = (m_hi + log2f(l_hi)) * kLn2;
+  }
+}
+
 // ---- launchers --------------------------------------------------------------------------------
 
 // Device scratch on a stream, freed on the same stream when it goes out of scope.
@@ -439,7 +649,9 @@ class StreamScratch {
   cudaStream_t stream_;
 };
 
-unsigned tiles_of(int64_t n, int64_t tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
+unsigned tiles_of(int64_t n, int64_t tile) {
+  return static_cast<unsigned>((n + tile - 1) / tile);
+}
 
 template <class T, int HD>
 void forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
@@ -454,10 +666,23 @@ void forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
+template <int HD>
+void forward_mma(void* ctx, float* lse, const void* q, const void* k, const void* v,
+                 const AttentionDims& d, float scale, cudaStream_t st) {
+  const dim3 grid(tiles_of(d.seq, kMmaRows), static_cast<unsigned>(d.heads),
+                  static_cast<unsigned>(d.batch));
+  flash_forward_mma_kernel<HD><<<grid, kMmaThreads, 0, st>>>(
+      static_cast<__nv_bfloat16*>(ctx), lse, static_cast<const __nv_bfloat16*>(q),
+      static_cast<const __nv_bfloat16*>(k), static_cast<const __nv_bfloat16*>(v),
+      static_cast<int>(d.seq), static_cast<int>(d.heads), static_cast<int>(d.kv_heads),
+      scale * kLog2e);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
 template <class T, int HD>
 void backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, const void* k,
-              const void* v, const void* ctx, const float* lse, const AttentionDims& d,
-              float scale, cudaStream_t st) {
+              const void* v, const void* ctx, const float* lse, const AttentionDims& d, float scale,
+              cudaStream_t st) {
   using C = Cfg<HD>;
   const int64_t rows = d.batch * d.seq * d.heads;
   const StreamScratch dd(static_cast<size_t>(rows) * sizeof(float), st);
@@ -467,9 +692,8 @@ void backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, con
   const auto* kt = static_cast<const T*>(k);
   const auto* vt = static_cast<const T*>(v);
   const auto* ot = static_cast<const T*>(dctx);
-  row_dot_kernel<T, HD><<<tiles_of(rows, 8), 256, 0, st>>>(dd.floats(), ot,
-                                                           static_cast<const T*>(ctx), rows,
-                                                           seq, heads);
+  row_dot_kernel<T, HD><<<tiles_of(rows, 8), 256, 0, st>>>(
+      dd.floats(), ot, static_cast<const T*>(ctx), rows, seq, heads);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   const dim3 kv_grid(tiles_of(d.seq, C::kRows), static_cast<unsigned>(d.kv_heads),
                      static_cast<unsigned>(d.batch));
@@ -479,9 +703,9 @@ void backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, con
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   const dim3 q_grid(tiles_of(d.seq, C::kRows), static_cast<unsigned>(d.heads),
                     static_cast<unsigned>(d.batch));
-  flash_backward_dq_kernel<T, HD><<<q_grid, C::kThreads, 0, st>>>(
-      static_cast<T*>(dq), qt, kt, vt, ot, lse, dd.floats(), seq, heads, kv_heads, scale,
-      scale * kLog2e);
+  flash_backward_dq_kernel<T, HD><<<q_grid, C::kThreads, 0, st>>>(static_cast<T*>(dq), qt, kt, vt,
+                                                                  ot, lse, dd.floats(), seq, heads,
+                                                                  kv_heads, scale, scale * kLog2e);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -498,8 +722,8 @@ void decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
                   static_cast<unsigned>(d.batch));
   decode_partial_kernel<T, HD><<<grid, kDecodeThreads, 0, st>>>(
       part_o, part_m, part_l, static_cast<const T*>(q), static_cast<const T*>(k_cache),
-      static_cast<const T*>(v_cache), lengths, static_cast<int>(d.seq),
-      static_cast<int>(d.heads), static_cast<int>(d.kv_heads), scale * kLog2e);
+      static_cast<const T*>(v_cache), lengths, static_cast<int>(d.seq), static_cast<int>(d.heads),
+      static_cast<int>(d.kv_heads), scale * kLog2e);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   decode_combine_kernel<T, HD>
       <<<dim3(static_cast<unsigned>(d.heads), static_cast<unsigned>(d.batch)), HD / 4, 0, st>>>(
@@ -510,8 +734,13 @@ void decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
 }  // namespace
 
 void launch_flash_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
-                          bool bf16, const AttentionDims& d, float scale, void* stream) {
+                          bool bf16, bool tensor_cores, const AttentionDims& d, float scale,
+                          void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
+  if (bf16 && tensor_cores) {
+    if (d.head_dim == 64) return forward_mma<64>(ctx, lse, q, k, v, d, scale, st);
+    return forward_mma<128>(ctx, lse, q, k, v, d, scale, st);
+  }
   if (bf16) {
     if (d.head_dim == 64) return forward<__nv_bfloat16, 64>(ctx, lse, q, k, v, d, scale, st);
     return forward<__nv_bfloat16, 128>(ctx, lse, q, k, v, d, scale, st);
@@ -530,13 +759,14 @@ void launch_flash_backward(void* dq, void* dk, void* dv, const void* dctx, const
     }
     return backward<__nv_bfloat16, 128>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
   }
-  if (d.head_dim == 64) return backward<float, 64>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
+  if (d.head_dim == 64)
+    return backward<float, 64>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
   backward<float, 128>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
 }
 
 void launch_attention_decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
-                             const int32_t* lengths, bool bf16, const AttentionDims& d,
-                             float scale, void* stream) {
+                             const int32_t* lengths, bool bf16, const AttentionDims& d, float scale,
+                             void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
   if (bf16) {
     if (d.head_dim == 64) {

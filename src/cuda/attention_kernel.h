@@ -12,8 +12,10 @@ struct AttentionDims {
   int64_t batch, seq, heads, kv_heads, head_dim;
 };
 
+// tensor_cores: the mma.sync kernel (bf16 only); otherwise the float32-math kernel.
 void launch_flash_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
-                          bool bf16, const AttentionDims& d, float scale, void* stream);
+                          bool bf16, bool tensor_cores, const AttentionDims& d, float scale,
+                          void* stream);
 
 void launch_flash_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q,
                            const void* k, const void* v, const void* ctx, const float* lse,
@@ -21,7 +23,7 @@ void launch_flash_backward(void* dq, void* dk, void* dv, const void* dctx, const
 
 // d.seq is Tmax.
 void launch_attention_decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
-                             const int32_t* lengths, bool bf16, const AttentionDims& d,
-                             float scale, void* stream);
+                             const int32_t* lengths, bool bf16, const AttentionDims& d, float scale,
+                             void* stream);
 
 }  // namespace engram::cuda::detail

@@ -14,7 +14,7 @@ namespace {
 }  // namespace
 
 void flash_attention_forward(void*, float*, const void*, const void*, const void*, DType,
-                             const FlashAttentionShape&, float, void*) {
+                             const FlashAttentionShape&, float, void*, AttentionKernel) {
   no_cuda("cuda::flash_attention_forward");
 }
 void flash_attention_backward(void*, void*, void*, const void*, const void*, const void*,

@@ -19,9 +19,9 @@
 //
 // Conventions, for every function here:
 //   * Pointers are device memory, valid for the sizes given (not checked), and aligned to 16
-//     bytes (float32) or 8 bytes (bfloat16), which cudaMalloc'd buffers and offsets of whole
-//     rows are (checked: InputError). `stream` is a cudaStream_t (nullptr = the default
-//     stream); work is enqueued and the call returns at once.
+//     bytes, which cudaMalloc'd buffers and offsets of whole rows are (checked: InputError).
+//     `stream` is a cudaStream_t (nullptr = the default stream); work is enqueued and the call
+//     returns at once.
 //   * The arguments are checked before anything touches the device: negative sizes, kv_heads
 //     not dividing heads (or < 1), a head_dim other than 64 or 128, an element type other than
 //     kF32 / kBF16, or a scale that is not finite throw engram::InputError naming the function
@@ -48,12 +48,21 @@ struct FlashAttentionShape {
   int64_t head_dim;  // hd: 64 or 128
 };
 
+// Which forward kernel runs for bf16 (float32 always runs kPlain):
+//   kAuto   tensor cores (mma.sync m16n8k16, bf16 products, float32 accumulators); the
+//           probabilities are rounded to bf16 before they multiply V, as in FlashAttention
+//           (|ctx - kPlain's ctx| ~ 1e-3 of ctx's scale), the row sums and lse stay float32
+//   kPlain  float32 math on bf16 values widened on load: the reference the other is tested
+//           against
+enum class AttentionKernel : uint8_t { kAuto, kPlain };
+
 // Forward. ctx (B, T, Hq, hd) and lse (B, Hq, T) are written; q (B, T, Hq, hd),
 // k, v (B, T, Hkv, hd) are read. `type` is the element type of ctx, q, k and v.
 // Blocks of 64 query rows of one (b, h) stream the key/value tiles at or below their diagonal.
 void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
                              DType type, const FlashAttentionShape& shape, float scale,
-                             void* stream = nullptr);
+                             void* stream = nullptr,
+                             AttentionKernel kernel = AttentionKernel::kAuto);
 
 // Backward (FlashAttention-2): from dctx (B, T, Hq, hd) and what forward read and wrote
 // (q, k, v, ctx, lse), writes (not +=)
