@@ -17,7 +17,9 @@
 namespace engram::cuda {
 namespace {
 
-size_t sz(int64_t n) { return static_cast<size_t>(n); }
+size_t sz(int64_t n) {
+  return static_cast<size_t>(n);
+}
 
 // Grows `b` to at least n elements (its contents are then undefined).
 template <class X>
@@ -40,15 +42,14 @@ void require(const char* where, const void* ptr, const char* name) {
 void check_limits(const char* where, const nn::MoeShape& s) {
   const int64_t pairs = s.tokens * s.top_k;
   if (pairs > std::numeric_limits<int32_t>::max()) {
-    throw InputError(error_message(where, "tokens · top_k = " + std::to_string(pairs) +
-                                              " exceeds 2^31 - 1"));
+    throw InputError(
+        error_message(where, "tokens · top_k = " + std::to_string(pairs) + " exceeds 2^31 - 1"));
   }
 }
 
 bool same_shape(const nn::MoeShape& a, const nn::MoeShape& b) {
-  return a.tokens == b.tokens && a.dim == b.dim && a.experts == b.experts &&
-         a.top_k == b.top_k && a.hidden == b.hidden && a.n_shared == b.n_shared &&
-         a.route_scale == b.route_scale;
+  return a.tokens == b.tokens && a.dim == b.dim && a.experts == b.experts && a.top_k == b.top_k &&
+         a.hidden == b.hidden && a.n_shared == b.n_shared && a.route_scale == b.route_scale;
 }
 
 template <class T>
@@ -182,9 +183,8 @@ void moe_forward(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const floa
               {saved.shared_h3.data(), DType::kF32, hs}, Math::kExact);
     detail::launch_moe_gate(saved.shared_g.data(), saved.shared_h1.data(), saved.shared_h3.data(),
                             n * hs, stream);
-    blas.gemm(false, true, n, c, hs, 1.0f, {saved.shared_g.data(), at, hs},
-              {w.shared_w2, at, hs}, 0.0f, {saved.shared_out.data(), DType::kF32, c},
-              Math::kExact);
+    blas.gemm(false, true, n, c, hs, 1.0f, {saved.shared_g.data(), at, hs}, {w.shared_w2, at, hs},
+              0.0f, {saved.shared_out.data(), DType::kF32, c}, Math::kExact);
     shared_out = saved.shared_out.data();
   }
   // y_t = shared_out_t + Σ_j w_t,j routed_out[row_of(t, j)], slots in order.
@@ -244,11 +244,10 @@ void moe_backward(Blas& blas, T* du, const GpuMoeGrads& grads, const T* dy, cons
   // Per row: drouted = w · dy; per token: the router logits' gradient.
   grow(saved.drouted, pairs * c);
   grow(saved.dlogits, n * e_count);
-  detail::launch_moe_router_backward(saved.drouted.data(), saved.dlogits.data(), dy,
-                                     saved.routed_out.data(), saved.scores.data(),
-                                     saved.selected.data(), saved.weights.data(),
-                                     saved.row_of.data(), n, e_count, k, c,
-                                     static_cast<float>(s.route_scale), stream);
+  detail::launch_moe_router_backward(
+      saved.drouted.data(), saved.dlogits.data(), dy, saved.routed_out.data(), saved.scores.data(),
+      saved.selected.data(), saved.weights.data(), saved.row_of.data(), n, e_count, k, c,
+      static_cast<float>(s.route_scale), stream);
 
   // Experts, as nn::swiglu_backward on each block of rows:
   //   dW2 += drouted^T g,  dg = drouted W2,  (dh1, dh3) from dg,
@@ -264,8 +263,8 @@ void moe_backward(Blas& blas, T* du, const GpuMoeGrads& grads, const T* dy, cons
     const int64_t rows = counts[sz(e)], off = offsets[sz(e)];
     if (rows == 0) continue;
     const T* dout = saved.drouted.data() + off * c;
-    blas.gemm(true, false, c, h, rows, 1.0f, {dout, at, c}, {saved.g.data() + off * h, at, h},
-              1.0f, {grads.dw2 + e * c * h, DType::kF32, h}, Math::kExact);
+    blas.gemm(true, false, c, h, rows, 1.0f, {dout, at, c}, {saved.g.data() + off * h, at, h}, 1.0f,
+              {grads.dw2 + e * c * h, DType::kF32, h}, Math::kExact);
     blas.gemm(false, false, rows, h, c, 1.0f, {dout, at, c}, {w.w2 + e * c * h, at, h}, 0.0f,
               {saved.dg.data() + off * h, DType::kF32, h}, Math::kExact);
   }
@@ -303,10 +302,10 @@ void moe_backward(Blas& blas, T* du, const GpuMoeGrads& grads, const T* dy, cons
               {grads.dshared_w1, DType::kF32, c}, Math::kExact);
     blas.gemm(true, false, hs, c, n, 1.0f, {saved.dh3.data(), at, hs}, {u, at, c}, 1.0f,
               {grads.dshared_w3, DType::kF32, c}, Math::kExact);
-    blas.gemm(false, false, n, c, hs, 1.0f, {saved.dh1.data(), at, hs}, {w.shared_w1, at, c},
-              1.0f, {du_acc, DType::kF32, c}, Math::kExact);
-    blas.gemm(false, false, n, c, hs, 1.0f, {saved.dh3.data(), at, hs}, {w.shared_w3, at, c},
-              1.0f, {du_acc, DType::kF32, c}, Math::kExact);
+    blas.gemm(false, false, n, c, hs, 1.0f, {saved.dh1.data(), at, hs}, {w.shared_w1, at, c}, 1.0f,
+              {du_acc, DType::kF32, c}, Math::kExact);
+    blas.gemm(false, false, n, c, hs, 1.0f, {saved.dh3.data(), at, hs}, {w.shared_w3, at, c}, 1.0f,
+              {du_acc, DType::kF32, c}, Math::kExact);
   }
 
   // Router, in float32: dW_g (E, C) += dlogits^T u,  du (N, C) += dlogits W_g.
@@ -324,8 +323,8 @@ void aux_free_bias_update(float* bias, const int64_t* counts, int64_t experts, d
                           void* stream) {
   const char* where = "cuda::aux_free_bias_update";
   if (experts < 1) {
-    throw ConfigError(error_message(where, "experts " + std::to_string(experts) +
-                                               " is not positive"));
+    throw ConfigError(
+        error_message(where, "experts " + std::to_string(experts) + " is not positive"));
   }
   require(where, bias, "bias");
   require(where, counts, "counts");
@@ -343,10 +342,10 @@ void moe_add_counts(int64_t* total, const int64_t* counts, int64_t experts, void
   detail::launch_moe_add_counts(total, counts, experts, stream);
 }
 
-#define ENGRAM_INSTANTIATE(T)                                                                    \
-  template void moe_forward<T>(Blas&, T*, GpuMoeSaved<T>&, const T*, const float*,               \
-                               const GpuMoeWeights<T>&, const nn::MoeShape&);                    \
-  template void moe_backward<T>(Blas&, T*, const GpuMoeGrads&, const T*, const T*,               \
+#define ENGRAM_INSTANTIATE(T)                                                      \
+  template void moe_forward<T>(Blas&, T*, GpuMoeSaved<T>&, const T*, const float*, \
+                               const GpuMoeWeights<T>&, const nn::MoeShape&);      \
+  template void moe_backward<T>(Blas&, T*, const GpuMoeGrads&, const T*, const T*, \
                                 GpuMoeSaved<T>&, const GpuMoeWeights<T>&, const nn::MoeShape&);
 ENGRAM_INSTANTIATE(float)
 ENGRAM_INSTANTIATE(bf16)

@@ -22,7 +22,9 @@ constexpr int kRouteThreads = 128;
 constexpr int kRowThreads = 128;  // router backward: one block per token
 constexpr int kWarp = 32;
 
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
 
 unsigned blocks_for(int64_t items, int threads = kThreads) {
   const int64_t cap = 65535LL * 32;
@@ -31,11 +33,15 @@ unsigned blocks_for(int64_t items, int threads = kThreads) {
 }
 
 // Activation loads and stores: float as is, bf16 widened exactly / rounded to nearest even.
-__device__ __forceinline__ float load(const float* p) { return *p; }
+__device__ __forceinline__ float load(const float* p) {
+  return *p;
+}
 __device__ __forceinline__ float load(const engram::bf16* p) {
   return __uint_as_float(static_cast<unsigned>(p->bits) << 16);
 }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(float* p, float v) {
+  *p = v;
+}
 __device__ __forceinline__ void store(engram::bf16* p, float v) {
   p->bits = __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
@@ -60,7 +66,7 @@ __device__ float block_sum(float x, float* scratch) {
   return warp_sum(x);
 }
 
-#define GRID_STRIDE(i, n)                                                                  \
+#define GRID_STRIDE(i, n)                                                                \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
@@ -154,8 +160,8 @@ __global__ void row_of_kernel(int32_t* row_of, const int32_t* pair_of_row, int64
 }
 
 template <class A>
-__global__ void gather_kernel(A* routed_in, const A* u, const int32_t* pair_of_row,
-                              int64_t pairs, int64_t k, int64_t c) {
+__global__ void gather_kernel(A* routed_in, const A* u, const int32_t* pair_of_row, int64_t pairs,
+                              int64_t k, int64_t c) {
   GRID_STRIDE(idx, pairs * c) {
     const int64_t r = idx / c, i = idx % c;
     const int64_t t = pair_of_row[r] / k;
@@ -309,8 +315,8 @@ size_t moe_sort_temp_bytes(int64_t pairs, int end_bit) {
   size_t bytes = 0;
   ENGRAM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
       nullptr, bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-      static_cast<int>(pairs), 0, end_bit));
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), static_cast<int>(pairs),
+      0, end_bit));
   return std::max(bytes, size_t{16});
 }
 
@@ -320,12 +326,12 @@ void launch_moe_permute(const MoePermuteArgs& a, void* stream) {
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   // Radix sort is stable: each expert's pairs keep their (token, slot) order, the CPU's row_of.
   size_t bytes = a.temp_bytes;
-  ENGRAM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      a.temp, bytes, reinterpret_cast<const uint32_t*>(a.selected),
-      reinterpret_cast<uint32_t*>(a.keys_sorted), a.pair_iota, a.pair_of_row,
-      static_cast<int>(a.pairs), 0, a.end_bit, s));
-  offsets_kernel<<<blocks_for(a.experts + 1), kThreads, 0, s>>>(a.offsets, a.counts,
-                                                                a.keys_sorted, a.pairs, a.experts);
+  ENGRAM_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(a.temp, bytes, reinterpret_cast<const uint32_t*>(a.selected),
+                                      reinterpret_cast<uint32_t*>(a.keys_sorted), a.pair_iota,
+                                      a.pair_of_row, static_cast<int>(a.pairs), 0, a.end_bit, s));
+  offsets_kernel<<<blocks_for(a.experts + 1), kThreads, 0, s>>>(a.offsets, a.counts, a.keys_sorted,
+                                                                a.pairs, a.experts);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   row_of_kernel<<<blocks_for(a.pairs), kThreads, 0, s>>>(a.row_of, a.pair_of_row, a.pairs);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
@@ -334,8 +340,8 @@ void launch_moe_permute(const MoePermuteArgs& a, void* stream) {
 template <class A>
 void launch_moe_gather(A* routed_in, const A* u, const int32_t* pair_of_row, int64_t pairs,
                        int64_t k, int64_t c, void* stream) {
-  gather_kernel<<<blocks_for(pairs * c), kThreads, 0, as_stream(stream)>>>(routed_in, u,
-                                                                           pair_of_row, pairs, k, c);
+  gather_kernel<<<blocks_for(pairs * c), kThreads, 0, as_stream(stream)>>>(
+      routed_in, u, pair_of_row, pairs, k, c);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -357,26 +363,26 @@ template <class A>
 void launch_moe_combine(A* y, const float* shared_out, const float* routed_out,
                         const float* weights, const int32_t* row_of, int64_t n, int64_t k,
                         int64_t c, void* stream) {
-  combine_kernel<<<blocks_for(n * c), kThreads, 0, as_stream(stream)>>>(
-      y, shared_out, routed_out, weights, row_of, n, k, c);
+  combine_kernel<<<blocks_for(n * c), kThreads, 0, as_stream(stream)>>>(y, shared_out, routed_out,
+                                                                        weights, row_of, n, k, c);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class A>
 void launch_moe_router_backward(A* drouted, float* dlogits, const A* dy, const float* routed_out,
-                                const float* scores, const int32_t* selected,
-                                const float* weights, const int32_t* row_of, int64_t n, int64_t e,
-                                int64_t k, int64_t c, float route_scale, void* stream) {
+                                const float* scores, const int32_t* selected, const float* weights,
+                                const int32_t* row_of, int64_t n, int64_t e, int64_t k, int64_t c,
+                                float route_scale, void* stream) {
   const size_t shared = static_cast<size_t>(k) * sizeof(float);
   router_backward_kernel<<<static_cast<unsigned>(n), kRowThreads, shared, as_stream(stream)>>>(
       drouted, dlogits, dy, routed_out, scores, selected, weights, row_of, e, k, c, route_scale);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_moe_scatter_grad(float* du, const float* drouted_in, const int32_t* row_of,
-                             int64_t n, int64_t k, int64_t c, void* stream) {
-  scatter_grad_kernel<<<blocks_for(n * c), kThreads, 0, as_stream(stream)>>>(du, drouted_in,
-                                                                             row_of, n, k, c);
+void launch_moe_scatter_grad(float* du, const float* drouted_in, const int32_t* row_of, int64_t n,
+                             int64_t k, int64_t c, void* stream) {
+  scatter_grad_kernel<<<blocks_for(n * c), kThreads, 0, as_stream(stream)>>>(du, drouted_in, row_of,
+                                                                             n, k, c);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -397,18 +403,18 @@ void moe_copy_to_host(int64_t* host, const int64_t* device, int64_t n, void* str
   ENGRAM_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream)));
 }
 
-#define ENGRAM_INSTANTIATE(A)                                                                    \
-  template void launch_moe_to_f32<A>(float*, const A*, int64_t, void*);                          \
-  template void launch_moe_from_f32<A>(A*, const float*, int64_t, void*);                        \
-  template void launch_moe_gather<A>(A*, const A*, const int32_t*, int64_t, int64_t, int64_t,    \
-                                     void*);                                                     \
-  template void launch_moe_gate<A>(A*, const float*, const float*, int64_t, void*);              \
-  template void launch_moe_gate_backward<A>(A*, A*, const float*, const float*, const float*,    \
-                                            int64_t, void*);                                     \
-  template void launch_moe_combine<A>(A*, const float*, const float*, const float*,              \
-                                      const int32_t*, int64_t, int64_t, int64_t, void*);         \
-  template void launch_moe_router_backward<A>(A*, float*, const A*, const float*, const float*,  \
-                                              const int32_t*, const float*, const int32_t*,      \
+#define ENGRAM_INSTANTIATE(A)                                                                   \
+  template void launch_moe_to_f32<A>(float*, const A*, int64_t, void*);                         \
+  template void launch_moe_from_f32<A>(A*, const float*, int64_t, void*);                       \
+  template void launch_moe_gather<A>(A*, const A*, const int32_t*, int64_t, int64_t, int64_t,   \
+                                     void*);                                                    \
+  template void launch_moe_gate<A>(A*, const float*, const float*, int64_t, void*);             \
+  template void launch_moe_gate_backward<A>(A*, A*, const float*, const float*, const float*,   \
+                                            int64_t, void*);                                    \
+  template void launch_moe_combine<A>(A*, const float*, const float*, const float*,             \
+                                      const int32_t*, int64_t, int64_t, int64_t, void*);        \
+  template void launch_moe_router_backward<A>(A*, float*, const A*, const float*, const float*, \
+                                              const int32_t*, const float*, const int32_t*,     \
                                               int64_t, int64_t, int64_t, int64_t, float, void*);
 ENGRAM_INSTANTIATE(float)
 ENGRAM_INSTANTIATE(engram::bf16)

@@ -70,13 +70,13 @@ void launch_moe_combine(A* y, const float* shared_out, const float* routed_out,
 //   dlogits[t, e] = route_scale / Z · (dw_j − dwg) · s_e (1 − s_e), 0 for unselected experts.
 template <class A>
 void launch_moe_router_backward(A* drouted, float* dlogits, const A* dy, const float* routed_out,
-                                const float* scores, const int32_t* selected,
-                                const float* weights, const int32_t* row_of, int64_t n, int64_t e,
-                                int64_t k, int64_t c, float route_scale, void* stream);
+                                const float* scores, const int32_t* selected, const float* weights,
+                                const int32_t* row_of, int64_t n, int64_t e, int64_t k, int64_t c,
+                                float route_scale, void* stream);
 
 // du (N, C) += Σ_j drouted_in[row_of[t, j]], the slots added one after the other in order.
-void launch_moe_scatter_grad(float* du, const float* drouted_in, const int32_t* row_of,
-                             int64_t n, int64_t k, int64_t c, void* stream);
+void launch_moe_scatter_grad(float* du, const float* drouted_in, const int32_t* row_of, int64_t n,
+                             int64_t k, int64_t c, void* stream);
 
 // bias (E) += float(gamma · sign(mean(counts) − counts_i)), the mean in double.
 void launch_moe_bias_update(float* bias, const int64_t* counts, int64_t e, double gamma,

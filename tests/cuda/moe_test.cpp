@@ -33,7 +33,9 @@ constexpr double kTolForward = 1e-5;
 constexpr double kTolBackward = 1e-4;
 constexpr double kTolBf16 = 2e-2;
 
-size_t sz(int64_t n) { return static_cast<size_t>(n); }
+size_t sz(int64_t n) {
+  return static_cast<size_t>(n);
+}
 
 std::vector<float> random_vec(size_t size, std::mt19937_64& rng, float sd) {
   std::normal_distribution<float> normal(0.0f, sd);
@@ -76,7 +78,9 @@ double increment_error(const std::vector<float>& got, const std::vector<float>& 
   return normalised_error(g, w);
 }
 
-float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
+float round_bf16(float v) {
+  return bf16_to_float(float_to_bf16(v));
+}
 
 void round_all(std::vector<float>& v) {
   for (float& x : v) x = round_bf16(x);
@@ -128,15 +132,19 @@ struct Result {
   std::vector<float> du, dwg, dw1, dw3, dw2, dsw1, dsw3, dsw2;
 };
 
-const float* ptr_or_null(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
-float* ptr_or_null(std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+const float* ptr_or_null(const std::vector<float>& v) {
+  return v.empty() ? nullptr : v.data();
+}
+float* ptr_or_null(std::vector<float>& v) {
+  return v.empty() ? nullptr : v.data();
+}
 
 Result run_cpu(const Problem& p) {
   const nn::MoeShape& s = p.shape;
   Result r;
   nn::MoeSaved<float> saved;
-  const nn::MoeWeights<float> w{p.wg.data(),        p.w1.data(),        p.w3.data(),
-                                p.w2.data(),        ptr_or_null(p.sw1), ptr_or_null(p.sw3),
+  const nn::MoeWeights<float> w{p.wg.data(),       p.w1.data(),        p.w3.data(),
+                                p.w2.data(),       ptr_or_null(p.sw1), ptr_or_null(p.sw3),
                                 ptr_or_null(p.sw2)};
   r.y.resize(sz(s.tokens * s.dim));
   nn::moe_forward<float>(r.y.data(), saved, p.u.data(), p.bias.data(), w, s);
@@ -154,8 +162,8 @@ Result run_cpu(const Problem& p) {
   r.dsw1 = p.dsw10;
   r.dsw3 = p.dsw30;
   r.dsw2 = p.dsw20;
-  const nn::MoeGrads<float> g{r.dwg.data(),        r.dw1.data(),        r.dw3.data(),
-                              r.dw2.data(),        ptr_or_null(r.dsw1), ptr_or_null(r.dsw3),
+  const nn::MoeGrads<float> g{r.dwg.data(),       r.dw1.data(),        r.dw3.data(),
+                              r.dw2.data(),       ptr_or_null(r.dsw1), ptr_or_null(r.dsw3),
                               ptr_or_null(r.dsw2)};
   nn::moe_backward<float>(r.du.data(), g, p.dy.data(), p.u.data(), saved, w, s);
   return r;
@@ -273,7 +281,18 @@ void expect_routing_equal(const Result& gpu, const Result& cpu, double tol) {
 
 void expect_grads_match(const Result& gpu, const Result& cpu, const Problem& p, double tol) {
   EXPECT_LE(increment_error(gpu.du, p.du0, cpu.du), tol) << "du";
-  EXPECT_LE(increment_error(gpu.dwg, p.dwg0, cpu.dwg), tol) << "dwg";
+  if (p.shape.top_k > 1) {
+    EXPECT_LE(increment_error(gpu.dwg, p.dwg0, cpu.dwg), tol) << "dwg";
+  } else {
+    // One slot: w = route_scale whatever s is, so the router's true gradient is zero and both
+    // sides hold rounding noise only; it must stay negligible against du's increment.
+    double noise = 0, scale = 0;
+    for (size_t i = 0; i < gpu.dwg.size(); ++i)
+      noise = std::max(noise, std::abs(static_cast<double>(gpu.dwg[i]) - p.dwg0[i]));
+    for (size_t i = 0; i < cpu.du.size(); ++i)
+      scale = std::max(scale, std::abs(static_cast<double>(cpu.du[i]) - p.du0[i]));
+    EXPECT_LE(noise, 1e-5 * scale) << "dwg with top_k 1";
+  }
   EXPECT_LE(increment_error(gpu.dw1, p.dw10, cpu.dw1), tol) << "dw1";
   EXPECT_LE(increment_error(gpu.dw3, p.dw30, cpu.dw3), tol) << "dw3";
   EXPECT_LE(increment_error(gpu.dw2, p.dw20, cpu.dw2), tol) << "dw2";
@@ -290,9 +309,9 @@ struct Case {
 };
 
 const Case kCases[] = {
-    {1, 16, 4, 1, 8, 0, 1.0},     {1, 24, 14, 3, 16, 1, 2.5},   {7, 33, 4, 2, 20, 1, 2.5},
-    {7, 8, 14, 3, 16, 0, 1.0},    {64, 64, 14, 3, 32, 1, 1.0},  {64, 128, 14, 1, 64, 1, 2.5},
-    {300, 96, 14, 2, 48, 0, 2.5}, {300, 40, 4, 3, 24, 1, 1.0},  {300, 72, 4, 1, 40, 0, 1.0},
+    {1, 16, 4, 1, 8, 0, 1.0},     {1, 24, 14, 3, 16, 1, 2.5},  {7, 33, 4, 2, 20, 1, 2.5},
+    {7, 8, 14, 3, 16, 0, 1.0},    {64, 64, 14, 3, 32, 1, 1.0}, {64, 128, 14, 1, 64, 1, 2.5},
+    {300, 96, 14, 2, 48, 0, 2.5}, {300, 40, 4, 3, 24, 1, 1.0}, {300, 72, 4, 1, 40, 0, 1.0},
 };
 
 nn::MoeShape shape_of(const Case& k) {
@@ -306,9 +325,9 @@ TEST(CudaMoe, ForwardAndBackwardMatchCpu) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 1;
   for (const Case& k : kCases) {
-    SCOPED_TRACE(testing::Message() << "N " << k.n << " C " << k.c << " E " << k.e << " K " << k.k
-                                    << " H " << k.h << " shared " << k.n_shared << " scale "
-                                    << k.route_scale);
+    SCOPED_TRACE(testing::Message()
+                 << "N " << k.n << " C " << k.c << " E " << k.e << " K " << k.k << " H " << k.h
+                 << " shared " << k.n_shared << " scale " << k.route_scale);
     Problem p = make_problem(shape_of(k), seed++);
     // One expert favoured by the bias, so the bias changes some of the selection.
     p.bias[sz(k.e - 1)] = 0.3f;
@@ -418,9 +437,9 @@ TEST(CudaMoeBf16, MatchesCpuOnRoundedInputs) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 100;
   for (const Case& k : kCases) {
-    SCOPED_TRACE(testing::Message() << "N " << k.n << " C " << k.c << " E " << k.e << " K " << k.k
-                                    << " H " << k.h << " shared " << k.n_shared << " scale "
-                                    << k.route_scale);
+    SCOPED_TRACE(testing::Message()
+                 << "N " << k.n << " C " << k.c << " E " << k.e << " K " << k.k << " H " << k.h
+                 << " shared " << k.n_shared << " scale " << k.route_scale);
     Problem p = make_problem(shape_of(k), seed++);
     round_for_bf16(p);
     const Result cpu = run_cpu(p);
@@ -524,19 +543,18 @@ TEST(CudaMoe, BadShapesAndCallsThrow) {
   EXPECT_THROW(run.forward(blas, with([](nn::MoeShape& s) { s.tokens = -1; })), ConfigError);
   EXPECT_THROW(run.forward(blas, with([](nn::MoeShape& s) { s.n_shared = -1; })), ConfigError);
   EXPECT_THROW(run.forward(blas, with([](nn::MoeShape& s) { s.route_scale = 0; })), ConfigError);
-  EXPECT_THROW(run.forward(blas, with([](nn::MoeShape& s) { s.route_scale = NAN; })),
-               ConfigError);
+  EXPECT_THROW(run.forward(blas, with([](nn::MoeShape& s) { s.route_scale = NAN; })), ConfigError);
   // Null weights.
   GpuMoeWeights<float> w = run.weights();
   w.w2 = nullptr;
-  EXPECT_THROW(moe_forward<float>(blas, run.y.data(), run.saved, run.u.data(), run.bias.data(), w,
-                                  good),
-               InputError);
+  EXPECT_THROW(
+      moe_forward<float>(blas, run.y.data(), run.saved, run.u.data(), run.bias.data(), w, good),
+      InputError);
   w = run.weights();
   w.shared_w1 = nullptr;
-  EXPECT_THROW(moe_forward<float>(blas, run.y.data(), run.saved, run.u.data(), run.bias.data(), w,
-                                  good),
-               InputError);
+  EXPECT_THROW(
+      moe_forward<float>(blas, run.y.data(), run.saved, run.u.data(), run.bias.data(), w, good),
+      InputError);
   // Backward with a shape other than the forward's.
   run.forward(blas, good);
   EXPECT_THROW(run.backward(blas, with([](nn::MoeShape& s) { s.tokens = 4; })), InputError);

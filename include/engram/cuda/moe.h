@@ -77,33 +77,33 @@ struct GpuMoeGrads {
 template <class T>
 struct GpuMoeSaved {
   // The routing, as nn::MoeSaved holds it.
-  DeviceBuffer<float> scores;     // (N, E) s = sigmoid(u W_g^T)
-  DeviceBuffer<int32_t> selected; // (N, K) chosen experts, best (s + bias) first
-  DeviceBuffer<float> weights;    // (N, K) w = route_scale · normalised gate
-  DeviceBuffer<int64_t> counts;   // (E) pairs routed to each expert (the load)
-  DeviceBuffer<int64_t> offsets;  // (E + 1) expert e's rows are [offsets[e], offsets[e+1])
-  DeviceBuffer<int32_t> row_of;   // (N, K) permuted row holding pair (t, j) (int32, not int64)
+  DeviceBuffer<float> scores;      // (N, E) s = sigmoid(u W_g^T)
+  DeviceBuffer<int32_t> selected;  // (N, K) chosen experts, best (s + bias) first
+  DeviceBuffer<float> weights;     // (N, K) w = route_scale · normalised gate
+  DeviceBuffer<int64_t> counts;    // (E) pairs routed to each expert (the load)
+  DeviceBuffer<int64_t> offsets;   // (E + 1) expert e's rows are [offsets[e], offsets[e+1])
+  DeviceBuffer<int32_t> row_of;    // (N, K) permuted row holding pair (t, j) (int32, not int64)
   // The same counts and offsets on the host, exactly E and E + 1 long after each forward.
   std::vector<int64_t> host_counts, host_offsets;
 
   // Internal: the permutation's scratch, the permuted rows and the experts' activations.
-  DeviceBuffer<float> u_f32;                // (N, C) u widened for the router (T = bf16 only)
+  DeviceBuffer<float> u_f32;  // (N, C) u widened for the router (T = bf16 only)
   DeviceBuffer<int32_t> pair_iota, keys_sorted, pair_of_row;  // (P)
   DeviceBuffer<uint8_t> sort_temp;
-  DeviceBuffer<T> routed_in;                // (P, C) u gathered per expert
-  DeviceBuffer<float> h1, h3;               // (P, H) routed_in W1_e^T, routed_in W3_e^T
-  DeviceBuffer<T> g;                        // (P, H) silu(h1) h3
-  DeviceBuffer<float> routed_out;           // (P, C) E_e(u) per row
-  DeviceBuffer<float> shared_h1, shared_h3; // (N, n_shared·H)
-  DeviceBuffer<T> shared_g;                 // (N, n_shared·H)
-  DeviceBuffer<float> shared_out;           // (N, C)
+  DeviceBuffer<T> routed_in;                 // (P, C) u gathered per expert
+  DeviceBuffer<float> h1, h3;                // (P, H) routed_in W1_e^T, routed_in W3_e^T
+  DeviceBuffer<T> g;                         // (P, H) silu(h1) h3
+  DeviceBuffer<float> routed_out;            // (P, C) E_e(u) per row
+  DeviceBuffer<float> shared_h1, shared_h3;  // (N, n_shared·H)
+  DeviceBuffer<T> shared_g;                  // (N, n_shared·H)
+  DeviceBuffer<float> shared_out;            // (N, C)
   // Internal: backward's scratch.
-  DeviceBuffer<T> drouted;                  // (P, C) w · dy per row
-  DeviceBuffer<float> dg;                   // (max(P, N·n_shared) · H) gradient of g
-  DeviceBuffer<T> dh1, dh3;                 // same size: gradients of h1, h3
-  DeviceBuffer<float> drouted_in;           // (P, C)
-  DeviceBuffer<float> dlogits;              // (N, E)
-  DeviceBuffer<float> du_f32;               // (N, C) du accumulated in float32 (T = bf16 only)
+  DeviceBuffer<T> drouted;         // (P, C) w · dy per row
+  DeviceBuffer<float> dg;          // (max(P, N·n_shared) · H) gradient of g
+  DeviceBuffer<T> dh1, dh3;        // same size: gradients of h1, h3
+  DeviceBuffer<float> drouted_in;  // (P, C)
+  DeviceBuffer<float> dlogits;     // (N, E)
+  DeviceBuffer<float> du_f32;      // (N, C) du accumulated in float32 (T = bf16 only)
 
   // The shape of the last forward (backward checks it); tokens < 0 before the first forward.
   nn::MoeShape shape{-1, 0, 0, 0, 0};
@@ -136,7 +136,6 @@ void aux_free_bias_update(float* bias, const int64_t* counts, int64_t experts, d
                           void* stream = nullptr);
 
 // total (E) += counts (E), int64, device: sums the loads of a step's batches.
-void moe_add_counts(int64_t* total, const int64_t* counts, int64_t experts,
-                    void* stream = nullptr);
+void moe_add_counts(int64_t* total, const int64_t* counts, int64_t experts, void* stream = nullptr);
 
 }  // namespace engram::cuda
