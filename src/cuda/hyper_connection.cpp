@@ -23,15 +23,16 @@ static_assert(kHcMaxStreams == detail::kHcMaxStreams);
 // Checks N, n, C (N = 0 is allowed: the callers return early).
 void check_sizes(const char* where, int64_t tokens, int64_t n, int64_t c) {
   if (tokens < 0 || tokens > std::numeric_limits<int32_t>::max()) {
-    throw InputError(error_message(where, "tokens " + std::to_string(tokens) +
-                                              " (expected 0 to 2^31 - 1)"));
+    throw InputError(
+        error_message(where, "tokens " + std::to_string(tokens) + " (expected 0 to 2^31 - 1)"));
   }
   if (n < 1 || n > kHcMaxStreams) {
     throw InputError(error_message(where, "streams n = " + std::to_string(n) + " (expected 1 to " +
                                               std::to_string(kHcMaxStreams) + ")"));
   }
   if (c < 1) {
-    throw InputError(error_message(where, "channels c = " + std::to_string(c) + " (expected >= 1)"));
+    throw InputError(
+        error_message(where, "channels c = " + std::to_string(c) + " (expected >= 1)"));
   }
 }
 
@@ -74,8 +75,8 @@ class BlasStream {
 class StreamScratch {
  public:
   StreamScratch(size_t floats, void* stream) : stream_(static_cast<cudaStream_t>(stream)) {
-    ENGRAM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&data_), floats * sizeof(float),
-                                      stream_));
+    ENGRAM_CUDA_CHECK(
+        cudaMallocAsync(reinterpret_cast<void**>(&data_), floats * sizeof(float), stream_));
   }
   ~StreamScratch() { (void)cudaFreeAsync(data_, stream_); }
   StreamScratch(const StreamScratch&) = delete;
@@ -153,8 +154,8 @@ void hc_coefficients_backward(float* dx, float* dphi, float* db, float* dalpha, 
   check_saved(where, saved, tokens, k);
   if (tokens == 0) return;
   StreamScratch scratch(static_cast<size_t>(2 * tokens * k), stream);
-  float* da = scratch.data();       // (N, K) dL/da
-  float* dp = da + tokens * k;      // (N, K) dL/d(Φ v)
+  float* da = scratch.data();   // (N, K) dL/da
+  float* dp = da + tokens * k;  // (N, K) dL/d(Φ v)
   detail::launch_hc_coefficients_backward_tokens(da, dp, dx, dpre, dpost, dcomb, x,
                                                  saved.proj.data(), saved.rstd.data(), b, alpha,
                                                  tokens, n, c, stream);

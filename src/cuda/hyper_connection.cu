@@ -37,21 +37,41 @@ unsigned grid_for(int64_t items, int threads, int64_t cap = 65535LL * 32) {
 template <class F>
 void with_streams(int64_t n, F&& f) {
   switch (n) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 5: f(std::integral_constant<int, 5>{}); break;
-    case 6: f(std::integral_constant<int, 6>{}); break;
-    case 7: f(std::integral_constant<int, 7>{}); break;
-    default: f(std::integral_constant<int, 8>{}); break;
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      f(std::integral_constant<int, 7>{});
+      break;
+    default:
+      f(std::integral_constant<int, 8>{});
+      break;
   }
 }
 
-__device__ __forceinline__ float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
+__device__ __forceinline__ float sigmoidf(float v) {
+  return 1.0f / (1.0f + expf(-v));
+}
 
 // Which α scales coefficient j: 0 pre, 1 post, 2 res.
-__device__ __forceinline__ int alpha_slot(int j, int n) { return j < n ? 0 : (j < 2 * n ? 1 : 2); }
+__device__ __forceinline__ int alpha_slot(int j, int n) {
+  return j < n ? 0 : (j < 2 * n ? 1 : 2);
+}
 
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -89,9 +109,10 @@ __device__ __forceinline__ void block_sums(const float (&vals)[N], float* red, f
   __syncthreads();
 }
 
-// ---- Sinkhorn, one warp per token: lane l < n owns line l (a row or a column) ----------------
+// ---- Sinkhorn: a warp holds 32 / n tokens, lane l of a token's group owning line l ----------
 //
-// The CPU's loops, line by line, with each line's sums in the CPU's element order.
+// The CPU's loops, line by line (a row or a column), with each line's sums in the CPU's element
+// order. A token's matrices live in shared memory; __syncwarp orders the steps.
 
 // Element e of line l: row l when normalising rows, column l when normalising columns.
 __device__ __forceinline__ int line_index(int l, int e, int n, bool columns) {
@@ -142,85 +163,157 @@ __device__ void normalise_line_backward(float* g, const float* in, int n, bool c
 }
 
 // Step s (1-based) normalises columns when s is odd, rows when it is even.
-__device__ __forceinline__ bool step_normalises_columns(int s) { return s % 2 == 1; }
-
-// Called by all 32 lanes of one warp. comb (n, n) from logits (n, n); m: n·n shared scratch.
-__device__ void sinkhorn_forward_warp(float* comb, const float* logits, float* m, int n,
-                                      int lane) {
-  if (lane < n) softmax_row(m, logits, n, lane, true);
-  __syncwarp();
-  for (int s = 1; s <= kSinkhornSteps; ++s) {
-    if (lane < n) normalise_line(m, m, n, step_normalises_columns(s), lane);
-    __syncwarp();
-  }
-  for (int k = lane; k < n * n; k += kWarp) comb[k] = m[k];
-  __syncwarp();
+__device__ __forceinline__ bool step_normalises_columns(int s) {
+  return s % 2 == 1;
 }
 
-// Called by all 32 lanes of one warp. dlogits (n, n) += the backward of dcomb (n, n), every
-// state recomputed from the logits. states: (kSinkhornSteps + 1) n·n shared, g: n·n shared.
-__device__ void sinkhorn_backward_warp(float* dlogits, const float* dcomb, const float* logits,
-                                       float* states, float* g, int n, int lane) {
+// Where token t's logits (n, n) are: element i = src[t * stride + i], times *scale plus bias[i]
+// when scale is set (the coefficients' a = m α[2] + b, the same float operations as the kernels
+// computing pre and post).
+struct LogitSource {
+  const float* src;
+  int64_t stride;
+  const float* scale;
+  const float* bias;
+};
+
+// Where token t's logit gradient (n, n) goes: dst[t * stride + i], added or assigned.
+struct LogitGrad {
+  float* dst;
+  int64_t stride;
+  bool accumulate;
+};
+
+// This lane's token and line: groups of n lanes, one token each.
+struct SinkhornLane {
+  int group, line;
+  int64_t token;
+  bool active;
+};
+
+__device__ SinkhornLane sinkhorn_lane(int64_t tokens, int n) {
+  const int lane = static_cast<int>(threadIdx.x);
+  const int groups = kWarp / n;
+  SinkhornLane s;
+  s.group = lane / n;
+  s.line = lane % n;
+  s.token = static_cast<int64_t>(blockIdx.x) * groups + s.group;
+  s.active = s.group < groups && s.token < tokens;
+  return s;
+}
+
+// Row `line` of the token's logits into shared memory.
+__device__ void load_logits(float* logits, const LogitSource& src, const SinkhornLane& s, int n) {
+  const float* v = src.src + s.token * src.stride;
+  for (int e = 0; e < n; ++e) {
+    const int i = s.line * n + e;
+    logits[i] = src.scale != nullptr ? v[i] * src.scale[0] + src.bias[i] : v[i];
+  }
+}
+
+// Shared floats per token: logits and M (forward); logits, g and every state (backward).
+constexpr int kSinkhornStates = kSinkhornSteps + 1;
+__host__ __device__ constexpr int sinkhorn_forward_floats(int n) {
+  return 2 * n * n;
+}
+__host__ __device__ constexpr int sinkhorn_backward_floats(int n) {
+  return (2 + kSinkhornStates) * n * n;
+}
+
+// comb (N, n, n). One warp per block; dynamic shared memory: 32/n tokens × forward floats.
+__global__ void __launch_bounds__(kWarp)
+    sinkhorn_forward_kernel(float* comb, LogitSource src, int64_t tokens, int n) {
+  extern __shared__ float smem[];
+  const SinkhornLane s = sinkhorn_lane(tokens, n);
   const int nn = n * n;
-  if (lane < n) softmax_row(states, logits, n, lane, true);
+  float* logits = smem + s.group * sinkhorn_forward_floats(n);
+  float* m = logits + nn;
+  if (s.active) load_logits(logits, src, s, n);
   __syncwarp();
-  for (int s = 1; s <= kSinkhornSteps; ++s) {
-    if (lane < n) {
-      normalise_line(states + s * nn, states + (s - 1) * nn, n, step_normalises_columns(s), lane);
+  if (s.active) softmax_row(m, logits, n, s.line, true);
+  __syncwarp();
+  for (int step = 1; step <= kSinkhornSteps; ++step) {
+    if (s.active) normalise_line(m, m, n, step_normalises_columns(step), s.line);
+    __syncwarp();
+  }
+  if (s.active) {
+    for (int e = 0; e < n; ++e) comb[s.token * nn + s.line * n + e] = m[s.line * n + e];
+  }
+}
+
+// The Sinkhorn backward from dcomb (N, n, n), every state recomputed from the logits.
+__global__ void __launch_bounds__(kWarp)
+    sinkhorn_backward_kernel(LogitGrad out, const float* dcomb, LogitSource src, int64_t tokens,
+                             int n) {
+  extern __shared__ float smem[];
+  const SinkhornLane s = sinkhorn_lane(tokens, n);
+  const int nn = n * n, l = s.line;
+  float* logits = smem + s.group * sinkhorn_backward_floats(n);
+  float* g = logits + nn;
+  float* states = g + nn;  // (kSinkhornStates, n, n)
+  if (s.active) {
+    load_logits(logits, src, s, n);
+    for (int e = 0; e < n; ++e) g[l * n + e] = dcomb[s.token * nn + l * n + e];
+  }
+  __syncwarp();
+  if (s.active) softmax_row(states, logits, n, l, true);
+  __syncwarp();
+  for (int step = 1; step <= kSinkhornSteps; ++step) {
+    if (s.active) {
+      normalise_line(states + step * nn, states + (step - 1) * nn, n, step_normalises_columns(step),
+                     l);
     }
     __syncwarp();
   }
-  for (int k = lane; k < nn; k += kWarp) g[k] = dcomb[k];
-  __syncwarp();
-  for (int s = kSinkhornSteps; s >= 1; --s) {
-    if (lane < n) {
-      normalise_line_backward(g, states + (s - 1) * nn, n, step_normalises_columns(s), lane);
+  for (int step = kSinkhornSteps; step >= 1; --step) {
+    if (s.active) {
+      normalise_line_backward(g, states + (step - 1) * nn, n, step_normalises_columns(step), l);
     }
     __syncwarp();
   }
-  // M0 = P + eps with P the row softmax: dlogits_ij += P_ij (g_ij - Σ_k g_ik P_ik). P goes into
+  // M0 = P + eps with P the row softmax: dlogits_ij = P_ij (g_ij - Σ_k g_ik P_ik). P goes into
   // state 1's slot (no longer read); each lane touches only its own row.
-  if (lane < n) {
-    const int i = lane;
+  if (s.active) {
     float* p = states + nn;
-    softmax_row(p, logits, n, i, false);
+    softmax_row(p, logits, n, l, false);
     float dot = 0.0f;
-    for (int j = 0; j < n; ++j) dot += g[i * n + j] * p[i * n + j];
-    for (int j = 0; j < n; ++j) dlogits[i * n + j] += p[i * n + j] * (g[i * n + j] - dot);
+    for (int j = 0; j < n; ++j) dot += g[l * n + j] * p[l * n + j];
+    float* d = out.dst + s.token * out.stride + l * n;
+    for (int j = 0; j < n; ++j) {
+      const float v = p[l * n + j] * (g[l * n + j] - dot);
+      d[j] = out.accumulate ? d[j] + v : v;
+    }
   }
-  __syncwarp();
 }
 
-// One warp (block) per token.
-__global__ void __launch_bounds__(kWarp)
-    sinkhorn_forward_kernel(float* comb, const float* logits, int n) {
-  __shared__ float m[kMaxN * kMaxN];
-  const int64_t t = blockIdx.x;
-  const int64_t nn = n * n;
-  sinkhorn_forward_warp(comb + t * nn, logits + t * nn, m, n, static_cast<int>(threadIdx.x));
+void launch_sinkhorn_forward(float* comb, const LogitSource& src, int64_t tokens, int64_t n,
+                             cudaStream_t stream) {
+  const int groups = kWarp / static_cast<int>(n);
+  const auto shared =
+      static_cast<size_t>(groups * sinkhorn_forward_floats(static_cast<int>(n))) * sizeof(float);
+  sinkhorn_forward_kernel<<<static_cast<unsigned>((tokens + groups - 1) / groups), kWarp, shared,
+                            stream>>>(comb, src, tokens, static_cast<int>(n));
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
-__global__ void __launch_bounds__(kWarp)
-    sinkhorn_backward_kernel(float* dlogits, const float* dcomb, const float* logits, int n) {
-  __shared__ float states[(kSinkhornSteps + 1) * kMaxN * kMaxN];
-  __shared__ float g[kMaxN * kMaxN];
-  const int64_t t = blockIdx.x;
-  const int64_t nn = n * n;
-  sinkhorn_backward_warp(dlogits + t * nn, dcomb + t * nn, logits + t * nn, states, g, n,
-                         static_cast<int>(threadIdx.x));
+void launch_sinkhorn_backward(const LogitGrad& out, const float* dcomb, const LogitSource& src,
+                              int64_t tokens, int64_t n, cudaStream_t stream) {
+  const int groups = kWarp / static_cast<int>(n);
+  const auto shared =
+      static_cast<size_t>(groups * sinkhorn_backward_floats(static_cast<int>(n))) * sizeof(float);
+  sinkhorn_backward_kernel<<<static_cast<unsigned>((tokens + groups - 1) / groups), kWarp, shared,
+                             stream>>>(out, dcomb, src, tokens, static_cast<int>(n));
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 // ---- Coefficients ---------------------------------------------------------------------------
 
-// One block per token: r from the token's D = n·C values, m = r · proj, a = m α_slot + b, then
-// pre, post, and the Sinkhorn in warp 0.
+// One block per token: r from the token's D = n·C values, m = r · proj (in place),
+// a = m α_slot + b, pre and post. The Sinkhorn follows in its own kernel.
 __global__ void __launch_bounds__(kThreads)
-    coefficients_forward_kernel(float* pre, float* post, float* comb, float* proj, float* rstd,
-                                const float* x, const float* b, const float* alpha, int n,
-                                int64_t c) {
+    coefficients_forward_kernel(float* pre, float* post, float* proj, float* rstd, const float* x,
+                                const float* b, const float* alpha, int n, int64_t c) {
   __shared__ float scratch[kWarp];
-  __shared__ float a[kMaxK];
-  __shared__ float m[kMaxN * kMaxN];
   const int64_t t = blockIdx.x;
   const int k = n * n + 2 * n;
   const int64_t d = n * c;
@@ -233,54 +326,42 @@ __global__ void __launch_bounds__(kThreads)
   for (int j = threadIdx.x; j < k; j += blockDim.x) {
     const float mj = proj[t * k + j] * r;
     proj[t * k + j] = mj;
-    const float aj = mj * alpha[alpha_slot(j, n)] + b[j];
-    a[j] = aj;
     if (j < n) {
-      pre[t * n + j] = sigmoidf(aj) + kPreEps;
+      pre[t * n + j] = sigmoidf(mj * alpha[0] + b[j]) + kPreEps;
     } else if (j < 2 * n) {
-      post[t * n + (j - n)] = 2.0f * sigmoidf(aj);
+      post[t * n + (j - n)] = 2.0f * sigmoidf(mj * alpha[1] + b[j]);
     }
-  }
-  __syncthreads();
-  if (threadIdx.x < kWarp) {
-    sinkhorn_forward_warp(comb + t * n * n, a + 2 * n, m, n, static_cast<int>(threadIdx.x));
   }
 }
 
-// One block per token: da = dL/da (sigmoid backwards, the Sinkhorn backward in warp 0), then the
-// RMS projection's backward for this token, as the CPU's rms_projection_backward.
+// One block per token, after the Sinkhorn backward has written da[t, 2n:]: da[t, :2n] from the
+// sigmoids, then the RMS projection's backward for this token, as the CPU's
+// rms_projection_backward: dp = α_slot da r, dx -= coef v.
 __global__ void __launch_bounds__(kThreads)
     coefficients_backward_kernel(float* da, float* dp, float* dx, const float* dpre,
-                                 const float* dpost, const float* dcomb, const float* x,
-                                 const float* proj, const float* rstd, const float* b,
-                                 const float* alpha, int n, int64_t c) {
-  __shared__ float m_s[kMaxK], a_s[kMaxK], g_s[kMaxK];
-  __shared__ float states[(kSinkhornSteps + 1) * kMaxN * kMaxN];
-  __shared__ float gm[kMaxN * kMaxN];
+                                 const float* dpost, const float* x, const float* proj,
+                                 const float* rstd, const float* b, const float* alpha, int n,
+                                 int64_t c) {
+  __shared__ float m_s[kMaxK], g_s[kMaxK];
   __shared__ float coef_s;
   const int64_t t = blockIdx.x;
-  const int k = n * n + 2 * n, nn = n * n;
+  const int k = n * n + 2 * n;
   const int64_t d = n * c;
   for (int j = threadIdx.x; j < k; j += blockDim.x) {
     const float mj = proj[t * k + j];
-    m_s[j] = mj;
-    a_s[j] = mj * alpha[alpha_slot(j, n)] + b[j];
-    g_s[j] = 0.0f;
-  }
-  __syncthreads();
-  if (threadIdx.x < kWarp) {
-    const int lane = static_cast<int>(threadIdx.x);
-    if (lane < n) {
-      const float sp = sigmoidf(a_s[lane]), sq = sigmoidf(a_s[n + lane]);
-      g_s[lane] = dpre[t * n + lane] * sp * (1.0f - sp);
-      g_s[n + lane] = dpost[t * n + lane] * 2.0f * sq * (1.0f - sq);
+    float g;
+    if (j < n) {
+      const float sp = sigmoidf(mj * alpha[0] + b[j]);
+      g = dpre[t * n + j] * sp * (1.0f - sp);
+      da[t * k + j] = g;
+    } else if (j < 2 * n) {
+      const float sq = sigmoidf(mj * alpha[1] + b[j]);
+      g = dpost[t * n + (j - n)] * 2.0f * sq * (1.0f - sq);
+      da[t * k + j] = g;
+    } else {
+      g = da[t * k + j];
     }
-    sinkhorn_backward_warp(g_s + 2 * n, dcomb + t * nn, a_s + 2 * n, states, gm, n, lane);
-  }
-  __syncthreads();
-  for (int j = threadIdx.x; j < k; j += blockDim.x) {
-    const float g = g_s[j];
-    da[t * k + j] = g;
+    m_s[j] = mj;
     g_s[j] = g * alpha[alpha_slot(j, n)];
   }
   __syncthreads();
@@ -318,27 +399,43 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// One block: the chunks in order, then the α slots over j in order.
-__global__ void __launch_bounds__(kThreads)
-    bias_alpha_final_kernel(float* db, float* dalpha, const double* partial_b,
-                            const double* partial_a, int k, int n, int64_t chunks) {
-  __shared__ double sa_s[kMaxK];
-  for (int j = threadIdx.x; j < k; j += blockDim.x) {
-    double sb = 0.0, sa = 0.0;
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      sb += partial_b[ch * k + j];
-      sa += partial_a[ch * k + j];
-    }
-    db[j] += static_cast<float>(sb);
-    sa_s[j] = sa;
+constexpr int kFinalThreads = 256;
+
+// One block per coefficient j: thread i sums chunks i, i + 256, ... in order, then a fixed tree
+// over the threads. db[j] += the bias sum; col_a[j] = the α product sum.
+__global__ void __launch_bounds__(kFinalThreads)
+    bias_alpha_final_kernel(float* db, double* col_a, const double* partial_b,
+                            const double* partial_a, int k, int64_t chunks) {
+  __shared__ double sb_s[kFinalThreads], sa_s[kFinalThreads];
+  const int j = static_cast<int>(blockIdx.x);
+  const int tid = static_cast<int>(threadIdx.x);
+  double sb = 0.0, sa = 0.0;
+  for (int64_t ch = tid; ch < chunks; ch += kFinalThreads) {
+    sb += partial_b[ch * k + j];
+    sa += partial_a[ch * k + j];
   }
+  sb_s[tid] = sb;
+  sa_s[tid] = sa;
   __syncthreads();
-  if (threadIdx.x == 0) {
-    double s[3] = {0.0, 0.0, 0.0};
-    for (int j = 0; j < k; ++j) s[alpha_slot(j, n)] += sa_s[j];
-    const int slots = alpha_slot(k - 1, n) + 1;
-    for (int i = 0; i < slots; ++i) dalpha[i] += static_cast<float>(s[i]);
+  for (int o = kFinalThreads / 2; o > 0; o /= 2) {
+    if (tid < o) {
+      sb_s[tid] += sb_s[tid + o];
+      sa_s[tid] += sa_s[tid + o];
+    }
+    __syncthreads();
   }
+  if (tid == 0) {
+    db[j] += static_cast<float>(sb_s[0]);
+    col_a[j] = sa_s[0];
+  }
+}
+
+// One thread: the α slots, summing j in order.
+__global__ void alpha_final_kernel(float* dalpha, const double* col_a, int k, int n) {
+  double s[3] = {0.0, 0.0, 0.0};
+  for (int j = 0; j < k; ++j) s[alpha_slot(j, n)] += col_a[j];
+  const int slots = alpha_slot(k - 1, n) + 1;
+  for (int i = 0; i < slots; ++i) dalpha[i] += static_cast<float>(s[i]);
 }
 
 // ---- Read-out and write-back ----------------------------------------------------------------
@@ -384,20 +481,29 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x < N) dpre[t * N + threadIdx.x] += tot[threadIdx.x];
 }
 
-// x_out[t, k, e] = post[t, k] f[t, e] + Σ_j comb[t, j, k] x[t, j, e], over a grid of (t, k, e).
+// x_out[t, k, e] = post[t, k] f[t, e] + Σ_j comb[t, j, k] x[t, j, e], over a grid of (t, e):
+// each thread reads the token's n stream values at e once and writes all n outputs.
+template <int N>
 __global__ void write_back_forward_kernel(float* x_out, const float* f, const float* x,
                                           const float* post, const float* comb, int64_t tokens,
-                                          int n, int64_t c) {
-  const int64_t size = tokens * n * c;
+                                          int64_t c) {
+  const int64_t size = tokens * c;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < size;
        idx += stride) {
-    const int64_t e = idx % c, tk = idx / c;
-    const int64_t t = tk / n, k = tk % n;
-    float acc = post[tk] * f[t * c + e];
-    const float* ct = comb + t * n * n;
-    for (int j = 0; j < n; ++j) acc += ct[j * n + k] * x[(t * n + j) * c + e];
-    x_out[idx] = acc;
+    const int64_t t = idx / c, e = idx - t * c;
+    const float fe = f[idx];
+    float xj[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) xj[j] = x[(t * N + j) * c + e];
+    const float* ct = comb + t * N * N;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      float acc = post[t * N + k] * fe;
+#pragma unroll
+      for (int j = 0; j < N; ++j) acc += ct[j * N + k] * xj[j];
+      x_out[(t * N + k) * c + e] = acc;
+    }
   }
 }
 
@@ -491,10 +597,9 @@ __global__ void __launch_bounds__(kThreads)
 // backward as the CPU's hc_head_readout_backward; dx += pre_i dy - coef v.
 template <int N>
 __global__ void __launch_bounds__(kThreads)
-    head_readout_backward_kernel(float* da, float* dp, float* dx, const float* dy,
-                                 const float* x, const float* pre, const float* proj,
-                                 const float* rstd, const float* b_h, const float* alpha_h,
-                                 int64_t c) {
+    head_readout_backward_kernel(float* da, float* dp, float* dx, const float* dy, const float* x,
+                                 const float* pre, const float* proj, const float* rstd,
+                                 const float* b_h, const float* alpha_h, int64_t c) {
   __shared__ float red[kWarps * N];
   __shared__ float tot[N];
   __shared__ float coef_s;
@@ -545,54 +650,61 @@ __global__ void __launch_bounds__(kThreads)
 
 void launch_hc_sinkhorn_forward(float* comb, const float* logits, int64_t tokens, int64_t n,
                                 void* stream) {
-  sinkhorn_forward_kernel<<<static_cast<unsigned>(tokens), kWarp, 0,
-                            static_cast<cudaStream_t>(stream)>>>(comb, logits,
-                                                                 static_cast<int>(n));
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  launch_sinkhorn_forward(comb, LogitSource{logits, n * n, nullptr, nullptr}, tokens, n,
+                          static_cast<cudaStream_t>(stream));
 }
 
 void launch_hc_sinkhorn_backward(float* dlogits, const float* dcomb, const float* logits,
                                  int64_t tokens, int64_t n, void* stream) {
-  sinkhorn_backward_kernel<<<static_cast<unsigned>(tokens), kWarp, 0,
-                             static_cast<cudaStream_t>(stream)>>>(dlogits, dcomb, logits,
-                                                                  static_cast<int>(n));
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  launch_sinkhorn_backward(LogitGrad{dlogits, n * n, true}, dcomb,
+                           LogitSource{logits, n * n, nullptr, nullptr}, tokens, n,
+                           static_cast<cudaStream_t>(stream));
 }
 
-void launch_hc_coefficients_forward(float* pre, float* post, float* comb, float* proj,
-                                    float* rstd, const float* x, const float* b,
-                                    const float* alpha, int64_t tokens, int64_t n, int64_t c,
-                                    void* stream) {
-  coefficients_forward_kernel<<<static_cast<unsigned>(tokens), kThreads, 0,
-                                static_cast<cudaStream_t>(stream)>>>(
-      pre, post, comb, proj, rstd, x, b, alpha, static_cast<int>(n), c);
+void launch_hc_coefficients_forward(float* pre, float* post, float* comb, float* proj, float* rstd,
+                                    const float* x, const float* b, const float* alpha,
+                                    int64_t tokens, int64_t n, int64_t c, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int64_t k = n * n + 2 * n;
+  coefficients_forward_kernel<<<static_cast<unsigned>(tokens), kThreads, 0, s>>>(
+      pre, post, proj, rstd, x, b, alpha, static_cast<int>(n), c);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
+  // The comb logits a[2n:] = m[2n:] α[2] + b[2n:], from the scaled proj.
+  launch_sinkhorn_forward(comb, LogitSource{proj + 2 * n, k, alpha + 2, b + 2 * n}, tokens, n, s);
 }
 
 void launch_hc_coefficients_backward_tokens(float* da, float* dp, float* dx, const float* dpre,
-                                            const float* dpost, const float* dcomb,
-                                            const float* x, const float* proj, const float* rstd,
-                                            const float* b, const float* alpha, int64_t tokens,
-                                            int64_t n, int64_t c, void* stream) {
-  coefficients_backward_kernel<<<static_cast<unsigned>(tokens), kThreads, 0,
-                                 static_cast<cudaStream_t>(stream)>>>(
-      da, dp, dx, dpre, dpost, dcomb, x, proj, rstd, b, alpha, static_cast<int>(n), c);
+                                            const float* dpost, const float* dcomb, const float* x,
+                                            const float* proj, const float* rstd, const float* b,
+                                            const float* alpha, int64_t tokens, int64_t n,
+                                            int64_t c, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int64_t k = n * n + 2 * n;
+  launch_sinkhorn_backward(LogitGrad{da + 2 * n, k, false}, dcomb,
+                           LogitSource{proj + 2 * n, k, alpha + 2, b + 2 * n}, tokens, n, s);
+  coefficients_backward_kernel<<<static_cast<unsigned>(tokens), kThreads, 0, s>>>(
+      da, dp, dx, dpre, dpost, x, proj, rstd, b, alpha, static_cast<int>(n), c);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_hc_bias_alpha_grads(float* db, float* dalpha, const float* da, const float* proj,
                                 int64_t tokens, int64_t k, int64_t n, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
-  const int64_t chunks = std::min<int64_t>(tokens, 256);
-  double* partial = nullptr;
+  const int64_t chunks = std::min<int64_t>(tokens, 1024);
+  double* partial = nullptr;  // partial_b (chunks, K), partial_a (chunks, K), col_a (K)
   ENGRAM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial),
-                                    static_cast<size_t>(2 * chunks * k) * sizeof(double), s));
-  bias_alpha_partial_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, s>>>(
-      partial, partial + chunks * k, da, proj, tokens, static_cast<int>(k), chunks);
+                                    static_cast<size_t>((2 * chunks + 1) * k) * sizeof(double), s));
+  double* partial_a = partial + chunks * k;
+  double* col_a = partial_a + chunks * k;
+  const int threads =
+      static_cast<int>(std::min<int64_t>(kThreads, (k + kWarp - 1) / kWarp * kWarp));
+  bias_alpha_partial_kernel<<<static_cast<unsigned>(chunks), threads, 0, s>>>(
+      partial, partial_a, da, proj, tokens, static_cast<int>(k), chunks);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  bias_alpha_final_kernel<<<1, kThreads, 0, s>>>(db, dalpha, partial, partial + chunks * k,
-                                                 static_cast<int>(k), static_cast<int>(n),
-                                                 chunks);
+  bias_alpha_final_kernel<<<static_cast<unsigned>(k), kFinalThreads, 0, s>>>(
+      db, col_a, partial, partial_a, static_cast<int>(k), chunks);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  alpha_final_kernel<<<1, 1, 0, s>>>(dalpha, col_a, static_cast<int>(k), static_cast<int>(n));
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   ENGRAM_CUDA_CHECK(cudaFreeAsync(partial, s));
 }
@@ -610,8 +722,9 @@ void launch_hc_readout_backward(float* dx, float* dpre, const float* dy, const f
                                 void* stream) {
   with_streams(n, [&](auto nc) {
     constexpr int N = decltype(nc)::value;
-    readout_backward_kernel<N><<<static_cast<unsigned>(tokens), kThreads, 0,
-                                 static_cast<cudaStream_t>(stream)>>>(dx, dpre, dy, x, pre, c);
+    readout_backward_kernel<N>
+        <<<static_cast<unsigned>(tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+            dx, dpre, dy, x, pre, c);
   });
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
@@ -619,9 +732,12 @@ void launch_hc_readout_backward(float* dx, float* dpre, const float* dy, const f
 void launch_hc_write_back_forward(float* x_out, const float* f, const float* x, const float* post,
                                   const float* comb, int64_t tokens, int64_t n, int64_t c,
                                   void* stream) {
-  write_back_forward_kernel<<<grid_for(tokens * n * c, kElemThreads), kElemThreads, 0,
-                              static_cast<cudaStream_t>(stream)>>>(x_out, f, x, post, comb, tokens,
-                                                                   static_cast<int>(n), c);
+  with_streams(n, [&](auto nc) {
+    constexpr int N = decltype(nc)::value;
+    write_back_forward_kernel<N>
+        <<<grid_for(tokens * c, kElemThreads), kElemThreads, 0,
+           static_cast<cudaStream_t>(stream)>>>(x_out, f, x, post, comb, tokens, c);
+  });
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -631,9 +747,9 @@ void launch_hc_write_back_backward(float* df, float* dx, float* dpost, float* dc
                                    int64_t c, void* stream) {
   with_streams(n, [&](auto nc) {
     constexpr int N = decltype(nc)::value;
-    write_back_backward_kernel<N><<<static_cast<unsigned>(tokens), kThreads, 0,
-                                    static_cast<cudaStream_t>(stream)>>>(
-        df, dx, dpost, dcomb, dx_out, f, x, post, comb, c);
+    write_back_backward_kernel<N>
+        <<<static_cast<unsigned>(tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+            df, dx, dpost, dcomb, dx_out, f, x, post, comb, c);
   });
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
@@ -654,9 +770,9 @@ void launch_hc_head_readout_backward_tokens(float* da, float* dp, float* dx, con
                                             int64_t c, void* stream) {
   with_streams(n, [&](auto nc) {
     constexpr int N = decltype(nc)::value;
-    head_readout_backward_kernel<N><<<static_cast<unsigned>(tokens), kThreads, 0,
-                                      static_cast<cudaStream_t>(stream)>>>(
-        da, dp, dx, dy, x, pre, proj, rstd, b_h, alpha_h, c);
+    head_readout_backward_kernel<N>
+        <<<static_cast<unsigned>(tokens), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+            da, dp, dx, dy, x, pre, proj, rstd, b_h, alpha_h, c);
   });
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }

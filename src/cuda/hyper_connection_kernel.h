@@ -22,23 +22,22 @@ void launch_hc_sinkhorn_backward(float* dlogits, const float* dcomb, const float
 
 // On entry proj (N, K) holds Φ v. Scales it by r (in place), writes rstd (N), and from
 // a = proj ⊙ α_slot + b: pre (N, n), post (N, n), comb (N, n, n). K = n² + 2n.
-void launch_hc_coefficients_forward(float* pre, float* post, float* comb, float* proj,
-                                    float* rstd, const float* x, const float* b,
-                                    const float* alpha, int64_t tokens, int64_t n, int64_t c,
-                                    void* stream);
+void launch_hc_coefficients_forward(float* pre, float* post, float* comb, float* proj, float* rstd,
+                                    const float* x, const float* b, const float* alpha,
+                                    int64_t tokens, int64_t n, int64_t c, void* stream);
 
 // Per token: da (N, K) = dL/da (written), dp (N, K) = α_slot · da · r (the gradient of Φ v,
 // written), dx (N, D) -= (Σ_j α_slot da_j m_j / r) r³ v / D. K = n² + 2n.
 void launch_hc_coefficients_backward_tokens(float* da, float* dp, float* dx, const float* dpre,
-                                            const float* dpost, const float* dcomb,
-                                            const float* x, const float* proj, const float* rstd,
-                                            const float* b, const float* alpha, int64_t tokens,
-                                            int64_t n, int64_t c, void* stream);
+                                            const float* dpost, const float* dcomb, const float* x,
+                                            const float* proj, const float* rstd, const float* b,
+                                            const float* alpha, int64_t tokens, int64_t n,
+                                            int64_t c, void* stream);
 
 // db (K) += Σ_t da[t, :];  dalpha[s] += Σ_t Σ_{j in slot s} da[t, j] · proj[t, j], the slots
 // being j < n (0), j < 2n (1), the rest (2); only the slots that occur are written (K = n: one).
-// Sums over fixed chunks of tokens in double, then over the chunks in order. Allocates scratch
-// on the stream (cudaMallocAsync).
+// Sums over fixed chunks of tokens in double, then over the chunks in a fixed tree. Allocates
+// scratch on the stream (cudaMallocAsync).
 void launch_hc_bias_alpha_grads(float* db, float* dalpha, const float* da, const float* proj,
                                 int64_t tokens, int64_t k, int64_t n, void* stream);
 

@@ -25,8 +25,7 @@ void hc_coefficients_forward(float*, float*, float*, GpuHcSaved&, const float*, 
 }
 void hc_coefficients_backward(float*, float*, float*, float*, const float*, const float*,
                               const float*, const float*, const GpuHcSaved&, const float*,
-                              const float*, const float*, int64_t, int64_t, int64_t, Blas&,
-                              void*) {
+                              const float*, const float*, int64_t, int64_t, int64_t, Blas&, void*) {
   no_cuda("cuda::hc_coefficients_backward");
 }
 void hc_readout_forward(float*, const float*, const float*, int64_t, int64_t, int64_t, void*) {

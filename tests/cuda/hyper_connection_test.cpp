@@ -245,10 +245,10 @@ TEST(CudaHcCoefficients, ForwardAndBackwardMatchCpu) {
       const double e_pre = normalised_error(to_host(d_pre), pre_cpu);
       const double e_post = normalised_error(to_host(d_post), post_cpu);
       const double e_comb = normalised_error(to_host(d_comb), comb_cpu);
-      const double e_proj = normalised_error(to_host_prefix(saved.proj, sz(tokens * k)),
-                                             saved_cpu.proj);
-      const double e_rstd = normalised_error(to_host_prefix(saved.rstd, sz(tokens)),
-                                             saved_cpu.rstd);
+      const double e_proj =
+          normalised_error(to_host_prefix(saved.proj, sz(tokens * k)), saved_cpu.proj);
+      const double e_rstd =
+          normalised_error(to_host_prefix(saved.rstd, sz(tokens)), saved_cpu.rstd);
       EXPECT_LE(e_pre, kForwardTol);
       EXPECT_LE(e_post, kForwardTol);
       EXPECT_LE(e_comb, kForwardTol);
@@ -264,8 +264,8 @@ TEST(CudaHcCoefficients, ForwardAndBackwardMatchCpu) {
       const auto cpu_backward = [&] {
         nn::hc_coefficients_backward(dx_cpu.data(), dphi_cpu.data(), db_cpu.data(),
                                      dalpha_cpu.data(), dpre.data(), dpost.data(), dcomb.data(),
-                                     x.data(), saved_cpu, p.phi.data(), p.b.data(),
-                                     p.alpha.data(), tokens, n, c);
+                                     x.data(), saved_cpu, p.phi.data(), p.b.data(), p.alpha.data(),
+                                     tokens, n, c);
       };
       cpu_backward();  // from zero: the scale of each contribution
       const std::vector<float> dx0 = start_like(dx_cpu, ++seed);
@@ -327,8 +327,8 @@ TEST(CudaHcCoefficients, RepeatedCallsGiveIdenticalBits) {
     hc_coefficients_backward(d_dx.data(), d_dphi.data(), d_db.data(), d_dalpha.data(),
                              d_dpre.data(), d_dpost.data(), d_dcomb.data(), d_x.data(), saved,
                              d_phi.data(), d_b.data(), d_alpha.data(), tokens, n, c, blas);
-    const std::vector<float> got[7] = {to_host(d_pre), to_host(d_post), to_host(d_comb),
-                                       to_host(d_dx),  to_host(d_dphi), to_host(d_db),
+    const std::vector<float> got[7] = {to_host(d_pre),   to_host(d_post), to_host(d_comb),
+                                       to_host(d_dx),    to_host(d_dphi), to_host(d_db),
                                        to_host(d_dalpha)};
     for (int i = 0; i < 7; ++i) {
       if (run == 0) {
@@ -364,8 +364,8 @@ TEST(CudaHcReadout, ForwardAndBackwardMatchCpu) {
     const std::vector<float> dx0 = random_vec(x.size(), ++seed, 0.3f);
     const std::vector<float> dpre0 = random_vec(pre.size(), ++seed, 0.3f);
     std::vector<float> dx_cpu = dx0, dpre_cpu = dpre0;
-    nn::hc_readout_backward(dx_cpu.data(), dpre_cpu.data(), dy.data(), x.data(), pre.data(),
-                            tokens, n, c);
+    nn::hc_readout_backward(dx_cpu.data(), dpre_cpu.data(), dy.data(), x.data(), pre.data(), tokens,
+                            n, c);
     const auto d_dy = to_device(dy);
     auto d_dx = to_device(dx0);
     auto d_dpre = to_device(dpre0);
@@ -411,8 +411,8 @@ TEST(CudaHcWriteBack, ForwardAndBackwardMatchCpu) {
     const std::vector<float> dcomb0 = random_vec(comb.size(), ++seed, 0.3f);
     std::vector<float> df_cpu = df0, dx_cpu = dx0, dpost_cpu = dpost0, dcomb_cpu = dcomb0;
     nn::hc_write_back_backward(df_cpu.data(), dx_cpu.data(), dpost_cpu.data(), dcomb_cpu.data(),
-                               dout.data(), f.data(), x.data(), post.data(), comb.data(), tokens,
-                               n, c);
+                               dout.data(), f.data(), x.data(), post.data(), comb.data(), tokens, n,
+                               c);
     const auto d_dout = to_device(dout);
     auto d_df = to_device(df0);
     auto d_dx = to_device(dx0);
@@ -428,10 +428,11 @@ TEST(CudaHcWriteBack, ForwardAndBackwardMatchCpu) {
     EXPECT_LE(e_dx, kBackwardTol);
     EXPECT_LE(e_dpost, kBackwardTol);
     EXPECT_LE(e_dcomb, kBackwardTol);
-    std::printf("[write-back N=%lld n=%lld C=%lld] out %.2g | df %.2g dx %.2g dpost %.2g dcomb "
-                "%.2g\n",
-                static_cast<long long>(tokens), static_cast<long long>(n),
-                static_cast<long long>(c), e_out, e_df, e_dx, e_dpost, e_dcomb);
+    std::printf(
+        "[write-back N=%lld n=%lld C=%lld] out %.2g | df %.2g dx %.2g dpost %.2g dcomb "
+        "%.2g\n",
+        static_cast<long long>(tokens), static_cast<long long>(n), static_cast<long long>(c), e_out,
+        e_df, e_dx, e_dpost, e_dcomb);
   }
 }
 
@@ -458,14 +459,14 @@ TEST(CudaHcHeadReadout, ForwardAndBackwardMatchCpu) {
       const auto d_b = to_device(p.b);
       const auto d_alpha = to_device(p.alpha);
       DeviceBuffer<float> d_y(y_cpu.size()), d_pre(pre_cpu.size());
-      hc_head_readout_forward(d_y.data(), d_pre.data(), saved, d_x.data(), d_phi.data(),
-                              d_b.data(), d_alpha.data(), tokens, n, c, blas);
+      hc_head_readout_forward(d_y.data(), d_pre.data(), saved, d_x.data(), d_phi.data(), d_b.data(),
+                              d_alpha.data(), tokens, n, c, blas);
       const double e_y = normalised_error(to_host(d_y), y_cpu);
       const double e_pre = normalised_error(to_host(d_pre), pre_cpu);
       const double e_proj =
           normalised_error(to_host_prefix(saved.proj, sz(tokens * n)), saved_cpu.proj);
-      const double e_rstd = normalised_error(to_host_prefix(saved.rstd, sz(tokens)),
-                                             saved_cpu.rstd);
+      const double e_rstd =
+          normalised_error(to_host_prefix(saved.rstd, sz(tokens)), saved_cpu.rstd);
       EXPECT_LE(e_y, kForwardTol);
       EXPECT_LE(e_pre, kForwardTol);
       EXPECT_LE(e_proj, kForwardTol);
@@ -475,10 +476,9 @@ TEST(CudaHcHeadReadout, ForwardAndBackwardMatchCpu) {
       std::vector<float> dx_cpu(x.size()), dphi_cpu(p.phi.size()), db_cpu(p.b.size());
       std::vector<float> dalpha_cpu(1);
       const auto cpu_backward = [&] {
-        nn::hc_head_readout_backward(dx_cpu.data(), dphi_cpu.data(), db_cpu.data(),
-                                     dalpha_cpu.data(), dy.data(), x.data(), pre_cpu.data(),
-                                     saved_cpu, p.phi.data(), p.b.data(), p.alpha.data(), tokens,
-                                     n, c);
+        nn::hc_head_readout_backward(
+            dx_cpu.data(), dphi_cpu.data(), db_cpu.data(), dalpha_cpu.data(), dy.data(), x.data(),
+            pre_cpu.data(), saved_cpu, p.phi.data(), p.b.data(), p.alpha.data(), tokens, n, c);
       };
       cpu_backward();  // from zero: the scale of each contribution
       const std::vector<float> dx0 = start_like(dx_cpu, ++seed);
@@ -503,11 +503,11 @@ TEST(CudaHcHeadReadout, ForwardAndBackwardMatchCpu) {
       EXPECT_LE(e_dphi, kBackwardTol);
       EXPECT_LE(e_db, kBackwardTol);
       EXPECT_LE(e_dalpha, kBackwardTol);
-      std::printf("[head N=%lld n=%lld C=%lld %s] y %.2g pre %.2g proj %.2g rstd %.2g | dx %.2g "
-                  "dphi %.2g db %.2g dalpha %.2g\n",
-                  static_cast<long long>(tokens), static_cast<long long>(n),
-                  static_cast<long long>(c), large ? "large" : "init", e_y, e_pre, e_proj, e_rstd,
-                  e_dx, e_dphi, e_db, e_dalpha);
+      std::printf(
+          "[head N=%lld n=%lld C=%lld %s] y %.2g pre %.2g proj %.2g rstd %.2g | dx %.2g "
+          "dphi %.2g db %.2g dalpha %.2g\n",
+          static_cast<long long>(tokens), static_cast<long long>(n), static_cast<long long>(c),
+          large ? "large" : "init", e_y, e_pre, e_proj, e_rstd, e_dx, e_dphi, e_db, e_dalpha);
     }
   }
 }
@@ -544,10 +544,9 @@ TEST(CudaHcReadout, RepeatedCallsGiveIdenticalBits) {
     auto d_df = to_device(std::vector<float>(sz(tokens * c), 0.0f));
     auto d_dpost = to_device(std::vector<float>(sz(tokens * n), 0.0f));
     auto d_dcomb = to_device(std::vector<float>(sz(tokens * n * n), 0.0f));
-    hc_write_back_backward(d_df.data(), d_dx.data(), d_dpost.data(), d_dcomb.data(),
-                           d_dout.data(), d_f.data(), d_x.data(), d_post.data(), d_comb.data(),
-                           tokens, n, c);
-    const std::vector<float> got[6] = {to_host(d_y),  to_host(d_dx),    to_host(d_dphi),
+    hc_write_back_backward(d_df.data(), d_dx.data(), d_dpost.data(), d_dcomb.data(), d_dout.data(),
+                           d_f.data(), d_x.data(), d_post.data(), d_comb.data(), tokens, n, c);
+    const std::vector<float> got[6] = {to_host(d_y),  to_host(d_dx),     to_host(d_dphi),
                                        to_host(d_db), to_host(d_dalpha), to_host(d_dcomb)};
     for (int i = 0; i < 6; ++i) {
       if (run == 0) {

@@ -16,12 +16,12 @@
 // How the work is split:
 //   * Φ v (N, D) × (K, D)^T, and in backward dx += dp Φ and dΦ += dp^T v, are cuda::Blas GEMMs
 //     with Math::kExact (plain FP32); dΦ accumulates with beta = 1.
-//   * Everything per token (the RMS factor, the sigmoids, the Sinkhorn and its backward, the
-//     read-out and write-back sums) is a kernel with one block per token (the Sinkhorn in one
-//     warp, lane l owning row or column l, each line summed in the CPU's order) or a grid over
-//     elements. The Sinkhorn backward recomputes every state from the logits, as the CPU does.
+//   * Everything per token (the RMS factor, the sigmoids, the read-out and write-back sums) is a
+//     kernel with one block per token or a grid over elements. The Sinkhorn runs 32/n tokens per
+//     warp, n lanes per token, lane l owning row or column l and summing it in the CPU's order;
+//     its backward recomputes every state from the logits, as the CPU does.
 //   * The sums over tokens (db, dα) run over fixed chunks of tokens in double, then over the
-//     chunks in order: no atomics, so repeated calls give identical bits.
+//     chunks in a fixed tree: no atomics, so repeated calls give identical bits.
 //
 // Conventions, for every function here:
 //   * Pointers are device memory, row-major, shapes in elements; they are not checked (they
