@@ -6,9 +6,10 @@
 // the reference default config: 16 heads of the primes just above 646,400 (the same sizes as
 // engram_layer_ref.py's bench), 10,343,165 rows of 64 values. Hash ids are precomputed: random
 // ids below each head's prime (no hashing; the same kind of ids as the PyTorch bench). Hidden
-// states and d_out are f32 (the layer's activations are f32), the table f32 or bf16.
+// states and d_out are f32 or bf16 (the layer's activations), the table f32 or bf16.
 //
-// One JSON line per (table dtype, short_conv, what):
+// One JSON line per (table dtype, precision, short_conv, what); precision: f32 (exact FP32
+// projections), tf32 (TF32 tensor-core projections), bf16 (bf16 activations and projections):
 //   forward            GpuEngramLayer::forward
 //   forward_backward   forward, then backward (backward waits for the device: it reads back
 //                      the number of unique rows)
@@ -47,6 +48,8 @@ using engram::cuda::DeviceTable;
 constexpr int64_t kBatch = 4, kSeq = 4096;
 constexpr int kWarmups = 3;
 constexpr double kPeakHbmGBs = 4800.0, kCopyGBs = 4300.0, kPeakFp32TFlops = 67.0;
+// Dense tensor-core peaks (datasheet, no sparsity): TF32 ~495, bf16 ~990 TFLOP/s.
+constexpr double kPeakTf32TFlops = 495.0, kPeakBf16TFlops = 990.0;
 const std::vector<int64_t> kHeadSizes = {646403, 646411, 646421, 646423, 646433, 646453,
                                          646519, 646523, 646537, 646543, 646549, 646571,
                                          646573, 646577, 646609, 646619};
@@ -143,6 +146,17 @@ int main(int argc, char** argv) {
   const DeviceBuffer<float> d_hidden{std::span<const float>(uniform_vector(n_act, 7))};
   const DeviceBuffer<float> d_dout{std::span<const float>(uniform_vector(n_act, 8))};
   DeviceBuffer<float> d_out(n_act), d_dh(n_act), d_e(static_cast<size_t>(N * d_mem));
+  // The same hidden and d_out in bf16, for the bf16-activation layer.
+  auto bf16_of = [](const std::vector<float>& v) {
+    std::vector<engram::bf16> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = engram::float_to_bf16(v[i]);
+    return b;
+  };
+  const DeviceBuffer<engram::bf16> h_hidden{
+      std::span<const engram::bf16>(bf16_of(uniform_vector(n_act, 7)))};
+  const DeviceBuffer<engram::bf16> h_dout{
+      std::span<const engram::bf16>(bf16_of(uniform_vector(n_act, 8)))};
+  DeviceBuffer<engram::bf16> h_out(n_act), h_dh(n_act);
 
   // The table values (f32); the bf16 table is their rounding.
   const size_t n_table = static_cast<size_t>(table_rows * D);
@@ -178,35 +192,63 @@ int main(int argc, char** argv) {
         (read_bytes + write_bytes) / g.mean_ms / 1e6 / kCopyGBs);
     std::fflush(stdout);
 
-    for (const bool conv : {true, false}) {
+    struct Variant {
+      bool conv;
+      const char* prec;  // "f32" (exact FP32), "tf32", "bf16" (bf16 activations)
+    };
+    const std::vector<Variant> variants =
+        dt == DType::kF32
+            ? std::vector<Variant>{{true, "f32"}, {false, "f32"}, {true, "tf32"}, {true, "bf16"}}
+            : std::vector<Variant>{{true, "f32"}, {true, "bf16"}, {false, "bf16"}};
+    for (const Variant& var : variants) {
+      const bool conv = var.conv;
+      const bool act_bf16 = std::string(var.prec) == "bf16";
       engram::nn::EngramLayerConfig cc = c;
       cc.short_conv = conv;
       engram::nn::EngramParams<float> pc = params, sizes;
       sizes.zeros(cc);  // without the short conv, its parameters are empty
       if (sizes.conv_weight.empty()) pc.conv_weight.clear();
       if (sizes.conv_norm.empty()) pc.conv_norm.clear();
-      engram::cuda::GpuEngramLayer layer(cc, pc);
+      engram::cuda::GpuEngramOptions opt;
+      if (std::string(var.prec) == "tf32") opt.math = engram::cuda::Math::kTf32;
+      if (act_bf16) opt.activations = DType::kBF16;
+      engram::cuda::GpuEngramLayer layer(cc, pc, opt);
       engram::cuda::GpuEngramGrads grads(cc);
       auto fwd = [&] {
-        layer.forward(d_hidden.data(), d_ids.data(), kBatch, kSeq, table, d_offsets.data(),
-                      d_out.data());
+        if (act_bf16) {
+          layer.forward(h_hidden.data(), d_ids.data(), kBatch, kSeq, table, d_offsets.data(),
+                        h_out.data());
+        } else {
+          layer.forward(d_hidden.data(), d_ids.data(), kBatch, kSeq, table, d_offsets.data(),
+                        d_out.data());
+        }
+      };
+      auto bwd = [&] {
+        if (act_bf16) {
+          layer.backward(h_dout.data(), h_hidden.data(), h_dh.data(), grads);
+        } else {
+          layer.backward(d_dout.data(), d_hidden.data(), d_dh.data(), grads);
+        }
       };
       const Timing f = time_it(reps, fwd);
       const Timing fb = time_it(reps, [&] {
         fwd();
-        layer.backward(d_dout.data(), d_hidden.data(), d_dh.data(), grads);
+        bwd();
       });
       for (int k = 0; k < 2; ++k) {
         const Timing& t = k == 0 ? f : fb;
         const double flop = fwd_flop * (k == 0 ? 1.0 : 3.0);
+        const double peak = std::string(var.prec) == "f32"    ? kPeakFp32TFlops
+                            : std::string(var.prec) == "tf32" ? kPeakTf32TFlops
+                                                              : kPeakBf16TFlops;
         std::printf(
-            "{\"bench\": \"cuda_engram\", \"table\": \"%s\", \"short_conv\": %s, \"what\": "
-            "\"%s\", \"tokens\": %lld, \"mean_ms\": %.4f, \"min_ms\": %.4f, \"gemm_flop\": %.4g, "
-            "\"tflop_per_s\": %.2f, \"frac_of_fp32_peak\": %.3f, \"table_unique_rows\": %lld}\n",
-            dt_name, conv ? "true" : "false", k == 0 ? "forward" : "forward_backward",
+            "{\"bench\": \"cuda_engram\", \"table\": \"%s\", \"precision\": \"%s\", "
+            "\"short_conv\": %s, \"what\": \"%s\", \"tokens\": %lld, \"mean_ms\": %.4f, "
+            "\"min_ms\": %.4f, \"gemm_flop\": %.4g, \"tflop_per_s\": %.2f, "
+            "\"frac_of_peak\": %.3f, \"table_unique_rows\": %lld}\n",
+            dt_name, var.prec, conv ? "true" : "false", k == 0 ? "forward" : "forward_backward",
             static_cast<long long>(N), t.mean_ms, t.min_ms, flop, flop / t.mean_ms / 1e9,
-            flop / t.mean_ms / 1e9 / kPeakFp32TFlops,
-            static_cast<long long>(grads.table_unique));
+            flop / t.mean_ms / 1e9 / peak, static_cast<long long>(grads.table_unique));
         std::fflush(stdout);
       }
     }

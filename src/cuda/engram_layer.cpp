@@ -3,13 +3,13 @@
 // engram_layer_stub.cpp stands in for both in builds without CUDA.
 #include "engram/cuda/engram_layer.h"
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <bit>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/check.h"
@@ -18,19 +18,27 @@
 namespace engram::cuda {
 namespace {
 
-void check_cublas(cublasStatus_t s, const char* call, int line) {
-  if (s == CUBLAS_STATUS_SUCCESS) return;
-  throw Error(std::string(__FILE__) + ":" + std::to_string(line) + ": " + call + ": " +
-              cublasGetStatusString(s));
-}
-#define ENGRAM_CUBLAS_CHECK(call) check_cublas((call), #call, __LINE__)
-
-cublasHandle_t handle(void* h) { return static_cast<cublasHandle_t>(h); }
-
 // Grows `b` to at least n elements (contents are not kept).
 template <class T>
 void ensure(DeviceBuffer<T>& b, int64_t n) {
   if (b.size() < static_cast<size_t>(n)) b = DeviceBuffer<T>(static_cast<size_t>(n));
+}
+
+// Grows the byte buffer `b` to hold at least n values of A.
+template <class A>
+A* ensure_as(DeviceBuffer<uint8_t>& b, int64_t n) {
+  ensure(b, n * static_cast<int64_t>(sizeof(A)));
+  return reinterpret_cast<A*>(b.data());
+}
+
+template <class A>
+A* as(DeviceBuffer<uint8_t>& b) {
+  return reinterpret_cast<A*>(b.data());
+}
+
+template <class A>
+constexpr DType dtype_of() {
+  return std::is_same_v<A, float> ? DType::kF32 : DType::kBF16;
 }
 
 template <class T>
@@ -94,20 +102,20 @@ void GpuEngramGrads::download(nn::EngramParams<float>& dense,
 // ---- layer ----------------------------------------------------------------------------------
 
 GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig& config,
-                               const nn::EngramParams<float>& params)
-    : config_(config) {
+                               const nn::EngramParams<float>& params,
+                               const GpuEngramOptions& options)
+    : config_(config), options_(options) {
   config_.validate();
+  if (options_.activations != DType::kF32 && options_.activations != DType::kBF16) {
+    throw ConfigError(error_message("GpuEngramLayer: options.activations",
+                                    std::string(dtype_name(options_.activations)) +
+                                        " is not F32 or BF16"));
+  }
   set_params(params);
-  cublasHandle_t h = nullptr;
-  ENGRAM_CUBLAS_CHECK(cublasCreate(&h));
-  cublas_ = h;
-  // Plain FP32 GEMMs (no TF32), so results follow the CPU's float arithmetic closely.
-  ENGRAM_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_PEDANTIC_MATH));
+  blas_ = std::make_unique<Blas>();
 }
 
-GpuEngramLayer::~GpuEngramLayer() {
-  if (cublas_ != nullptr) (void)cublasDestroy(handle(cublas_));
-}
+GpuEngramLayer::~GpuEngramLayer() = default;
 
 void GpuEngramLayer::set_params(const nn::EngramParams<float>& p) {
   nn::EngramParams<float> z;
@@ -123,12 +131,62 @@ void GpuEngramLayer::set_params(const nn::EngramParams<float>& p) {
   key_norm_ = DeviceBuffer<float>(std::span<const float>(p.key_norm));
   query_norm_ = DeviceBuffer<float>(std::span<const float>(p.query_norm));
   conv_weight_ = DeviceBuffer<float>(std::span<const float>(p.conv_weight));
+  {
+    // (C, kernel) -> (kernel, C), so that the conv kernels read consecutive channels.
+    const size_t K = static_cast<size_t>(config_.kernel_size);
+    const size_t C = K == 0 ? 0 : p.conv_weight.size() / K;
+    std::vector<float> wt(p.conv_weight.size());
+    for (size_t c = 0; c < C; ++c)
+      for (size_t j = 0; j < K; ++j) wt[j * C + c] = p.conv_weight[c * K + j];
+    conv_weight_t_ = DeviceBuffer<float>(std::span<const float>(wt));
+  }
   conv_norm_ = DeviceBuffer<float>(std::span<const float>(p.conv_norm));
+  if (options_.activations == DType::kBF16) {
+    std::vector<bf16> w(p.kv_weight.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = float_to_bf16(p.kv_weight[i]);
+    kv_weight_bf16_ = DeviceBuffer<bf16>(std::span<const bf16>(w));
+  }
+}
+
+void GpuEngramLayer::check_activations(DType want, const char* where) const {
+  if (options_.activations != want) {
+    throw InputError(error_message(where, std::string("called with ") +
+                                              std::string(dtype_name(want)) +
+                                              " activations on a layer built for " +
+                                              std::string(dtype_name(options_.activations))));
+  }
 }
 
 void GpuEngramLayer::forward(const float* d_hidden, const int32_t* d_hash_ids, int64_t batch,
                              int64_t seq, const DeviceTable& table, const int64_t* d_head_offsets,
                              float* d_out) {
+  check_activations(DType::kF32, "GpuEngramLayer::forward");
+  forward_impl(d_hidden, d_hash_ids, batch, seq, table, d_head_offsets, d_out);
+}
+
+void GpuEngramLayer::forward(const bf16* d_hidden, const int32_t* d_hash_ids, int64_t batch,
+                             int64_t seq, const DeviceTable& table, const int64_t* d_head_offsets,
+                             bf16* d_out) {
+  check_activations(DType::kBF16, "GpuEngramLayer::forward");
+  forward_impl(d_hidden, d_hash_ids, batch, seq, table, d_head_offsets, d_out);
+}
+
+void GpuEngramLayer::backward(const float* d_dout, const float* d_hidden, float* d_dhidden,
+                              GpuEngramGrads& grads) {
+  check_activations(DType::kF32, "GpuEngramLayer::backward");
+  backward_impl(d_dout, d_hidden, d_dhidden, grads);
+}
+
+void GpuEngramLayer::backward(const bf16* d_dout, const bf16* d_hidden, bf16* d_dhidden,
+                              GpuEngramGrads& grads) {
+  check_activations(DType::kBF16, "GpuEngramLayer::backward");
+  backward_impl(d_dout, d_hidden, d_dhidden, grads);
+}
+
+template <class A>
+void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, int64_t batch,
+                                  int64_t seq, const DeviceTable& table,
+                                  const int64_t* d_head_offsets, A* d_out) {
   const nn::EngramLayerConfig& c = config_;
   const int64_t tokens = batch * seq, H = c.heads(), D = c.row_width(), dm = c.mem_dim();
   const int64_t d = c.hidden_size, M = c.hc_mult, kvr = c.kv_rows();
@@ -152,37 +210,36 @@ void GpuEngramLayer::forward(const float* d_hidden, const int32_t* d_hash_ids, i
   seq_ = seq;
   table_end_bit_ = std::bit_width(static_cast<uint64_t>(table.rows));
   if (tokens == 0) return;
+  constexpr DType kA = dtype_of<A>();
   ensure(rows_, tokens * H);
   ensure(slots_, tokens * H);
-  ensure(e_, tokens * dm);
-  ensure(kv_, tokens * kvr);
+  A* e = ensure_as<A>(e_, tokens * dm);
+  A* kv = ensure_as<A>(kv_, tokens * kvr);
   for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, tokens * M);
-  ensure(vt_, tokens * M * d);
+  A* vt = ensure_as<A>(vt_, tokens * M * d);
   detail::launch_table_rows(rows_.data(), slots_.data(), d_hash_ids, d_head_offsets, tokens, H);
-  gather_rows(e_.data(), table, d_hash_ids, d_head_offsets, tokens, H);
-  // kv (tokens, kvr) = e W^T: column-major kv^T (kvr x tokens) = W^T(op T of dm x kvr) * e^T.
-  const float one = 1.0f, zero = 0.0f;
-  ENGRAM_CUBLAS_CHECK(cublasSgemm(handle(cublas_), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(kvr),
-                                  static_cast<int>(tokens), static_cast<int>(dm), &one,
-                                  kv_weight_.data(), static_cast<int>(dm), e_.data(),
-                                  static_cast<int>(dm), &zero, kv_.data(), static_cast<int>(kvr)));
-  if (c.bias) detail::launch_add_bias(kv_.data(), kv_bias_.data(), tokens, kvr);
-  detail::launch_gate_forward({kv_.data(), d_hidden, key_norm_.data(), query_norm_.data(),
-                               key_rstd_.data(), query_rstd_.data(), score_.data(), alpha_.data(),
-                               vt_.data(), tokens, M, d, std::numeric_limits<float>::epsilon()});
+  gather_rows(e, table, d_hash_ids, d_head_offsets, tokens, H);
+  // kv (tokens, kvr) = e (tokens, dm) W^T, W (kvr, dm); the bias is added in the gate.
+  const void* w = kA == DType::kBF16 ? static_cast<const void*>(kv_weight_bf16_.data())
+                                     : static_cast<const void*>(kv_weight_.data());
+  blas_->gemm(false, true, tokens, kvr, dm, 1.0f, {e, kA, dm}, {w, kA, dm}, 0.0f, {kv, kA, kvr},
+              options_.math);
+  detail::launch_gate_forward<A>({kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
+                                  key_norm_.data(), query_norm_.data(), key_rstd_.data(),
+                                  query_rstd_.data(), score_.data(), alpha_.data(), vt, tokens, M,
+                                  d, std::numeric_limits<float>::epsilon()});
   if (c.short_conv) {
-    ensure(xn_, tokens * M * d);
-    ensure(u_, tokens * M * d);
+    ensure_as<A>(xn_, tokens * M * d);
+    ensure_as<A>(u_, tokens * M * d);
     ensure(conv_rstd_, tokens * M);
-    detail::launch_conv_forward(conv_args(), d_out);
+    detail::launch_conv_forward<A>(conv_args<A>(), d_out);
   } else {
-    ENGRAM_CUDA_CHECK(cudaMemcpyAsync(d_out, vt_.data(),
-                                      static_cast<size_t>(tokens * M * d) * sizeof(float),
-                                      cudaMemcpyDeviceToDevice));
+    detail::launch_copy<A>(d_out, vt, tokens * M * d);
   }
 }
 
-detail::ConvArgs GpuEngramLayer::conv_args() {
+template <class A>
+detail::ConvArgs<A> GpuEngramLayer::conv_args() {
   const nn::EngramLayerConfig& c = config_;
   return {batch_,
           seq_,
@@ -190,17 +247,19 @@ detail::ConvArgs GpuEngramLayer::conv_args() {
           c.hidden_size,
           c.kernel_size,
           c.max_ngram_size,
-          vt_.data(),
+          as<A>(vt_),
           conv_weight_.data(),
+          conv_weight_t_.data(),
           conv_norm_.data(),
-          xn_.data(),
+          as<A>(xn_),
           conv_rstd_.data(),
-          u_.data(),
+          as<A>(u_),
           static_cast<float>(c.conv_norm_eps)};
 }
 
-void GpuEngramLayer::backward(const float* d_dout, const float* d_hidden, float* d_dhidden,
-                              GpuEngramGrads& grads) {
+template <class A>
+void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhidden,
+                                   GpuEngramGrads& grads) {
   const nn::EngramLayerConfig& c = config_;
   const int64_t tokens = batch_ * seq_, H = c.heads(), D = c.row_width(), dm = c.mem_dim();
   const int64_t d = c.hidden_size, M = c.hc_mult, kvr = c.kv_rows(), n_out = tokens * M * d;
@@ -212,40 +271,38 @@ void GpuEngramLayer::backward(const float* d_dout, const float* d_hidden, float*
     throw InputError(error_message("GpuEngramLayer::backward",
                                    "gradients are not sized for this layer's config"));
   }
+  constexpr DType kA = dtype_of<A>();
   ensure(partial_, detail::kColChunks *
                        std::max({kvr, M * d * std::max<int64_t>(c.kernel_size, 1), int64_t{1}}));
   // dVt = d_out + the short conv's input gradient.
-  ensure(dvt_, n_out);
-  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(dvt_.data(), d_dout, static_cast<size_t>(n_out) * sizeof(float),
-                                    cudaMemcpyDeviceToDevice));
+  A* dvt = ensure_as<A>(dvt_, n_out);
+  detail::launch_copy<A>(dvt, d_dout, n_out);
   if (c.short_conv) {
-    ensure(du_, n_out);
-    ensure(dxn_, n_out);
-    detail::launch_conv_backward(conv_args(), d_dout, dvt_.data(), grads.conv_weight.data(),
-                                 grads.conv_norm.data(), du_.data(), dxn_.data(), partial_.data());
+    A* du = ensure_as<A>(du_, n_out);
+    A* dxn = ensure_as<A>(dxn_, n_out);
+    detail::launch_conv_backward<A>(conv_args<A>(), d_dout, dvt, grads.conv_weight.data(),
+                                    grads.conv_norm.data(), du, dxn, partial_.data());
   }
   // Gates: dkv, d_hidden, norm weight gradients.
-  ensure(dkv_, tokens * kvr);
+  A* dkv = ensure_as<A>(dkv_, tokens * kvr);
   ensure(ds_, tokens * M);
-  detail::launch_gate_backward({dvt_.data(), kv_.data(), d_hidden, key_norm_.data(),
-                                query_norm_.data(), key_rstd_.data(), query_rstd_.data(),
-                                score_.data(), alpha_.data(), dkv_.data(), d_dhidden, ds_.data(),
-                                grads.key_norm.data(), grads.query_norm.data(), partial_.data(),
-                                tokens, M, d});
-  // dW (kvr, dm) += dkv^T e: column-major dW^T (dm x kvr) = e^T (dm x tokens) * dkv (op T).
-  const float one = 1.0f, zero = 0.0f;
-  ENGRAM_CUBLAS_CHECK(cublasSgemm(handle(cublas_), CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(dm),
-                                  static_cast<int>(kvr), static_cast<int>(tokens), &one, e_.data(),
-                                  static_cast<int>(dm), dkv_.data(), static_cast<int>(kvr), &one,
-                                  grads.kv_weight.data(), static_cast<int>(dm)));
-  if (c.bias)
-    detail::launch_bias_grad(grads.kv_bias.data(), dkv_.data(), tokens, kvr, partial_.data());
-  // de (tokens, dm) = dkv W: column-major de^T (dm x tokens) = W^T (dm x kvr) * dkv^T.
-  ensure(de_, tokens * dm);
-  ENGRAM_CUBLAS_CHECK(cublasSgemm(handle(cublas_), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(dm),
-                                  static_cast<int>(tokens), static_cast<int>(kvr), &one,
-                                  kv_weight_.data(), static_cast<int>(dm), dkv_.data(),
-                                  static_cast<int>(kvr), &zero, de_.data(), static_cast<int>(dm)));
+  const A* kv = as<A>(kv_);
+  detail::launch_gate_backward<A>({dvt, kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
+                                   key_norm_.data(), query_norm_.data(), key_rstd_.data(),
+                                   query_rstd_.data(), score_.data(), alpha_.data(), dkv,
+                                   d_dhidden, ds_.data(), grads.key_norm.data(),
+                                   grads.query_norm.data(), partial_.data(), tokens, M, d});
+  // dW (kvr, dm) += dkv^T (kvr, tokens) e (tokens, dm).
+  const A* e = as<A>(e_);
+  blas_->gemm(true, false, kvr, dm, tokens, 1.0f, {dkv, kA, kvr}, {e, kA, dm}, 1.0f,
+              {grads.kv_weight.data(), DType::kF32, dm}, options_.math);
+  if (c.bias) detail::launch_bias_grad<A>(grads.kv_bias.data(), dkv, tokens, kvr, partial_.data());
+  // de (tokens, dm) = dkv (tokens, kvr) W (kvr, dm).
+  A* de = ensure_as<A>(de_, tokens * dm);
+  const void* w = kA == DType::kBF16 ? static_cast<const void*>(kv_weight_bf16_.data())
+                                     : static_cast<const void*>(kv_weight_.data());
+  blas_->gemm(false, false, tokens, dm, kvr, 1.0f, {dkv, kA, kvr}, {w, kA, dm}, 0.0f,
+              {de, kA, dm}, options_.math);
   // Sparse table gradient.
   const int64_t n = tokens * H;
   ensure(rows_sorted_, n);
@@ -258,10 +315,10 @@ void GpuEngramLayer::backward(const float* d_dout, const float* d_hidden, float*
   const int end_bit = static_cast<int>(table_end_bit_);
   const size_t temp_bytes = detail::table_grad_temp_bytes(n, end_bit);
   ensure(temp_, static_cast<int64_t>(temp_bytes));
-  grads.table_unique = detail::launch_table_grad(
-      {rows_.data(), slots_.data(), de_.data(), n, D, end_bit, rows_sorted_.data(),
-       slots_sorted_.data(), counts_.data(), starts_.data(), num_runs_.data(), temp_.data(),
-       temp_.size(), grads.table_rows.data(), grads.table_values.data()});
+  grads.table_unique = detail::launch_table_grad<A>(
+      {rows_.data(), slots_.data(), de, n, D, end_bit, rows_sorted_.data(), slots_sorted_.data(),
+       counts_.data(), starts_.data(), num_runs_.data(), temp_.data(), temp_.size(),
+       grads.table_rows.data(), grads.table_values.data()});
 }
 
 }  // namespace engram::cuda

@@ -1,6 +1,8 @@
 // The Engram layer's kernels (src/cuda/engram_layer_kernel.h); the class over them, with the
 // cuBLAS projections, is src/cuda/engram_layer.cpp. Reductions whose results feed weight
 // gradients run over a fixed number of row chunks summed in chunk order: deterministic.
+// Activations are float or bf16 (A); loads widen to float, stores round to nearest even.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,6 +23,77 @@ unsigned blocks_for(int64_t items) {
 }
 
 __device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+// ---- loads and stores of activations (float or bf16), 1 or 4 values -------------------------
+
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const bf16* p) {
+  return __uint_as_float(static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(p)) << 16);
+}
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(bf16* p, float v) {
+  *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(v);
+}
+
+template <int V>
+__device__ __forceinline__ void ldv(const float* p, float (&o)[V]) {
+  if constexpr (V == 4) {
+    const float4 x = *reinterpret_cast<const float4*>(p);
+    o[0] = x.x, o[1] = x.y, o[2] = x.z, o[3] = x.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) o[i] = p[i];
+  }
+}
+template <int V>
+__device__ __forceinline__ void ldv(const bf16* p, float (&o)[V]) {
+  if constexpr (V == 4) {
+    const uint2 w = *reinterpret_cast<const uint2*>(p);
+    o[0] = __uint_as_float(w.x << 16), o[1] = __uint_as_float(w.x & 0xffff0000u);
+    o[2] = __uint_as_float(w.y << 16), o[3] = __uint_as_float(w.y & 0xffff0000u);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) o[i] = ld(p + i);
+  }
+}
+template <int V>
+__device__ __forceinline__ void stv(float* p, const float (&v)[V]) {
+  if constexpr (V == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) p[i] = v[i];
+  }
+}
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  const uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(a));
+  const uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(b));
+  return lo | (hi << 16);
+}
+template <int V>
+__device__ __forceinline__ void stv(bf16* p, const float (&v)[V]) {
+  if constexpr (V == 4) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack2(v[0], v[1]), pack2(v[2], v[3]));
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) st(p + i, v[i]);
+  }
+}
+// V values of the float vector p (parameters).
+template <int V>
+__device__ __forceinline__ void ldw(const float* p, float (&o)[V]) {
+  ldv<V>(p, o);
+}
+// bias + j .. j+V, or zeros.
+template <int V>
+__device__ __forceinline__ void ldb(const float* bias, int64_t j, float (&o)[V]) {
+  if (bias != nullptr) {
+    ldv<V>(bias + j, o);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) o[i] = 0.0f;
+  }
+}
 
 // Sums N values over the block (kThreads threads); every thread gets the sums. `sh` holds
 // N * kWarps floats; the block must not touch it between calls without a barrier (one is
@@ -47,24 +120,37 @@ __device__ __forceinline__ void block_sum(float (&v)[N], float* sh) {
 }
 
 // ---- deterministic column reduction: out[col] += sum_r f(r, col) ---------------------------
+//
+// A term F provides get<V>(r, col, out[V]): the values of columns col .. col+V of row r.
 
-template <class F>
+template <class F, int V>
 __global__ void __launch_bounds__(256) colsum_partial(F f, int64_t rows, int64_t cols,
                                                       float* partial) {
-  __shared__ float sh[8][33];
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  __shared__ float sh[8][32 * V + 1];
+  const int64_t col = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * V;
   const int64_t chunk = blockIdx.y;
   const int64_t r0 = rows * chunk / kColChunks, r1 = rows * (chunk + 1) / kColChunks;
-  float acc = 0.0f;
+  float acc[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) acc[e] = 0.0f;
   if (col < cols) {
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) acc += f(r, col);
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      float v[V];
+      f.template get<V>(r, col, v);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] += v[e];
+    }
   }
-  sh[threadIdx.y][threadIdx.x] = acc;
+#pragma unroll
+  for (int e = 0; e < V; ++e) sh[threadIdx.y][threadIdx.x * V + e] = acc[e];
   __syncthreads();
   if (threadIdx.y == 0 && col < cols) {
-    float s = 0.0f;
-    for (int i = 0; i < 8; ++i) s += sh[i][threadIdx.x];
-    partial[chunk * cols + col] = s;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      float s = 0.0f;
+      for (int i = 0; i < 8; ++i) s += sh[i][threadIdx.x * V + e];
+      partial[chunk * cols + col + e] = s;
+    }
   }
 }
 
@@ -76,53 +162,91 @@ __global__ void colsum_finish(const float* partial, int64_t cols, float* out) {
   out[col] += s;
 }
 
+// four: the term may be read 4 columns at a time (cols % 4 == 0 and 4-aligned rows).
 template <class F>
-void column_sum(F f, int64_t rows, int64_t cols, float* partial, float* out) {
+void column_sum(F f, int64_t rows, int64_t cols, float* partial, float* out, bool four = false) {
   if (cols == 0) return;
-  const dim3 grid(static_cast<unsigned>((cols + 31) / 32), kColChunks);
-  colsum_partial<<<grid, dim3(32, 8)>>>(f, rows, cols, partial);
+  if (four && cols % 4 == 0) {
+    const dim3 grid(static_cast<unsigned>((cols / 4 + 31) / 32), kColChunks);
+    colsum_partial<F, 4><<<grid, dim3(32, 8)>>>(f, rows, cols, partial);
+  } else {
+    const dim3 grid(static_cast<unsigned>((cols + 31) / 32), kColChunks);
+    colsum_partial<F, 1><<<grid, dim3(32, 8)>>>(f, rows, cols, partial);
+  }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   colsum_finish<<<blocks_for(cols), kThreads>>>(partial, cols, out);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
+template <class A>
 struct BiasTerm {
-  const float* dkv;
+  const A* dkv;
   int64_t cols;
-  __device__ float operator()(int64_t r, int64_t c) const { return dkv[r * cols + c]; }
+  template <int V>
+  __device__ void get(int64_t r, int64_t c, float (&o)[V]) const {
+    ldv<V>(dkv + r * cols + c, o);
+  }
 };
 
 // d key_norm[m*d+j]: ds * nq_j * k_j * rk;  d query_norm: ds * nk_j * q_j * rq.
+// Columns col .. col+V-1 lie in one branch m (V divides d).
+template <class A>
 struct NormTerm {
-  const float *ds, *kv, *hidden, *key_rstd, *query_rstd, *other_w;
+  const float* ds;
+  const A* kv;
+  const float* bias;
+  const A* hidden;
+  const float *key_rstd, *query_rstd, *other_w;
   int64_t M, d;
   bool key;  // true: the key norm's weight gradient
-  __device__ float operator()(int64_t t, int64_t col) const {
+  template <int V>
+  __device__ void get(int64_t t, int64_t col, float (&o)[V]) const {
     const int64_t m = col / d, j = col - m * d, i = t * M + m;
-    const float k = kv[t * (1 + M) * d + (1 + m) * d + j];
-    const float q = hidden[i * d + j];
-    const float rk = key_rstd[i], rq = query_rstd[i];
-    if (key) return ds[i] * (q * rq * other_w[col]) * k * rk;
-    return ds[i] * (k * rk * other_w[col]) * q * rq;
+    const int64_t kc = (1 + m) * d + j;
+    float k[V], b[V], q[V], w[V];
+    ldv<V>(kv + t * (1 + M) * d + kc, k);
+    ldb<V>(bias, kc, b);
+    ldv<V>(hidden + i * d + j, q);
+    ldw<V>(other_w + col, w);
+    const float rk = key_rstd[i], rq = query_rstd[i], g = ds[i];
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float kb = k[e] + b[e];
+      o[e] = key ? g * (q[e] * rq * w[e]) * kb * rk : g * (kb * rk * w[e]) * q[e] * rq;
+    }
   }
 };
 
+template <class A>
 struct ConvWeightTerm {
-  const float *du, *xn;
+  const A *du, *xn;
   int64_t seq, C, kernel, dilation;
-  __device__ float operator()(int64_t bt, int64_t col) const {
-    const int64_t c = col / kernel, j = col - c * kernel;
-    const int64_t back = dilation * (kernel - 1 - j);
-    if (bt % seq < back) return 0.0f;
-    return du[bt * C + c] * xn[(bt - back) * C + c];
+  template <int V>
+  __device__ void get(int64_t bt, int64_t col0, float (&o)[V]) const {
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const int64_t col = col0 + e;
+      const int64_t c = col / kernel, j = col - c * kernel;
+      const int64_t back = dilation * (kernel - 1 - j);
+      o[e] = bt % seq < back ? 0.0f : ld(du + bt * C + c) * ld(xn + (bt - back) * C + c);
+    }
   }
 };
 
+// Columns c .. c+V-1 lie in one branch (V divides d).
+template <class A>
 struct ConvNormTerm {
-  const float *dxn, *x, *rstd;
+  const A *dxn, *x;
+  const float* rstd;
   int64_t M, d;
-  __device__ float operator()(int64_t bt, int64_t c) const {
-    return dxn[bt * M * d + c] * x[bt * M * d + c] * rstd[bt * M + c / d];
+  template <int V>
+  __device__ void get(int64_t bt, int64_t c, float (&o)[V]) const {
+    float g[V], xx[V];
+    ldv<V>(dxn + bt * M * d + c, g);
+    ldv<V>(x + bt * M * d + c, xx);
+    const float r = rstd[bt * M + c / d];
+#pragma unroll
+    for (int e = 0; e < V; ++e) o[e] = g[e] * xx[e] * r;
   }
 };
 
@@ -136,26 +260,33 @@ __global__ void table_rows_kernel(int64_t* rows, int32_t* slots, const int32_t* 
   slots[i] = static_cast<int32_t>(i);
 }
 
-__global__ void add_bias_kernel(float* kv, const float* bias, int64_t n, int64_t cols) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) kv[i] += bias[i % cols];
-}
-
-// One block per (token, branch).
-__global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs a) {
+// One block per (token, branch); V values per thread and step (4 when d % 4 == 0).
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
   __shared__ float sh[3 * kWarps];
   const int64_t i = blockIdx.x;  // t * M + m
   const int64_t t = i / a.M, m = i - t * a.M, d = a.d;
-  const float* v = a.kv + t * (1 + a.M) * d;
-  const float* k = v + (1 + m) * d;
-  const float* q = a.hidden + i * d;
+  const A* v = a.kv + t * (1 + a.M) * d;
+  const A* k = v + (1 + m) * d;
+  const A* q = a.hidden + i * d;
   const float* wk = a.key_w + m * d;
   const float* wq = a.query_w + m * d;
+  const float* bk = a.bias != nullptr ? a.bias + (1 + m) * d : nullptr;
   float s[3] = {0.0f, 0.0f, 0.0f};
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-    s[0] += k[j] * k[j];
-    s[1] += q[j] * q[j];
-    s[2] += (k[j] * wk[j]) * (q[j] * wq[j]);
+  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    float kk[V], qq[V], wkk[V], wqq[V], b[V];
+    ldv<V>(k + j, kk);
+    ldb<V>(bk, j, b);
+    ldv<V>(q + j, qq);
+    ldw<V>(wk + j, wkk);
+    ldw<V>(wq + j, wqq);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      kk[e] += b[e];
+      s[0] += kk[e] * kk[e];
+      s[1] += qq[e] * qq[e];
+      s[2] += (kk[e] * wkk[e]) * (qq[e] * wqq[e]);
+    }
   }
   block_sum<3>(s, sh);
   const float rk = 1.0f / sqrtf(s[0] / static_cast<float>(d) + a.eps);
@@ -169,33 +300,54 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs a) {
     a.score[i] = score;
     a.alpha[i] = alpha;
   }
-  float* vt = a.vt + i * d;
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) vt[j] = alpha * v[j];
+  A* vt = a.vt + i * d;
+  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    float vv[V], b[V];
+    ldv<V>(v + j, vv);
+    ldb<V>(a.bias, j, b);
+#pragma unroll
+    for (int e = 0; e < V; ++e) vv[e] = alpha * (vv[e] + b[e]);
+    stv<V>(vt + j, vv);
+  }
 }
 
 // One block per token, over its M branches (they share the value row of dkv).
-__global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs a) {
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs<A> a) {
   __shared__ float sh[3 * kWarps];
   const int64_t t = blockIdx.x, d = a.d, M = a.M;
-  const float* v = a.kv + t * (1 + M) * d;
-  float* dv = a.dkv + t * (1 + M) * d;
+  const A* v = a.kv + t * (1 + M) * d;
+  A* dv = a.dkv + t * (1 + M) * d;
   const float inv_sqrt_d = 1.0f / sqrtf(static_cast<float>(d));
   for (int64_t m = 0; m < M; ++m) {
     const int64_t i = t * M + m;
-    const float* g = a.dvt + i * d;
-    const float* k = v + (1 + m) * d;
-    const float* q = a.hidden + i * d;
+    const A* g = a.dvt + i * d;
+    const A* k = v + (1 + m) * d;
+    const A* q = a.hidden + i * d;
     const float* wk = a.key_w + m * d;
     const float* wq = a.query_w + m * d;
+    const float* bk = a.bias != nullptr ? a.bias + (1 + m) * d : nullptr;
     const float rk = a.key_rstd[i], rq = a.query_rstd[i], alpha = a.alpha[i], s = a.score[i];
     // dalpha, sum nq*wk*k, sum nk*wq*q
     float r[3] = {0.0f, 0.0f, 0.0f};
-    for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-      const float nq = q[j] * rq * wq[j], nk = k[j] * rk * wk[j];
-      r[0] += g[j] * v[j];
-      r[1] += nq * wk[j] * k[j];
-      r[2] += nk * wq[j] * q[j];
-      dv[j] = (m == 0 ? 0.0f : dv[j]) + alpha * g[j];
+    for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+      float gg[V], vv[V], bv[V], kk[V], bb[V], qq[V], wkk[V], wqq[V];
+      ldv<V>(g + j, gg);
+      ldv<V>(v + j, vv);
+      ldb<V>(a.bias, j, bv);
+      ldv<V>(k + j, kk);
+      ldb<V>(bk, j, bb);
+      ldv<V>(q + j, qq);
+      ldw<V>(wk + j, wkk);
+      ldw<V>(wq + j, wqq);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const float kb = kk[e] + bb[e];
+        const float nq = qq[e] * rq * wqq[e], nk = kb * rk * wkk[e];
+        r[0] += gg[e] * (vv[e] + bv[e]);
+        r[1] += nq * wkk[e] * kb;
+        r[2] += nk * wqq[e] * qq[e];
+      }
     }
     block_sum<3>(r, sh);
     const float as = fabsf(s);
@@ -203,86 +355,233 @@ __global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs a) 
     const float ds = r[0] * alpha * (1.0f - alpha) * ssg * inv_sqrt_d;
     const float ck = ds * r[1] * rk * rk * rk / static_cast<float>(d);
     const float cq = ds * r[2] * rq * rq * rq / static_cast<float>(d);
-    float* dk = dv + (1 + m) * d;
-    float* dq = a.d_hidden + i * d;
-    for (int64_t j = threadIdx.x; j < d; j += kThreads) {
-      const float nq = q[j] * rq * wq[j], nk = k[j] * rk * wk[j];
-      dk[j] = rk * wk[j] * (ds * nq) - k[j] * ck;
-      dq[j] += rq * wq[j] * (ds * nk) - q[j] * cq;
+    A* dk = dv + (1 + m) * d;
+    A* dq = a.d_hidden + i * d;
+    for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+      float kk[V], bb[V], qq[V], wkk[V], wqq[V], dqq[V], dkk[V];
+      ldv<V>(k + j, kk);
+      ldb<V>(bk, j, bb);
+      ldv<V>(q + j, qq);
+      ldw<V>(wk + j, wkk);
+      ldw<V>(wq + j, wqq);
+      ldv<V>(dq + j, dqq);
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const float kb = kk[e] + bb[e];
+        const float nq = qq[e] * rq * wqq[e], nk = kb * rk * wkk[e];
+        dkk[e] = rk * wkk[e] * (ds * nq) - kb * ck;
+        dqq[e] += rq * wqq[e] * (ds * nk) - qq[e] * cq;
+      }
+      stv<V>(dk + j, dkk);
+      stv<V>(dq + j, dqq);
     }
     if (threadIdx.x == 0) a.ds[i] = ds;
+  }
+  // The value row's gradient: sum over branches, in branch order.
+  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    float acc[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[e] = 0.0f;
+    for (int64_t m = 0; m < M; ++m) {
+      const float alpha = a.alpha[t * M + m];
+      float gg[V];
+      ldv<V>(a.dvt + (t * M + m) * d + j, gg);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] += alpha * gg[e];
+    }
+    stv<V>(dv + j, acc);
   }
 }
 
 // Per-branch RMSNorm of the conv input: one block per (token, branch).
-__global__ void __launch_bounds__(kThreads) conv_norm_kernel(ConvArgs a) {
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) conv_norm_kernel(ConvArgs<A> a) {
   __shared__ float sh[kWarps];
   const int64_t i = blockIdx.x, m = i % a.M, d = a.d;
-  const float* x = a.x + i * d;
+  const A* x = a.x + i * d;
   const float* w = a.norm_w + m * d;
   float s[1] = {0.0f};
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) s[0] += x[j] * x[j];
+  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    float xx[V];
+    ldv<V>(x + j, xx);
+#pragma unroll
+    for (int e = 0; e < V; ++e) s[0] += xx[e] * xx[e];
+  }
   block_sum<1>(s, sh);
   const float r = 1.0f / sqrtf(s[0] / static_cast<float>(d) + a.eps);
   if (threadIdx.x == 0) a.rstd[i] = r;
-  float* xn = a.xn + i * d;
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) xn[j] = x[j] * r * w[j];
+  A* xn = a.xn + i * d;
+  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    float xx[V], ww[V];
+    ldv<V>(x + j, xx);
+    ldw<V>(w + j, ww);
+#pragma unroll
+    for (int e = 0; e < V; ++e) xx[e] = xx[e] * r * ww[e];
+    stv<V>(xn + j, xx);
+  }
 }
 
-__global__ void conv_kernel(ConvArgs a, float* out) {
-  const int64_t C = a.M * a.d, n = a.batch * a.seq * C;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int64_t bt = i / C, c = i - bt * C, t = bt % a.seq;
-  float u = 0.0f;
+// The conv kernels below run on a 2-D grid: blockIdx.y is the token (b*T + t), x covers the
+// C = M*d channels V at a time (V = 4 when C % 4 == 0), so no per-element division is needed.
+dim3 conv_grid(int64_t tokens, int64_t C, int V) {
+  return dim3(static_cast<unsigned>((C / V + kThreads - 1) / kThreads),
+              static_cast<unsigned>(tokens));
+}
+
+// u = conv(xn) (causal, dilated), out = x + SiLU(u).
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) conv_fwd_kernel(ConvArgs<A> a, A* out) {
+  const int64_t C = a.M * a.d, bt = blockIdx.y, t = bt % a.seq;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (c >= C) return;
+  float u[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) u[e] = 0.0f;
   for (int64_t j = 0; j < a.kernel; ++j) {
     const int64_t back = a.dilation * (a.kernel - 1 - j);
     if (t - back < 0) continue;
-    u += a.conv_w[c * a.kernel + j] * a.xn[i - back * C];
+    float xn[V];
+    ldv<V>(a.xn + (bt - back) * C + c, xn);
+    float w[V];
+    ldw<V>(a.conv_wt + j * C + c, w);
+#pragma unroll
+    for (int e = 0; e < V; ++e) u[e] += w[e] * xn[e];
   }
-  a.u[i] = u;
-  out[i] = u * sigmoidf_(u) + a.x[i];
+  float x[V], o[V];
+  ldv<V>(a.x + bt * C + c, x);
+#pragma unroll
+  for (int e = 0; e < V; ++e) o[e] = u[e] * sigmoidf_(u[e]) + x[e];
+  stv<V>(a.u + bt * C + c, u);
+  stv<V>(out + bt * C + c, o);
 }
 
-__global__ void conv_du_kernel(const float* dy, const float* u, float* du, int64_t n) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+// du = dy * SiLU'(u), elementwise over n values (V at a time; n % V == 0).
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) conv_du_vec_kernel(const A* dy, const A* u, A* du,
+                                                                int64_t n) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
   if (i >= n) return;
-  const float sg = sigmoidf_(u[i]);
-  du[i] = dy[i] * sg * (1.0f + u[i] * (1.0f - sg));
+  float g[V], uu[V];
+  ldv<V>(dy + i, g);
+  ldv<V>(u + i, uu);
+#pragma unroll
+  for (int e = 0; e < V; ++e) {
+    const float sg = sigmoidf_(uu[e]);
+    g[e] = g[e] * sg * (1.0f + uu[e] * (1.0f - sg));
+  }
+  stv<V>(du + i, g);
 }
 
-__global__ void conv_dxn_kernel(ConvArgs a, const float* du, float* dxn) {
-  const int64_t C = a.M * a.d, n = a.batch * a.seq * C;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int64_t bt = i / C, c = i - bt * C, t = bt % a.seq;
-  float s = 0.0f;
+// dxn[t] = sum_j w[c, j] du[t + back_j] (the transpose of the causal conv).
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) conv_dxn_vec_kernel(ConvArgs<A> a, const A* du,
+                                                                 A* dxn) {
+  const int64_t C = a.M * a.d, bt = blockIdx.y, t = bt % a.seq;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (c >= C) return;
+  float s[V];
+#pragma unroll
+  for (int e = 0; e < V; ++e) s[e] = 0.0f;
   for (int64_t j = a.kernel - 1; j >= 0; --j) {
     const int64_t back = a.dilation * (a.kernel - 1 - j);
     if (t + back >= a.seq) continue;
-    s += a.conv_w[c * a.kernel + j] * du[i + back * C];
+    float g[V];
+    ldv<V>(du + (bt + back) * C + c, g);
+    float w[V];
+    ldw<V>(a.conv_wt + j * C + c, w);
+#pragma unroll
+    for (int e = 0; e < V; ++e) s[e] += w[e] * g[e];
   }
-  dxn[i] = s;
+  stv<V>(dxn + bt * C + c, s);
+}
+
+// Partial sums of the conv weight gradient, dW[c, j] = sum_bt du[bt, c] xn[bt - back_j, c],
+// over chunk blockIdx.y of the tokens: partial[chunk, c * kernel + j]. Threads (32, 8): x covers
+// V channels each, y interleaves the chunk's rows; kernel <= kMaxTaps.
+constexpr int kMaxTaps = 8;
+template <class A, int V>
+__global__ void __launch_bounds__(256) conv_weight_partial_kernel(ConvArgs<A> a, const A* du,
+                                                                  float* partial) {
+  const int64_t C = a.M * a.d, rows = a.batch * a.seq, K = a.kernel;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * V;
+  const int64_t chunk = blockIdx.y;
+  const int64_t r0 = rows * chunk / kColChunks, r1 = rows * (chunk + 1) / kColChunks;
+  float acc[kMaxTaps][V];
+#pragma unroll
+  for (int j = 0; j < kMaxTaps; ++j)
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[j][e] = 0.0f;
+  if (c < C) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+      const int64_t t = r % a.seq;
+      float g[V];
+      ldv<V>(du + r * C + c, g);
+#pragma unroll
+      for (int j = 0; j < kMaxTaps; ++j) {
+        if (j >= K) break;
+        const int64_t back = a.dilation * (K - 1 - j);
+        if (t < back) continue;
+        float xn[V];
+        ldv<V>(a.xn + (r - back) * C + c, xn);
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[j][e] += g[e] * xn[e];
+      }
+    }
+  }
+  // Sum the 8 row-interleaved threads in y order, one tap at a time, through shared memory.
+  __shared__ float red[8][32 * V + 1];
+  for (int j = 0; j < K; ++j) {
+#pragma unroll
+    for (int e = 0; e < V; ++e) red[threadIdx.y][threadIdx.x * V + e] = acc[j][e];
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        float sum = 0.0f;
+        for (int y = 0; y < 8; ++y) sum += red[y][threadIdx.x * V + e];
+        partial[chunk * C * K + (c + e) * K + j] = sum;
+      }
+    }
+    __syncthreads();
+  }
 }
 
 // dx += RMSNorm backward; one block per (token, branch).
-__global__ void __launch_bounds__(kThreads) conv_norm_backward_kernel(ConvArgs a, const float* dxn,
-                                                                      float* dx) {
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) conv_norm_backward_kernel(ConvArgs<A> a, const A* dxn,
+                                                                      A* dx) {
   __shared__ float sh[kWarps];
   const int64_t i = blockIdx.x, m = i % a.M, d = a.d;
-  const float* x = a.x + i * d;
-  const float* g = dxn + i * d;
+  const A* x = a.x + i * d;
+  const A* g = dxn + i * d;
   const float* w = a.norm_w + m * d;
   const float r = a.rstd[i];
   float s[1] = {0.0f};
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) s[0] += g[j] * w[j] * x[j];
+  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    float gg[V], ww[V], xx[V];
+    ldv<V>(g + j, gg);
+    ldw<V>(w + j, ww);
+    ldv<V>(x + j, xx);
+#pragma unroll
+    for (int e = 0; e < V; ++e) s[0] += gg[e] * ww[e] * xx[e];
+  }
   block_sum<1>(s, sh);
   const float k = s[0] * r * r * r / static_cast<float>(d);
-  float* o = dx + i * d;
-  for (int64_t j = threadIdx.x; j < d; j += kThreads) o[j] += r * w[j] * g[j] - x[j] * k;
+  A* o = dx + i * d;
+  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    float gg[V], ww[V], xx[V], oo[V];
+    ldv<V>(g + j, gg);
+    ldw<V>(w + j, ww);
+    ldv<V>(x + j, xx);
+    ldv<V>(o + j, oo);
+#pragma unroll
+    for (int e = 0; e < V; ++e) oo[e] += r * ww[e] * gg[e] - xx[e] * k;
+    stv<V>(o + j, oo);
+  }
 }
 
-__global__ void segment_sum_kernel(float* out, const float* de, const int32_t* slots,
+template <class A>
+__global__ void segment_sum_kernel(float* out, const A* de, const int32_t* slots,
                                    const int32_t* starts, const int32_t* counts, int64_t runs,
                                    int64_t width) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -290,9 +589,19 @@ __global__ void segment_sum_kernel(float* out, const float* de, const int32_t* s
   const int64_t u = i / width, col = i - u * width;
   const int32_t b = starts[u], e = b + counts[u];
   float s = 0.0f;
-  for (int32_t k = b; k < e; ++k) s += de[static_cast<int64_t>(slots[k]) * width + col];
+  for (int32_t k = b; k < e; ++k) s += ld(de + static_cast<int64_t>(slots[k]) * width + col);
   out[i] = s;
 }
+
+template <class A>
+__global__ void convert_kernel(A* out, const float* in, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) st(out + i, in[i]);
+}
+
+// Row kernels run 4 values per thread when every row start is 16-byte (float) or 8-byte (bf16)
+// aligned: d % 4 == 0 with cudaMalloc'd (256-byte aligned) bases.
+bool vec4(int64_t d) { return d % 4 == 0; }
 
 }  // namespace
 
@@ -304,57 +613,114 @@ void launch_table_rows(int64_t* rows, int32_t* slots, const int32_t* ids, const 
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_add_bias(float* kv, const float* bias, int64_t tokens, int64_t cols) {
-  const int64_t n = tokens * cols;
-  if (n == 0) return;
-  add_bias_kernel<<<blocks_for(n), kThreads>>>(kv, bias, n, cols);
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
-}
-
-void launch_gate_forward(const GateArgs& a) {
+template <class A>
+void launch_gate_forward(const GateArgs<A>& a) {
   if (a.tokens * a.M == 0) return;
-  gate_forward_kernel<<<static_cast<unsigned>(a.tokens * a.M), kThreads>>>(a);
+  const auto blocks = static_cast<unsigned>(a.tokens * a.M);
+  if (vec4(a.d)) {
+    gate_forward_kernel<A, 4><<<blocks, kThreads>>>(a);
+  } else {
+    gate_forward_kernel<A, 1><<<blocks, kThreads>>>(a);
+  }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_gate_backward(const GateBwdArgs& a) {
+template <class A>
+void launch_gate_backward(const GateBwdArgs<A>& a) {
   if (a.tokens == 0) return;
-  gate_backward_kernel<<<static_cast<unsigned>(a.tokens), kThreads>>>(a);
+  const auto blocks = static_cast<unsigned>(a.tokens);
+  if (vec4(a.d)) {
+    gate_backward_kernel<A, 4><<<blocks, kThreads>>>(a);
+  } else {
+    gate_backward_kernel<A, 1><<<blocks, kThreads>>>(a);
+  }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   const int64_t cols = a.M * a.d;
-  column_sum(NormTerm{a.ds, a.kv, a.hidden, a.key_rstd, a.query_rstd, a.query_w, a.M, a.d, true},
-             a.tokens, cols, a.partial, a.d_key_w);
-  column_sum(NormTerm{a.ds, a.kv, a.hidden, a.key_rstd, a.query_rstd, a.key_w, a.M, a.d, false},
-             a.tokens, cols, a.partial, a.d_query_w);
+  column_sum(NormTerm<A>{a.ds, a.kv, a.bias, a.hidden, a.key_rstd, a.query_rstd, a.query_w, a.M,
+                         a.d, true},
+             a.tokens, cols, a.partial, a.d_key_w, vec4(a.d));
+  column_sum(NormTerm<A>{a.ds, a.kv, a.bias, a.hidden, a.key_rstd, a.query_rstd, a.key_w, a.M,
+                         a.d, false},
+             a.tokens, cols, a.partial, a.d_query_w, vec4(a.d));
 }
 
-void launch_conv_forward(const ConvArgs& a, float* out) {
+template <class A>
+void launch_conv_forward(const ConvArgs<A>& a, A* out) {
   const int64_t rows = a.batch * a.seq * a.M;
   if (rows == 0) return;
-  conv_norm_kernel<<<static_cast<unsigned>(rows), kThreads>>>(a);
+  if (vec4(a.d)) {
+    conv_norm_kernel<A, 4><<<static_cast<unsigned>(rows), kThreads>>>(a);
+  } else {
+    conv_norm_kernel<A, 1><<<static_cast<unsigned>(rows), kThreads>>>(a);
+  }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  conv_kernel<<<blocks_for(rows * a.d), kThreads>>>(a, out);
+  const int64_t tokens = a.batch * a.seq, C = a.M * a.d;
+  if (C % 4 == 0) {
+    conv_fwd_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, out);
+  } else {
+    conv_fwd_kernel<A, 1><<<conv_grid(tokens, C, 1), kThreads>>>(a, out);
+  }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_conv_backward(const ConvArgs& a, const float* dy, float* dx, float* d_conv_w,
-                          float* d_norm_w, float* du, float* dxn, float* partial) {
+template <class A>
+void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_conv_w,
+                          float* d_norm_w, A* du, A* dxn, float* partial) {
   const int64_t tokens = a.batch * a.seq, C = a.M * a.d, n = tokens * C;
   if (n == 0) return;
-  conv_du_kernel<<<blocks_for(n), kThreads>>>(dy, a.u, du, n);
+  const bool v4 = C % 4 == 0;
+  if (v4) {
+    conv_du_vec_kernel<A, 4><<<blocks_for(n / 4), kThreads>>>(dy, a.u, du, n);
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+    conv_dxn_vec_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, du, dxn);
+  } else {
+    conv_du_vec_kernel<A, 1><<<blocks_for(n), kThreads>>>(dy, a.u, du, n);
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+    conv_dxn_vec_kernel<A, 1><<<conv_grid(tokens, C, 1), kThreads>>>(a, du, dxn);
+  }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  conv_dxn_kernel<<<blocks_for(n), kThreads>>>(a, du, dxn);
+  if (a.kernel <= kMaxTaps) {
+    const int V = v4 ? 4 : 1;
+    const dim3 grid(static_cast<unsigned>((C / V + 31) / 32), kColChunks);
+    if (v4) {
+      conv_weight_partial_kernel<A, 4><<<grid, dim3(32, 8)>>>(a, du, partial);
+    } else {
+      conv_weight_partial_kernel<A, 1><<<grid, dim3(32, 8)>>>(a, du, partial);
+    }
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+    colsum_finish<<<blocks_for(C * a.kernel), kThreads>>>(partial, C * a.kernel, d_conv_w);
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+  } else {
+    column_sum(ConvWeightTerm<A>{du, a.xn, a.seq, C, a.kernel, a.dilation}, tokens,
+               C * a.kernel, partial, d_conv_w);
+  }
+  if (vec4(a.d)) {
+    conv_norm_backward_kernel<A, 4><<<static_cast<unsigned>(tokens * a.M), kThreads>>>(a, dxn, dx);
+  } else {
+    conv_norm_backward_kernel<A, 1><<<static_cast<unsigned>(tokens * a.M), kThreads>>>(a, dxn, dx);
+  }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  column_sum(ConvWeightTerm{du, a.xn, a.seq, C, a.kernel, a.dilation}, tokens, C * a.kernel,
-             partial, d_conv_w);
-  conv_norm_backward_kernel<<<static_cast<unsigned>(tokens * a.M), kThreads>>>(a, dxn, dx);
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
-  column_sum(ConvNormTerm{dxn, a.x, a.rstd, a.M, a.d}, tokens, C, partial, d_norm_w);
+  column_sum(ConvNormTerm<A>{dxn, a.x, a.rstd, a.M, a.d}, tokens, C, partial, d_norm_w,
+             vec4(a.d));
 }
 
-void launch_bias_grad(float* d_bias, const float* dkv, int64_t tokens, int64_t cols,
-                      float* partial) {
-  column_sum(BiasTerm{dkv, cols}, tokens, cols, partial, d_bias);
+template <class A>
+void launch_bias_grad(float* d_bias, const A* dkv, int64_t tokens, int64_t cols, float* partial) {
+  column_sum(BiasTerm<A>{dkv, cols}, tokens, cols, partial, d_bias, cols % 4 == 0);
+}
+
+template <class A>
+void launch_convert(A* out, const float* in, int64_t n) {
+  if (n == 0) return;
+  convert_kernel<A><<<blocks_for(n), kThreads>>>(out, in, n);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class A>
+void launch_copy(A* out, const A* in, int64_t n) {
+  if (n == 0) return;
+  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n) * sizeof(A),
+                                    cudaMemcpyDeviceToDevice));
 }
 
 size_t table_grad_temp_bytes(int64_t n, int end_bit) {
@@ -371,7 +737,8 @@ size_t table_grad_temp_bytes(int64_t n, int end_bit) {
   return std::max({a, b, c, size_t{16}});
 }
 
-int64_t launch_table_grad(const TableGradArgs& a) {
+template <class A>
+int64_t launch_table_grad(const TableGradArgs<A>& a) {
   if (a.n == 0) return 0;
   const int ni = static_cast<int>(a.n);
   size_t bytes = a.temp_bytes;
@@ -388,11 +755,25 @@ int64_t launch_table_grad(const TableGradArgs& a) {
   bytes = a.temp_bytes;
   ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(a.temp, bytes, a.counts, a.starts, runs));
   if (runs > 0 && a.width > 0) {
-    segment_sum_kernel<<<blocks_for(int64_t{runs} * a.width), kThreads>>>(
+    segment_sum_kernel<A><<<blocks_for(int64_t{runs} * a.width), kThreads>>>(
         a.out_values, a.de, a.slots_sorted, a.starts, a.counts, runs, a.width);
     ENGRAM_CUDA_CHECK(cudaGetLastError());
   }
   return runs;
 }
+
+#define ENGRAM_INSTANTIATE(A)                                                                  \
+  template void launch_gate_forward<A>(const GateArgs<A>&);                                    \
+  template void launch_gate_backward<A>(const GateBwdArgs<A>&);                                \
+  template void launch_conv_forward<A>(const ConvArgs<A>&, A*);                                \
+  template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*, A*, \
+                                        A*, float*);                                           \
+  template void launch_bias_grad<A>(float*, const A*, int64_t, int64_t, float*);               \
+  template void launch_convert<A>(A*, const float*, int64_t);                                  \
+  template void launch_copy<A>(A*, const A*, int64_t);                                         \
+  template int64_t launch_table_grad<A>(const TableGradArgs<A>&);
+ENGRAM_INSTANTIATE(float)
+ENGRAM_INSTANTIATE(bf16)
+#undef ENGRAM_INSTANTIATE
 
 }  // namespace engram::cuda::detail

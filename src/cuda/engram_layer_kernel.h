@@ -2,10 +2,16 @@
 // C++17 and cannot include the std::span headers that GpuEngramLayer's file uses. Every launcher
 // runs on the default stream, asynchronously, and throws engram::Error on a launch failure.
 // Layouts follow src/nn/engram_layer.cpp: tokens = B*T, kvr = (1+M)*d, C = M*d.
+//
+// A is the activation type, float or engram::bf16 (explicit instantiations in the .cu file):
+// every (tokens, ...) tensor is stored in A; per-row statistics (rstd, score, alpha), parameters
+// and parameter gradients are float; all arithmetic is float.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+
+#include "engram/tensor/dtype.h"
 
 namespace engram::cuda::detail {
 
@@ -17,71 +23,86 @@ inline constexpr int kColChunks = 64;
 void launch_table_rows(int64_t* rows, int32_t* slots, const int32_t* ids, const int64_t* offsets,
                        int64_t tokens, int64_t heads);
 
-// kv (tokens, cols) += bias (cols) on every row.
-void launch_add_bias(float* kv, const float* bias, int64_t tokens, int64_t cols);
-
+template <class A>
 struct GateArgs {
-  const float* kv;       // (tokens, kvr): v, k_0 .. k_{M-1}
-  const float* hidden;   // (tokens, M, d)
+  const A* kv;           // (tokens, kvr): v, k_0 .. k_{M-1}, before the bias
+  const float* bias;     // (kvr) or nullptr: added to kv on the fly
+  const A* hidden;       // (tokens, M, d)
   const float* key_w;    // (M, d)
   const float* query_w;  // (M, d)
   float* key_rstd;       // (tokens, M)
   float* query_rstd;     // (tokens, M)
   float* score;          // (tokens, M)
   float* alpha;          // (tokens, M)
-  float* vt;             // (tokens, M, d)
+  A* vt;                 // (tokens, M, d)
   int64_t tokens, M, d;
   float eps;
 };
-void launch_gate_forward(const GateArgs& a);
+template <class A>
+void launch_gate_forward(const GateArgs<A>& a);
 
+template <class A>
 struct GateBwdArgs {
-  const float* dvt;  // (tokens, M, d)
-  const float* kv;
-  const float* hidden;
+  const A* dvt;  // (tokens, M, d)
+  const A* kv;
+  const float* bias;  // (kvr) or nullptr
+  const A* hidden;
   const float* key_w;
   const float* query_w;
   const float* key_rstd;
   const float* query_rstd;
   const float* score;
   const float* alpha;
-  float* dkv;       // (tokens, kvr), written
-  float* d_hidden;  // (tokens, M, d), +=
-  float* ds;        // (tokens, M) scratch: the score gradient
-  float* d_key_w;   // (M, d), +=
-  float* d_query_w; // (M, d), +=
-  float* partial;   // kColChunks * M * d scratch
+  A* dkv;            // (tokens, kvr), written
+  A* d_hidden;       // (tokens, M, d), +=
+  float* ds;         // (tokens, M) scratch: the score gradient
+  float* d_key_w;    // (M, d), +=
+  float* d_query_w;  // (M, d), +=
+  float* partial;    // kColChunks * M * d scratch
   int64_t tokens, M, d;
 };
-void launch_gate_backward(const GateBwdArgs& a);
+template <class A>
+void launch_gate_backward(const GateBwdArgs<A>& a);
 
+template <class A>
 struct ConvArgs {
   int64_t batch, seq, M, d, kernel, dilation;
-  const float* x;       // (tokens, C): Vt
+  const A* x;           // (tokens, C): Vt
   const float* conv_w;  // (C, kernel)
+  const float* conv_wt; // (kernel, C): conv_w transposed, for contiguous loads
   const float* norm_w;  // (M, d)
-  float* xn;            // (tokens, C)
+  A* xn;                // (tokens, C)
   float* rstd;          // (tokens, M)
-  float* u;             // (tokens, C)
+  A* u;                 // (tokens, C)
   float eps;
 };
 // out = x + SiLU(conv(RMSNorm(x))); saves xn, rstd, u.
-void launch_conv_forward(const ConvArgs& a, float* out);
+template <class A>
+void launch_conv_forward(const ConvArgs<A>& a, A* out);
 
 // dx (+=), d_conv_w (+=), d_norm_w (+=) from dy; du, dxn (tokens, C) and partial
 // (kColChunks * C * kernel) are scratch.
-void launch_conv_backward(const ConvArgs& a, const float* dy, float* dx, float* d_conv_w,
-                          float* d_norm_w, float* du, float* dxn, float* partial);
+template <class A>
+void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_conv_w,
+                          float* d_norm_w, A* du, A* dxn, float* partial);
 
 // d_bias (cols) += column sums of dkv (tokens, cols); partial: kColChunks * cols scratch.
-void launch_bias_grad(float* d_bias, const float* dkv, int64_t tokens, int64_t cols,
-                      float* partial);
+template <class A>
+void launch_bias_grad(float* d_bias, const A* dkv, int64_t tokens, int64_t cols, float* partial);
+
+// out (n) = in (n), converted (float → A); for parameters and d_out copies.
+template <class A>
+void launch_convert(A* out, const float* in, int64_t n);
+// out (n) = in (n) of the same type (a device-to-device copy).
+template <class A>
+void launch_copy(A* out, const A* in, int64_t n);
 
 // The sparse table gradient. n = tokens*heads slots; rows/slots from launch_table_rows.
+template <class A>
 struct TableGradArgs {
   const int64_t* rows;   // (n)
   const int32_t* slots;  // (n): 0 .. n-1
-  const float* de;       // (n, width)
+  const A* de;           // (n, width)
   int64_t n, width;
   int end_bit;           // rows < 2^end_bit
   int64_t* rows_sorted;  // (n) scratch
@@ -96,6 +117,7 @@ struct TableGradArgs {
 };
 size_t table_grad_temp_bytes(int64_t n, int end_bit);
 // Returns the number of unique rows (waits for the device).
-int64_t launch_table_grad(const TableGradArgs& a);
+template <class A>
+int64_t launch_table_grad(const TableGradArgs<A>& a);
 
 }  // namespace engram::cuda::detail

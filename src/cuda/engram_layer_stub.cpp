@@ -16,7 +16,8 @@ void GpuEngramGrads::download(nn::EngramParams<float>&, nn::SparseRowGrad<float>
   fail("GpuEngramGrads::download");
 }
 
-GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig&, const nn::EngramParams<float>&) {
+GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig&, const nn::EngramParams<float>&,
+                               const GpuEngramOptions&) {
   fail("GpuEngramLayer");
 }
 GpuEngramLayer::~GpuEngramLayer() = default;
@@ -28,6 +29,13 @@ void GpuEngramLayer::forward(const float*, const int32_t*, int64_t, int64_t, con
   fail("GpuEngramLayer::forward");
 }
 void GpuEngramLayer::backward(const float*, const float*, float*, GpuEngramGrads&) {
+  fail("GpuEngramLayer::backward");
+}
+void GpuEngramLayer::forward(const bf16*, const int32_t*, int64_t, int64_t, const DeviceTable&,
+                             const int64_t*, bf16*) {
+  fail("GpuEngramLayer::forward");
+}
+void GpuEngramLayer::backward(const bf16*, const bf16*, bf16*, GpuEngramGrads&) {
   fail("GpuEngramLayer::backward");
 }
 

@@ -1,5 +1,6 @@
 // Row gather (include/engram/cuda/gather.h). src/cuda/gather_stub.cpp stands in for this file
 // in builds without CUDA.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,7 +15,7 @@ namespace {
 constexpr int kThreads = 256;
 
 struct GatherArgs {
-  float* out;              // (tokens, heads * width)
+  void* out;               // (tokens, heads * width), float or bf16
   const void* table;       // (rows, width)
   const int32_t* ids;      // (tokens, heads)
   const int64_t* offsets;  // (heads)
@@ -25,9 +26,24 @@ __device__ __forceinline__ float widen(uint16_t bits) {
   return __uint_as_float(static_cast<uint32_t>(bits) << 16);
 }
 
+__device__ __forceinline__ uint16_t narrow(float v) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+// Stores of kVec values into a float or bf16 output.
+__device__ __forceinline__ void store4(float* o, float4 v) { *reinterpret_cast<float4*>(o) = v; }
+__device__ __forceinline__ void store4(uint16_t* o, float4 v) {
+  *reinterpret_cast<uint2*>(o) =
+      make_uint2(narrow(v.x) | (static_cast<uint32_t>(narrow(v.y)) << 16),
+                 narrow(v.z) | (static_cast<uint32_t>(narrow(v.w)) << 16));
+}
+__device__ __forceinline__ void store1(float* o, float v) { *o = v; }
+__device__ __forceinline__ void store1(uint16_t* o, float v) { *o = narrow(v); }
+
 // kVec values per item (4: the width is a multiple of 4 and the pointers are aligned; 1: any).
 // Items are numbered in output order: item i writes out[i*kVec .. i*kVec + kVec).
-template <bool kBf16, int kVec>
+// O: float or uint16_t (bf16 bits). bf16 → bf16 copies bits; f32 → bf16 rounds to nearest even.
+template <bool kBf16, int kVec, class O>
 __global__ void __launch_bounds__(kThreads) gather_kernel(GatherArgs a) {
   const int64_t chunks = a.width / kVec;  // items per row
   const int64_t items = a.tokens * a.heads * chunks;
@@ -38,9 +54,9 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(GatherArgs a) {
     const int64_t col = (i - token_head * chunks) * kVec;
     const int32_t id = __ldg(a.ids + token_head);
     const int64_t row = id + __ldg(a.offsets + token_head % a.heads);
-    float* o = a.out + i * kVec;
+    O* o = static_cast<O*>(a.out) + i * kVec;
     if (id < 0 || row < 0 || row >= a.rows) {
-      for (int j = 0; j < kVec; ++j) o[j] = __int_as_float(0x7fc00000);  // quiet NaN
+      for (int j = 0; j < kVec; ++j) store1(o + j, __int_as_float(0x7fc00000));  // quiet NaN
       continue;
     }
     const int64_t src = row * a.width + col;
@@ -54,31 +70,30 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(GatherArgs a) {
       } else {
         v = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(a.table) + src));
       }
-      *reinterpret_cast<float4*>(o) = v;
+      store4(o, v);
     } else if constexpr (kBf16) {
-      *o = widen(__ldg(static_cast<const uint16_t*>(a.table) + src));
+      store1(o, widen(__ldg(static_cast<const uint16_t*>(a.table) + src)));
     } else {
-      *o = __ldg(static_cast<const float*>(a.table) + src);
+      store1(o, __ldg(static_cast<const float*>(a.table) + src));
     }
   }
 }
 
-template <bool kBf16>
+template <bool kBf16, class O>
 void launch(const GatherArgs& a, bool vec4, cudaStream_t s) {
   const int64_t items = a.tokens * a.heads * (vec4 ? a.width / 4 : a.width);
   const unsigned blocks =
       static_cast<unsigned>(std::min<int64_t>((items + kThreads - 1) / kThreads, INT32_MAX));
   if (vec4) {
-    gather_kernel<kBf16, 4><<<blocks, kThreads, 0, s>>>(a);
+    gather_kernel<kBf16, 4, O><<<blocks, kThreads, 0, s>>>(a);
   } else {
-    gather_kernel<kBf16, 1><<<blocks, kThreads, 0, s>>>(a);
+    gather_kernel<kBf16, 1, O><<<blocks, kThreads, 0, s>>>(a);
   }
 }
 
-}  // namespace
-
-void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
-                 const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
+template <class O>
+void gather_any(O* d_out, const DeviceTable& table, const int32_t* d_ids,
+                const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
   if (table.dtype != DType::kF32 && table.dtype != DType::kBF16) {
     throw InputError(error_message(
         "gather_rows",
@@ -93,18 +108,31 @@ void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
   if (tokens == 0 || heads == 0 || table.width == 0) return;
   const bool bf16 = table.dtype == DType::kBF16;
   const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-  // 4 values: a 16-byte f32 store, and a 16-byte (f32) or 8-byte (bf16) load.
-  const bool vec4 =
-      table.width % 4 == 0 && addr(d_out) % 16 == 0 && addr(table.data) % (bf16 ? 8 : 16) == 0;
+  // 4 values: a 16-byte (f32) or 8-byte (bf16) store and load.
+  const bool vec4 = table.width % 4 == 0 && addr(d_out) % (4 * sizeof(O)) == 0 &&
+                    addr(table.data) % (bf16 ? 8 : 16) == 0;
   const GatherArgs args{d_out,      table.data,  d_ids,  d_head_offsets,
                         table.rows, table.width, tokens, heads};
   const auto s = static_cast<cudaStream_t>(stream);
   if (bf16) {
-    launch<true>(args, vec4, s);
+    launch<true, O>(args, vec4, s);
   } else {
-    launch<false>(args, vec4, s);
+    launch<false, O>(args, vec4, s);
   }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
+                 const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
+  gather_any(d_out, table, d_ids, d_head_offsets, tokens, heads, stream);
+}
+
+void gather_rows(bf16* d_out, const DeviceTable& table, const int32_t* d_ids,
+                 const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
+  gather_any(reinterpret_cast<uint16_t*>(d_out), table, d_ids, d_head_offsets, tokens, heads,
+             stream);
 }
 
 }  // namespace engram::cuda

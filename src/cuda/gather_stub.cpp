@@ -10,4 +10,9 @@ void gather_rows(float*, const DeviceTable&, const int32_t*, const int64_t*, int
   throw Error(error_message("gather_rows", "built without CUDA"));
 }
 
+void gather_rows(bf16*, const DeviceTable&, const int32_t*, const int64_t*, int64_t, int64_t,
+                 void*) {
+  throw Error(error_message("gather_rows", "built without CUDA"));
+}
+
 }  // namespace engram::cuda

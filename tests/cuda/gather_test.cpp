@@ -124,6 +124,34 @@ TEST(GpuGather, WidthsAndPointersOffTheVectorPath) {
   }
 }
 
+// bf16 output: the CPU's rows rounded to bf16 (bf16 tables: their bits exactly), aligned and not.
+TEST(GpuGather, Bf16OutputIsTheRoundedRows) {
+  SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int64_t width : {7, 16, 64}) {
+      for (size_t shift : {size_t{0}, size_t{1}}) {
+        const Case c = make_case(4, width, 300, static_cast<uint64_t>(width) + shift);
+        const Tensor table = random_table(dtype, c.rows, width, 11);
+        DeviceBuffer<uint8_t> d_table{
+            std::span<const uint8_t>(static_cast<const uint8_t*>(table.raw()), table.nbytes())};
+        const DeviceBuffer<int32_t> d_ids{std::span<const int32_t>(c.ids)};
+        const DeviceBuffer<int64_t> d_offsets{std::span<const int64_t>(c.offsets)};
+        const size_t n = static_cast<size_t>(c.tokens * c.heads * c.width);
+        DeviceBuffer<bf16> d_out(n + shift);
+        gather_rows(d_out.data() + shift,
+                    DeviceTable{d_table.data(), table.dtype(), c.rows, c.width}, d_ids.data(),
+                    d_offsets.data(), c.tokens, c.heads);
+        std::vector<bf16> out(n + shift);
+        d_out.download(out);
+        const std::vector<float> want = cpu_gather(c, table);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; ++i) bad += out[i + shift].bits != float_to_bf16(want[i]).bits;
+        EXPECT_EQ(bad, 0u) << dtype_name(dtype) << " width " << width << " shift " << shift;
+      }
+    }
+  }
+}
+
 TEST(GpuGather, ManyTokens) {
   SKIP_WITHOUT_GPU();
   const Case c = make_case(16, 32, 50000, 8);
@@ -143,9 +171,9 @@ TEST(GpuGather, OutOfTableIdsGiveNanRowsAndBadArgumentsThrow) {
     EXPECT_EQ(std::isnan(got[i]), token_head == 1 || token_head == 4) << i;
   }
   EXPECT_THROW(
-      gather_rows(nullptr, DeviceTable{nullptr, DType::kF64, 1, 1}, nullptr, nullptr, 1, 1),
+      gather_rows(static_cast<float*>(nullptr), DeviceTable{nullptr, DType::kF64, 1, 1}, nullptr, nullptr, 1, 1),
       InputError);
-  EXPECT_THROW(gather_rows(nullptr, DeviceTable{}, nullptr, nullptr, -1, 1), InputError);
+  EXPECT_THROW(gather_rows(static_cast<float*>(nullptr), DeviceTable{}, nullptr, nullptr, -1, 1), InputError);
 }
 
 }  // namespace

@@ -1,6 +1,5 @@
-// The Engram layer (ENGRAM_SPEC §3) forward and backward on the GPU, float32 activations, over an
-// f32 or bf16 table: the computation of nn::EngramLayer<float> (src/nn/engram_layer.cpp), which
-// it matches to float rounding.
+// The Engram layer (ENGRAM_SPEC §3) forward and backward on the GPU, over an f32 or bf16 table:
+// the computation of nn::EngramLayer<float> (src/nn/engram_layer.cpp).
 //
 //   GpuEngramLayer layer(config, params);                 // uploads the parameters
 //   layer.forward(d_hidden, d_ids, B, T, table, d_offsets, d_out);
@@ -8,8 +7,18 @@
 //   layer.backward(d_dout, d_hidden, d_dhidden, grads);    // d_dhidden += ...; grads += ...
 //   grads.download(host_params_grads, host_table_grad);
 //
-// The (1+M)*d x d_mem projection and its backward are cuBLAS SGEMMs (FP32 math, no TF32); the
-// norms, gate, short conv and their backwards are kernels. The table gradient is sparse: the
+// Precision (GpuEngramOptions):
+//   activations kF32, Math::kExact   float32 everywhere; the (1+M)*d x d_mem projection and its
+//                                    backward are plain FP32 GEMMs: matches the CPU layer to float
+//                                    rounding (the default)
+//   activations kF32, Math::kTf32    the same with TF32 tensor-core projections
+//   activations kBF16                hidden, out, d_out, d_hidden and every saved per-token tensor
+//                                    (gathered rows, projections, gate and conv intermediates) are
+//                                    bf16; the projections run on bf16 tensor cores against a bf16
+//                                    copy of the float32 weight; per-row statistics, parameters,
+//                                    their gradients and all arithmetic stay float32
+// The norms, gate, short conv and their backwards are kernels; the projection's bias is added
+// inside the gate kernels (forward and backward), not stored. The table gradient is sparse: the
 // (token, head) row ids are radix-sorted (stably) with their slots and each distinct row's slot
 // gradients summed in slot order; no table-sized buffer exists. Forward keeps what backward
 // needs inside the object (one forward, then its backward; repeated steps reuse the buffers).
@@ -19,15 +28,25 @@
 
 #include <cstdint>
 
+#include <memory>
+
+#include "engram/cuda/blas.h"
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/gather.h"
 #include "engram/nn/engram_layer.h"
+#include "engram/tensor/dtype.h"
 
 namespace engram::cuda {
 
 namespace detail {
+template <class A>
 struct ConvArgs;  // src/cuda/engram_layer_kernel.h
 }  // namespace detail
+
+struct GpuEngramOptions {
+  DType activations = DType::kF32;  // kF32 or kBF16
+  Math math = Math::kExact;         // the float32 projections; unused for bf16 activations
+};
 
 // Gradients on the device: dense ones laid out like nn::EngramParams (accumulated, +=), and the
 // table's sparse one (replaced by each backward): table_unique rows (ascending) in
@@ -50,43 +69,61 @@ struct GpuEngramGrads {
 
 class GpuEngramLayer {
  public:
-  // Throws ConfigError for a bad config or parameters of the wrong sizes, engram::Error on a
-  // CUDA or cuBLAS failure.
-  GpuEngramLayer(const nn::EngramLayerConfig& config, const nn::EngramParams<float>& params);
+  // Throws ConfigError for a bad config, bad options or parameters of the wrong sizes,
+  // engram::Error on a CUDA or cuBLAS failure.
+  GpuEngramLayer(const nn::EngramLayerConfig& config, const nn::EngramParams<float>& params,
+                 const GpuEngramOptions& options = {});
   ~GpuEngramLayer();
   GpuEngramLayer(const GpuEngramLayer&) = delete;
   GpuEngramLayer& operator=(const GpuEngramLayer&) = delete;
 
   const nn::EngramLayerConfig& config() const { return config_; }
+  const GpuEngramOptions& options() const { return options_; }
   // Replaces the parameters (same sizes as the constructor's).
   void set_params(const nn::EngramParams<float>& params);
 
   // d_hidden (B, T, M, d); d_hash_ids (B*T, H) per-head ids; d_head_offsets (H) int64 first row
   // of each head; d_out (B, T, M, d). table.width must be the row width (n_embed / K).
-  // Precondition (not checked): offsets[h] + ids[t, h] names a row of the table.
+  // The float overloads need options().activations == kF32, the bf16 ones kBF16 (InputError
+  // otherwise). Precondition (not checked): offsets[h] + ids[t, h] names a row of the table.
   void forward(const float* d_hidden, const int32_t* d_hash_ids, int64_t batch, int64_t seq,
                const DeviceTable& table, const int64_t* d_head_offsets, float* d_out);
+  void forward(const bf16* d_hidden, const int32_t* d_hash_ids, int64_t batch, int64_t seq,
+               const DeviceTable& table, const int64_t* d_head_offsets, bf16* d_out);
 
   // After forward: from d_dout (B, T, M, d) and the same d_hidden, d_dhidden (+=), the dense
   // parameter gradients (+=) and the sparse table gradient (replaced). Waits for the device
   // (the number of unique rows is read back).
   void backward(const float* d_dout, const float* d_hidden, float* d_dhidden,
                 GpuEngramGrads& grads);
+  void backward(const bf16* d_dout, const bf16* d_hidden, bf16* d_dhidden, GpuEngramGrads& grads);
 
  private:
+  template <class A>
+  void forward_impl(const A* d_hidden, const int32_t* d_hash_ids, int64_t batch, int64_t seq,
+                    const DeviceTable& table, const int64_t* d_head_offsets, A* d_out);
+  template <class A>
+  void backward_impl(const A* d_dout, const A* d_hidden, A* d_dhidden, GpuEngramGrads& grads);
   // The short conv's arguments over the saved batch (forward and backward use the same).
-  detail::ConvArgs conv_args();
+  template <class A>
+  detail::ConvArgs<A> conv_args();
+  void check_activations(DType want, const char* where) const;
 
   nn::EngramLayerConfig config_;
-  void* cublas_ = nullptr;  // cublasHandle_t
+  GpuEngramOptions options_;
+  std::unique_ptr<Blas> blas_;
   DeviceBuffer<float> kv_weight_, kv_bias_, key_norm_, query_norm_, conv_weight_, conv_norm_;
-  // Saved by forward.
+  DeviceBuffer<bf16> kv_weight_bf16_;  // bf16 activations: the projection's weight, rounded
+  DeviceBuffer<float> conv_weight_t_;  // conv_weight (C, kernel) transposed to (kernel, C)
+  // Saved by forward; per-token tensors are bytes holding the activation type.
   int64_t batch_ = 0, seq_ = 0, table_end_bit_ = 1;
   DeviceBuffer<int64_t> rows_;
   DeviceBuffer<int32_t> slots_;
-  DeviceBuffer<float> e_, kv_, key_rstd_, query_rstd_, score_, alpha_, vt_, xn_, conv_rstd_, u_;
+  DeviceBuffer<uint8_t> e_, kv_, vt_, xn_, u_;
+  DeviceBuffer<float> key_rstd_, query_rstd_, score_, alpha_, conv_rstd_;
   // Backward's scratch.
-  DeviceBuffer<float> dvt_, du_, dxn_, dkv_, ds_, de_, partial_;
+  DeviceBuffer<uint8_t> dvt_, du_, dxn_, dkv_, de_;
+  DeviceBuffer<float> ds_, partial_;
   DeviceBuffer<int64_t> rows_sorted_;
   DeviceBuffer<int32_t> slots_sorted_, counts_, starts_, num_runs_;
   DeviceBuffer<uint8_t> temp_;

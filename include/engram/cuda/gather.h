@@ -3,7 +3,8 @@
 //
 // For hash ids (tokens, H) and per-head row offsets (H):
 //   out[t, h*w .. h*w + w) = table[offsets[h] + ids[t, h], 0 .. w)          out is (tokens, H*w)
-// Tables of F32 or BF16 rows; out is f32 (bf16 values are widened exactly). Rows are copied
+// Tables of F32 or BF16 rows; out is f32 (bf16 values are widened exactly) or bf16 (bf16 rows
+// copied bit for bit, f32 rows rounded to nearest even). Rows are copied
 // 4 values per thread (16-byte stores, 16- or 8-byte loads) when the width is a multiple of 4
 // and the pointers are aligned for it, one value per thread otherwise.
 #pragma once
@@ -30,6 +31,10 @@ struct DeviceTable {
 // read stays inside the table: an id < 0 or a row >= table.rows gives a row of NaN.
 // Throws InputError for another dtype or a negative size, engram::Error on a launch failure.
 void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
+                 const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
+                 void* stream = nullptr);
+// The same into a bf16 output (the Engram layer's bf16 activations).
+void gather_rows(bf16* d_out, const DeviceTable& table, const int32_t* d_ids,
                  const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
                  void* stream = nullptr);
 
