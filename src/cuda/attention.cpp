@@ -79,7 +79,7 @@ void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q,
                               const void* k, const void* v, const void* ctx, const float* lse,
                               DType type, const FlashAttentionShape& shape, float scale,
-                              void* stream) {
+                              void* stream, AttentionKernel kernel) {
   const char* where = "cuda::flash_attention_backward";
   if (!check(where, type, shape, scale)) return;
   check_aligned(where, {{"dq", dq},
@@ -90,8 +90,10 @@ void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, co
                         {"k", k},
                         {"v", v},
                         {"ctx", ctx}});
-  detail::launch_flash_backward(dq, dk, dv, dctx, q, k, v, ctx, lse, type == DType::kBF16,
-                                dims(shape), scale, stream);
+  const bool bf16 = type == DType::kBF16;
+  detail::launch_flash_backward(dq, dk, dv, dctx, q, k, v, ctx, lse, bf16,
+                                bf16 && kernel == AttentionKernel::kAuto, dims(shape), scale,
+                                stream);
 }
 
 void attention_decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,

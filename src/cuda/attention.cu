@@ -469,6 +469,72 @@ __device__ __forceinline__ float quad_max(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
+// Shared-memory tiles of bf16 (as raw 16-bit values), rows padded to P elements.
+// load_rows_bf16: dst[r][d] = src[r * stride + d] for ROWS rows of HD; rows >= valid are zeros
+// (not read). Consecutive threads read consecutive 16-byte chunks of a row.
+template <int HD, int ROWS, int P>
+__device__ __forceinline__ void load_rows_bf16(uint16_t (*dst)[P], const uint16_t* src,
+                                               int64_t stride, int valid) {
+  constexpr int CH = HD / 8;
+  for (int e = static_cast<int>(threadIdx.x); e < ROWS * CH; e += kMmaThreads) {
+    const int r = e / CH, c = e % CH;
+    const uint4 x = r < valid ? *reinterpret_cast<const uint4*>(src + r * stride + 8 * c)
+                              : make_uint4(0u, 0u, 0u, 0u);
+    *reinterpret_cast<uint4*>(&dst[r][8 * c]) = x;
+  }
+}
+// load_cols_bf16: the transpose, dst[d][r] = src[r * stride + d]. Consecutive threads take
+// consecutive rows, so that the 2-byte stores of a warp fill consecutive words of a dst row.
+template <int HD, int ROWS, int P>
+__device__ __forceinline__ void load_cols_bf16(uint16_t (*dst)[P], const uint16_t* src,
+                                               int64_t stride, int valid) {
+  constexpr int CH = HD / 8;
+  for (int e = static_cast<int>(threadIdx.x); e < ROWS * CH; e += kMmaThreads) {
+    const int r = e % ROWS, c = e / ROWS;
+    const uint4 x = r < valid ? *reinterpret_cast<const uint4*>(src + r * stride + 8 * c)
+                              : make_uint4(0u, 0u, 0u, 0u);
+    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      dst[8 * c + 2 * i][r] = static_cast<uint16_t>(w[i] & 0xffffu);
+      dst[8 * c + 2 * i + 1][r] = static_cast<uint16_t>(w[i] >> 16);
+    }
+  }
+}
+
+// The A fragments (16 rows x HD, row-major) of rows `lo` and `lo + 8` of a warp's 16, straight
+// from global memory; a row that is not `ok` reads as zeros. a[kk] covers columns 16 kk ..+15.
+template <int HD>
+__device__ __forceinline__ void load_a_fragments(uint32_t (&a)[HD / 16][4], const uint16_t* lo,
+                                                 bool ok_lo, const uint16_t* hi, bool ok_hi,
+                                                 int tig) {
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const int d = 16 * kk + 2 * tig;
+    a[kk][0] = ok_lo ? load32(lo + d) : 0u;
+    a[kk][1] = ok_hi ? load32(hi + d) : 0u;
+    a[kk][2] = ok_lo ? load32(lo + d + 8) : 0u;
+    a[kk][3] = ok_hi ? load32(hi + d + 8) : 0u;
+  }
+}
+
+// C fragments (16 x HD, float32) of rows lo and hi written as bf16, times `scale`.
+template <int HD>
+__device__ __forceinline__ void store_c_fragments(uint16_t* lo, bool ok_lo, uint16_t* hi,
+                                                  bool ok_hi, const float (&c)[HD / 8][4],
+                                                  float scale, int tig) {
+#pragma unroll
+  for (int nd = 0; nd < HD / 8; ++nd) {
+    const int d = 8 * nd + 2 * tig;
+    if (ok_lo) {
+      *reinterpret_cast<uint32_t*>(lo + d) = pack_bf16(c[nd][0] * scale, c[nd][1] * scale);
+    }
+    if (ok_hi) {
+      *reinterpret_cast<uint32_t*>(hi + d) = pack_bf16(c[nd][2] * scale, c[nd][3] * scale);
+    }
+  }
+}
+
 // Grid (query tiles, Hq, B), the last tile first. Same arguments as flash_forward_kernel.
 template <int HD>
 __global__ void __launch_bounds__(kMmaThreads)
@@ -480,7 +546,6 @@ __global__ void __launch_bounds__(kMmaThreads)
   constexpr int KK = HD / 16;                          // k-steps of Q K^T
   constexpr int ND = HD / 8;                           // 8-column tiles of O
   constexpr int NT = kMmaKeys / 8;                     // 8-key tiles of S
-  constexpr int CH = HD / 8;                           // 16-byte chunks of a row
   __shared__ __align__(16) uint16_t ks[kMmaKeys][KP];  // K tile (keys, hd)
   __shared__ __align__(16) uint16_t vt[HD][VP];        // V tile transposed (hd, keys)
 
@@ -521,28 +586,8 @@ __global__ void __launch_bounds__(kMmaThreads)
   for (int k0 = 0; k0 < key_end; k0 += kMmaKeys) {
     const int valid = min(kMmaKeys, seq - k0);
     __syncthreads();
-    // K: consecutive threads read consecutive 16-byte chunks of a row.
-    for (int e = static_cast<int>(threadIdx.x); e < kMmaKeys * CH; e += kMmaThreads) {
-      const int r = e / CH, c = e % CH;
-      const uint4 x = r < valid
-                          ? *reinterpret_cast<const uint4*>(k16 + (k0 + r) * kv_stride + 8 * c)
-                          : make_uint4(0u, 0u, 0u, 0u);
-      *reinterpret_cast<uint4*>(&ks[r][8 * c]) = x;
-    }
-    // V, transposed: consecutive threads take consecutive keys, so that the 2-byte stores of a
-    // warp fill consecutive words of a vt row.
-    for (int e = static_cast<int>(threadIdx.x); e < kMmaKeys * CH; e += kMmaThreads) {
-      const int r = e % kMmaKeys, c = e / kMmaKeys;
-      const uint4 x = r < valid
-                          ? *reinterpret_cast<const uint4*>(v16 + (k0 + r) * kv_stride + 8 * c)
-                          : make_uint4(0u, 0u, 0u, 0u);
-      const uint32_t w[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        vt[8 * c + 2 * i][r] = static_cast<uint16_t>(w[i] & 0xffffu);
-        vt[8 * c + 2 * i + 1][r] = static_cast<uint16_t>(w[i] >> 16);
-      }
-    }
+    load_rows_bf16<HD, kMmaKeys>(ks, k16 + k0 * kv_stride, kv_stride, valid);
+    load_cols_bf16<HD, kMmaKeys>(vt, v16 + k0 * kv_stride, kv_stride, valid);
     __syncthreads();
 
     // S = Q K^T for the warp's 16 rows and the tile's 64 keys.
@@ -631,6 +676,234 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
 }
 
+// ---- backward on tensor cores (bf16) -----------------------------------------------------------
+//
+// FlashAttention-2's backward with the fragment layouts of the forward above. Query tiles of the
+// dk/dv pass and key tiles of the dq pass have 64 rows for hd 64 and 32 for hd 128 (to stay
+// within 48 KiB of static shared memory). The probabilities and dS enter their products rounded
+// to bf16, as in FlashAttention.
+
+template <int HD>
+constexpr int kMmaBackwardTile = HD == 64 ? 64 : 32;
+
+// dk, dv: grid (key tiles of 64, Hkv, B). Each warp holds 16 keys' K and V as A fragments and
+// walks the query heads of its kv head and, for each, the query tiles from the key tile on, in
+// order, 16 queries at a time:
+//   S^T = K Q^T, dP^T = V dO^T, P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D),
+//   dV += P^T dO, dK += dS^T Q   (dK times scale at the end)
+// Q and dO are in shared memory twice: row-major (the B operand of K Q^T and V dO^T) and
+// transposed (that of dS^T Q and P^T dO).
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads)
+    flash_backward_dkdv_mma_kernel(__nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* q,
+                                   const __nv_bfloat16* k, const __nv_bfloat16* v,
+                                   const __nv_bfloat16* dctx, const float* lse, const float* dd,
+                                   int seq, int heads, int kv_heads, float scale,
+                                   float scale_log2) {
+  constexpr int BQ = kMmaBackwardTile<HD>;
+  constexpr int RP = HD + 8, CP = BQ + 8, KK = HD / 16, ND = HD / 8;
+  __shared__ __align__(16) uint16_t qs[BQ][RP];
+  __shared__ __align__(16) uint16_t qt[HD][CP];
+  __shared__ __align__(16) uint16_t os[BQ][RP];
+  __shared__ __align__(16) uint16_t ot[HD][CP];
+  __shared__ float lse_s[BQ];  // lse * log2(e)
+  __shared__ float d_s[BQ];
+
+  const int g = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int group = heads / kv_heads;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int gid = lane / 4, tig = lane % 4;
+  const int k0 = static_cast<int>(blockIdx.x) * kMmaRows;
+  const int kw0 = k0 + 16 * warp;               // the warp's first key
+  const int s_lo = kw0 + gid, s_hi = s_lo + 8;  // the thread's two key rows
+  const int64_t q_stride = static_cast<int64_t>(heads) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
+  const int64_t kv_lo =
+      (static_cast<int64_t>(b) * seq + s_lo) * kv_stride + static_cast<int64_t>(g) * HD;
+  const int64_t kv_hi = kv_lo + 8 * kv_stride;
+  const auto* k16 = reinterpret_cast<const uint16_t*>(k);
+  const auto* v16 = reinterpret_cast<const uint16_t*>(v);
+
+  uint32_t ka[KK][4], va[KK][4];
+  load_a_fragments<HD>(ka, k16 + kv_lo, s_lo < seq, k16 + kv_hi, s_hi < seq, tig);
+  load_a_fragments<HD>(va, v16 + kv_lo, s_lo < seq, v16 + kv_hi, s_hi < seq, tig);
+  float dk_acc[ND][4], dv_acc[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[nd][e] = dv_acc[nd][e] = 0.f;
+  }
+
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+    const int64_t head_off =
+        static_cast<int64_t>(b) * seq * q_stride + static_cast<int64_t>(h) * HD;
+    const auto* qb = reinterpret_cast<const uint16_t*>(q) + head_off;
+    const auto* ob = reinterpret_cast<const uint16_t*>(dctx) + head_off;
+    const float* lse_row = lse + (static_cast<int64_t>(b) * heads + h) * seq;
+    const float* d_row = dd + (static_cast<int64_t>(b) * heads + h) * seq;
+    // k0 is a multiple of BQ, so the first query tile starts at the block's first key.
+    for (int q0 = k0; q0 < seq; q0 += BQ) {
+      const int valid = min(BQ, seq - q0);
+      __syncthreads();
+      load_rows_bf16<HD, BQ>(qs, qb + q0 * q_stride, q_stride, valid);
+      load_cols_bf16<HD, BQ>(qt, qb + q0 * q_stride, q_stride, valid);
+      load_rows_bf16<HD, BQ>(os, ob + q0 * q_stride, q_stride, valid);
+      load_cols_bf16<HD, BQ>(ot, ob + q0 * q_stride, q_stride, valid);
+      for (int e = static_cast<int>(threadIdx.x); e < BQ; e += kMmaThreads) {
+        lse_s[e] = e < valid ? lse_row[q0 + e] * kLog2e : 0.f;
+        d_s[e] = e < valid ? d_row[q0 + e] : 0.f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < BQ / 16; ++j) {
+        if (q0 + 16 * j + 15 < kw0) continue;  // every query of the slice precedes the warp's keys
+        float st[2][4], dpt[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+          const uint16_t* qrow = &qs[16 * j + 8 * nt + gid][2 * tig];
+          const uint16_t* orow = &os[16 * j + 8 * nt + gid][2 * tig];
+#pragma unroll
+          for (int kk = 0; kk < KK; ++kk) {
+            mma_bf16(st[nt], ka[kk], lds32(qrow + 16 * kk), lds32(qrow + 16 * kk + 8));
+            mma_bf16(dpt[nt], va[kk], lds32(orow + 16 * kk), lds32(orow + 16 * kk + 8));
+          }
+        }
+        // Element e of tile nt: key row e < 2 ? s_lo : s_hi, query column 16 j + 8 nt + 2 tig +
+        // (e & 1) of the tile.
+        float p[2][4], ds[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = 16 * j + 8 * nt + 2 * tig + (e & 1);
+            const int t = q0 + col;
+            const int s_row = e < 2 ? s_lo : s_hi;
+            p[nt][e] = s_row <= t && t < seq ? exp2f(st[nt][e] * scale_log2 - lse_s[col]) : 0.f;
+            ds[nt][e] = p[nt][e] * (dpt[nt][e] - d_s[col]);
+          }
+        }
+        const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]),
+                                pack_bf16(p[1][0], p[1][1]), pack_bf16(p[1][2], p[1][3])};
+        const uint32_t dsa[4] = {pack_bf16(ds[0][0], ds[0][1]), pack_bf16(ds[0][2], ds[0][3]),
+                                 pack_bf16(ds[1][0], ds[1][1]), pack_bf16(ds[1][2], ds[1][3])};
+#pragma unroll
+        for (int nd = 0; nd < ND; ++nd) {
+          const uint16_t* ocol = &ot[8 * nd + gid][16 * j + 2 * tig];
+          const uint16_t* qcol = &qt[8 * nd + gid][16 * j + 2 * tig];
+          mma_bf16(dv_acc[nd], pa, lds32(ocol), lds32(ocol + 8));
+          mma_bf16(dk_acc[nd], dsa, lds32(qcol), lds32(qcol + 8));
+        }
+      }
+    }
+  }
+  auto* dk16 = reinterpret_cast<uint16_t*>(dk);
+  auto* dv16 = reinterpret_cast<uint16_t*>(dv);
+  store_c_fragments<HD>(dk16 + kv_lo, s_lo < seq, dk16 + kv_hi, s_hi < seq, dk_acc, scale, tig);
+  store_c_fragments<HD>(dv16 + kv_lo, s_lo < seq, dv16 + kv_hi, s_hi < seq, dv_acc, 1.f, tig);
+}
+
+// dq: grid (query tiles of 64, Hq, B), the last tile first. Each warp holds 16 queries' Q and dO
+// as A fragments and walks the key tiles at or below the diagonal, in order, 16 keys at a time:
+//   S = Q K^T, dP = dO V^T, P = exp(S scale - lse), dS = P (dP - D), dQ += dS K
+// K is in shared memory row-major (for Q K^T) and transposed (for dS K), V row-major.
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads)
+    flash_backward_dq_mma_kernel(__nv_bfloat16* dq, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                 const __nv_bfloat16* v, const __nv_bfloat16* dctx,
+                                 const float* lse, const float* dd, int seq, int heads,
+                                 int kv_heads, float scale, float scale_log2) {
+  constexpr int BK = kMmaBackwardTile<HD>;
+  constexpr int RP = HD + 8, CP = BK + 8, KK = HD / 16, ND = HD / 8;
+  __shared__ __align__(16) uint16_t ks[BK][RP];
+  __shared__ __align__(16) uint16_t kt[HD][CP];
+  __shared__ __align__(16) uint16_t vs[BK][RP];
+
+  const int tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int g = h / (heads / kv_heads);
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int gid = lane / 4, tig = lane % 4;
+  const int q0 = tile * kMmaRows;
+  const int qw_last = q0 + 16 * warp + 15;  // the warp's last query
+  const int t_lo = q0 + 16 * warp + gid, t_hi = t_lo + 8;
+  const int64_t q_stride = static_cast<int64_t>(heads) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(kv_heads) * HD;
+  const int64_t off_lo =
+      (static_cast<int64_t>(b) * seq + t_lo) * q_stride + static_cast<int64_t>(h) * HD;
+  const int64_t off_hi = off_lo + 8 * q_stride;
+  const auto* q16 = reinterpret_cast<const uint16_t*>(q);
+  const auto* o16 = reinterpret_cast<const uint16_t*>(dctx);
+
+  uint32_t qa[KK][4], oa[KK][4];
+  load_a_fragments<HD>(qa, q16 + off_lo, t_lo < seq, q16 + off_hi, t_hi < seq, tig);
+  load_a_fragments<HD>(oa, o16 + off_lo, t_lo < seq, o16 + off_hi, t_hi < seq, tig);
+  const int64_t stat = (static_cast<int64_t>(b) * heads + h) * seq;
+  const float lse_lo = t_lo < seq ? lse[stat + t_lo] * kLog2e : 0.f;
+  const float lse_hi = t_hi < seq ? lse[stat + t_hi] * kLog2e : 0.f;
+  const float d_lo = t_lo < seq ? dd[stat + t_lo] : 0.f;
+  const float d_hi = t_hi < seq ? dd[stat + t_hi] : 0.f;
+  float dq_acc[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dq_acc[nd][e] = 0.f;
+  }
+
+  const int64_t kv_off = static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
+  const auto* kb = reinterpret_cast<const uint16_t*>(k) + kv_off;
+  const auto* vb = reinterpret_cast<const uint16_t*>(v) + kv_off;
+  const int key_end = min(seq, q0 + kMmaRows);
+  for (int k0 = 0; k0 < key_end; k0 += BK) {
+    const int valid = min(BK, seq - k0);
+    __syncthreads();
+    load_rows_bf16<HD, BK>(ks, kb + k0 * kv_stride, kv_stride, valid);
+    load_cols_bf16<HD, BK>(kt, kb + k0 * kv_stride, kv_stride, valid);
+    load_rows_bf16<HD, BK>(vs, vb + k0 * kv_stride, kv_stride, valid);
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < BK / 16; ++j) {
+      if (k0 + 16 * j > qw_last) continue;  // every key of the slice follows the warp's queries
+      float s[2][4], dp[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
+        const uint16_t* krow = &ks[16 * j + 8 * nt + gid][2 * tig];
+        const uint16_t* vrow = &vs[16 * j + 8 * nt + gid][2 * tig];
+#pragma unroll
+        for (int kk = 0; kk < KK; ++kk) {
+          mma_bf16(s[nt], qa[kk], lds32(krow + 16 * kk), lds32(krow + 16 * kk + 8));
+          mma_bf16(dp[nt], oa[kk], lds32(vrow + 16 * kk), lds32(vrow + 16 * kk + 8));
+        }
+      }
+      float ds[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = k0 + 16 * j + 8 * nt + 2 * tig + (e & 1);
+          const bool lo = e < 2;
+          const float p = key <= (lo ? t_lo : t_hi)
+                              ? exp2f(s[nt][e] * scale_log2 - (lo ? lse_lo : lse_hi))
+                              : 0.f;
+          ds[nt][e] = p * (dp[nt][e] - (lo ? d_lo : d_hi));
+        }
+      }
+      const uint32_t dsa[4] = {pack_bf16(ds[0][0], ds[0][1]), pack_bf16(ds[0][2], ds[0][3]),
+                               pack_bf16(ds[1][0], ds[1][1]), pack_bf16(ds[1][2], ds[1][3])};
+#pragma unroll
+      for (int nd = 0; nd < ND; ++nd) {
+        const uint16_t* kcol = &kt[8 * nd + gid][16 * j + 2 * tig];
+        mma_bf16(dq_acc[nd], dsa, lds32(kcol), lds32(kcol + 8));
+      }
+    }
+  }
+  auto* dq16 = reinterpret_cast<uint16_t*>(dq);
+  store_c_fragments<HD>(dq16 + off_lo, t_lo < seq, dq16 + off_hi, t_hi < seq, dq_acc, scale, tig);
+}
+
 // ---- launchers --------------------------------------------------------------------------------
 
 // Device scratch on a stream, freed on the same stream when it goes out of scope.
@@ -709,6 +982,36 @@ void backward(void* dq, void* dk, void* dv, const void* dctx, const void* q, con
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
+template <int HD>
+void backward_mma(void* dq, void* dk, void* dv, const void* dctx, const void* q, const void* k,
+                  const void* v, const void* ctx, const float* lse, const AttentionDims& d,
+                  float scale, cudaStream_t st) {
+  using T = __nv_bfloat16;
+  const int64_t rows = d.batch * d.seq * d.heads;
+  const StreamScratch dd(static_cast<size_t>(rows) * sizeof(float), st);
+  const int seq = static_cast<int>(d.seq), heads = static_cast<int>(d.heads);
+  const int kv_heads = static_cast<int>(d.kv_heads);
+  const auto* qt = static_cast<const T*>(q);
+  const auto* kt = static_cast<const T*>(k);
+  const auto* vt = static_cast<const T*>(v);
+  const auto* ot = static_cast<const T*>(dctx);
+  row_dot_kernel<T, HD><<<tiles_of(rows, 8), 256, 0, st>>>(
+      dd.floats(), ot, static_cast<const T*>(ctx), rows, seq, heads);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  const dim3 kv_grid(tiles_of(d.seq, kMmaRows), static_cast<unsigned>(d.kv_heads),
+                     static_cast<unsigned>(d.batch));
+  flash_backward_dkdv_mma_kernel<HD><<<kv_grid, kMmaThreads, 0, st>>>(
+      static_cast<T*>(dk), static_cast<T*>(dv), qt, kt, vt, ot, lse, dd.floats(), seq, heads,
+      kv_heads, scale, scale * kLog2e);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  const dim3 q_grid(tiles_of(d.seq, kMmaRows), static_cast<unsigned>(d.heads),
+                    static_cast<unsigned>(d.batch));
+  flash_backward_dq_mma_kernel<HD><<<q_grid, kMmaThreads, 0, st>>>(static_cast<T*>(dq), qt, kt, vt,
+                                                                   ot, lse, dd.floats(), seq, heads,
+                                                                   kv_heads, scale, scale * kLog2e);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
 template <class T, int HD>
 void decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,
             const int32_t* lengths, const AttentionDims& d, float scale, cudaStream_t st) {
@@ -751,8 +1054,15 @@ void launch_flash_forward(void* ctx, float* lse, const void* q, const void* k, c
 
 void launch_flash_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q,
                            const void* k, const void* v, const void* ctx, const float* lse,
-                           bool bf16, const AttentionDims& d, float scale, void* stream) {
+                           bool bf16, bool tensor_cores, const AttentionDims& d, float scale,
+                           void* stream) {
   const auto st = static_cast<cudaStream_t>(stream);
+  if (bf16 && tensor_cores) {
+    if (d.head_dim == 64) {
+      return backward_mma<64>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
+    }
+    return backward_mma<128>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);
+  }
   if (bf16) {
     if (d.head_dim == 64) {
       return backward<__nv_bfloat16, 64>(dq, dk, dv, dctx, q, k, v, ctx, lse, d, scale, st);

@@ -1,6 +1,7 @@
 // Launchers of the kernels in src/cuda/attention.cu, in plain types, called by
 // src/cuda/attention.cpp after it has checked the arguments (the .cu file has no checks of its
-// own). `bf16` selects the element type: true for bfloat16, false for float32.
+// own). `bf16` selects the element type: true for bfloat16, false for float32;
+// `tensor_cores` (with bf16 only) the mma.sync kernels instead of the float32-math ones.
 #pragma once
 
 #include <cstdint>
@@ -12,14 +13,14 @@ struct AttentionDims {
   int64_t batch, seq, heads, kv_heads, head_dim;
 };
 
-// tensor_cores: the mma.sync kernel (bf16 only); otherwise the float32-math kernel.
 void launch_flash_forward(void* ctx, float* lse, const void* q, const void* k, const void* v,
                           bool bf16, bool tensor_cores, const AttentionDims& d, float scale,
                           void* stream);
 
 void launch_flash_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q,
                            const void* k, const void* v, const void* ctx, const float* lse,
-                           bool bf16, const AttentionDims& d, float scale, void* stream);
+                           bool bf16, bool tensor_cores, const AttentionDims& d, float scale,
+                           void* stream);
 
 // d.seq is Tmax.
 void launch_attention_decode(void* ctx, const void* q, const void* k_cache, const void* v_cache,

@@ -19,7 +19,7 @@ void flash_attention_forward(void*, float*, const void*, const void*, const void
 }
 void flash_attention_backward(void*, void*, void*, const void*, const void*, const void*,
                               const void*, const void*, const float*, DType,
-                              const FlashAttentionShape&, float, void*) {
+                              const FlashAttentionShape&, float, void*, AttentionKernel) {
   no_cuda("cuda::flash_attention_backward");
 }
 void attention_decode(void*, const void*, const void*, const void*, const int32_t*, DType,

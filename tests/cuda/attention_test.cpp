@@ -335,26 +335,28 @@ struct BackwardRun {
   std::vector<float> ctx, lse, dq, dk, dv;
 };
 
-// Forward then backward on the GPU with dctx given.
+// Forward then backward on the GPU with dctx given, both with `kernel`.
 BackwardRun run_backward(const Inputs& in, const std::vector<float>& dctx_host, const Shape& s,
-                         DType type, float scale) {
+                         DType type, float scale, AttentionKernel kernel = AttentionKernel::kAuto) {
   DeviceTensor q(in.q, type), k(in.k, type), v(in.v, type), ctx(in.q.size(), type);
   DeviceTensor dctx(dctx_host, type), dq(in.q.size(), type), dk(in.k.size(), type),
       dv(in.v.size(), type);
   DeviceBuffer<float> lse(count(s.batch, s.heads, s.seq, 1));
-  flash_attention_forward(ctx.data(), lse.data(), q.data(), k.data(), v.data(), type, s, scale);
+  flash_attention_forward(ctx.data(), lse.data(), q.data(), k.data(), v.data(), type, s, scale,
+                          nullptr, kernel);
   flash_attention_backward(dq.data(), dk.data(), dv.data(), dctx.data(), q.data(), k.data(),
-                           v.data(), ctx.data(), lse.data(), type, s, scale);
+                           v.data(), ctx.data(), lse.data(), type, s, scale, nullptr, kernel);
   return {ctx.download(), download(lse), dq.download(), dk.download(), dv.download()};
 }
 
-void check_backward(const Shape& s, DType type, uint64_t seed) {
+void check_backward(const Shape& s, DType type, uint64_t seed,
+                    AttentionKernel kernel = AttentionKernel::kAuto) {
   SCOPED_TRACE(describe(s, type));
   const Inputs in = random_inputs(s, type, seed);
   const std::vector<float> dctx = random_values(in.q.size(), seed + 7, type);
   const double scale = default_scale(s);
   const BackwardRef ref = reference_backward(in, dctx, s, scale);
-  const BackwardRun got = run_backward(in, dctx, s, type, static_cast<float>(scale));
+  const BackwardRun got = run_backward(in, dctx, s, type, static_cast<float>(scale), kernel);
   // dq and dk are sums of P (dP - D) terms that cancel exactly in some cases (T = 1: P = 1,
   // D = dP), leaving rounding noise of the size of dP: their errors are measured against the
   // scale of dv = P^T dctx, which is that of dP, when that is larger.
@@ -367,8 +369,8 @@ void check_backward(const Shape& s, DType type, uint64_t seed) {
   EXPECT_LE(e_dq, tol);
   EXPECT_LE(e_dk, tol);
   EXPECT_LE(e_dv, tol);
-  std::printf("[backward %s] dq %.3g dk %.3g dv %.3g\n", describe(s, type).c_str(), e_dq, e_dk,
-              e_dv);
+  std::printf("[backward %s%s] dq %.3g dk %.3g dv %.3g\n", describe(s, type).c_str(),
+              kernel == AttentionKernel::kPlain ? " plain" : "", e_dq, e_dk, e_dv);
 }
 
 TEST(CudaAttentionBackward, MatchesCpuF32) {
@@ -381,6 +383,42 @@ TEST(CudaAttentionBackward, MatchesCpuBf16) {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 500;
   for (const Shape& s : kShapes) check_backward(s, DType::kBF16, seed += 10);
+}
+
+TEST(CudaAttentionBackward, PlainKernelMatchesCpuBf16) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 550;
+  for (const Shape& s : kShapes)
+    check_backward(s, DType::kBF16, seed += 10, AttentionKernel::kPlain);
+}
+
+// The bf16 tensor-core backward against the float32-math one on the same inputs, at sizes of
+// several tiles, GQA groups included.
+TEST(CudaAttentionBackward, TensorCoresMatchPlainKernel) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 570;
+  for (const Shape& s : {Shape{2, 700, 4, 2, 64}, Shape{1, 600, 8, 1, 128}, Shape{3, 129, 2, 2, 64},
+                         Shape{1, 3, 4, 1, 128}, Shape{1, 97, 4, 4, 128}}) {
+    SCOPED_TRACE(describe(s, DType::kBF16));
+    const Inputs in = random_inputs(s, DType::kBF16, seed += 10);
+    const std::vector<float> dctx = random_values(in.q.size(), seed + 7, DType::kBF16);
+    const auto scale = static_cast<float>(default_scale(s));
+    const BackwardRun tc = run_backward(in, dctx, s, DType::kBF16, scale, AttentionKernel::kAuto);
+    const BackwardRun plain =
+        run_backward(in, dctx, s, DType::kBF16, scale, AttentionKernel::kPlain);
+    const auto wide = [](const std::vector<float>& x) {
+      return std::vector<double>(x.begin(), x.end());
+    };
+    const double floor = max_abs(wide(plain.dv));
+    const double e_dq = normalised_error(tc.dq, wide(plain.dq), floor);
+    const double e_dk = normalised_error(tc.dk, wide(plain.dk), floor);
+    const double e_dv = normalised_error(tc.dv, wide(plain.dv));
+    EXPECT_LE(e_dq, 2e-2);
+    EXPECT_LE(e_dk, 2e-2);
+    EXPECT_LE(e_dv, 2e-2);
+    std::printf("[backward tensor cores vs plain %s] dq %.3g dk %.3g dv %.3g\n",
+                describe(s, DType::kBF16).c_str(), e_dq, e_dk, e_dv);
+  }
 }
 
 // The outputs are written, not accumulated: stale values in dq/dk/dv do not leak through.

@@ -48,12 +48,13 @@ struct FlashAttentionShape {
   int64_t head_dim;  // hd: 64 or 128
 };
 
-// Which forward kernel runs for bf16 (float32 always runs kPlain):
-//   kAuto   tensor cores (mma.sync m16n8k16, bf16 products, float32 accumulators); the
-//           probabilities are rounded to bf16 before they multiply V, as in FlashAttention
-//           (|ctx - kPlain's ctx| ~ 1e-3 of ctx's scale), the row sums and lse stay float32
+// Which kernels run for bf16 (float32 always runs kPlain):
+//   kAuto   tensor cores (mma.sync m16n8k16, bf16 products, float32 accumulators). As in
+//           FlashAttention, the probabilities (and in backward dS) are rounded to bf16 before
+//           they enter a product (|ctx - kPlain's ctx| ~ 1e-3 of ctx's scale); row maxima, sums,
+//           lse and D stay float32.
 //   kPlain  float32 math on bf16 values widened on load: the reference the other is tested
-//           against
+//           against.
 enum class AttentionKernel : uint8_t { kAuto, kPlain };
 
 // Forward. ctx (B, T, Hq, hd) and lse (B, Hq, T) are written; q (B, T, Hq, hd),
@@ -79,7 +80,8 @@ void flash_attention_forward(void* ctx, float* lse, const void* q, const void* k
 void flash_attention_backward(void* dq, void* dk, void* dv, const void* dctx, const void* q,
                               const void* k, const void* v, const void* ctx, const float* lse,
                               DType type, const FlashAttentionShape& shape, float scale,
-                              void* stream = nullptr);
+                              void* stream = nullptr,
+                              AttentionKernel kernel = AttentionKernel::kAuto);
 
 // Decode: one new query per sequence against a KV cache.
 //   q (B, Hq, hd), ctx (B, Hq, hd); k_cache, v_cache (B, Tmax, Hkv, hd) with Tmax = shape.seq;
