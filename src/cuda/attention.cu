@@ -434,10 +434,11 @@ __global__ void decode_combine_kernel(T* ctx, const float* part_o, const float* 
 // thread holds rows gid and gid + 8 of its warp's 16 and, of every 8 columns, columns 2 tig and
 // 2 tig + 1: S = Q K^T comes out in that layout, its exponentials P are packed to bf16 in place
 // as the A operand of O += P V, and the row statistics (max, sum) are reduced over the 4 threads
-// of a quad. K is kept as (keys, hd) and V transposed as (hd, keys), so that every B fragment is
-// two 32-bit shared loads; rows are padded by 8 elements so that the 8 rows a load touches fall
-// in different banks. The probabilities enter P V rounded to bf16; the row sums use them in
-// float32, as FlashAttention does.
+// of a quad. K and V tiles are row-major (rows padded by 8 elements, so that the 8 rows an
+// ldmatrix phase reads fall in different banks); the B fragments come from ldmatrix (K) and
+// ldmatrix.trans (V). Tiles arrive by cp.async: the next K tile loads while P V runs and the
+// next V tile while Q K^T runs. The probabilities enter P V rounded to bf16; the row sums use
+// them in float32, as FlashAttention does.
 
 constexpr int kMmaRows = 64;  // queries per block
 constexpr int kMmaKeys = 64;  // keys per tile
@@ -464,6 +465,40 @@ __device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
 
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// Four 8x8 bf16 matrices; lane i gives the address of row i % 8 of matrix i / 8, and receives
+// in r[m] the elements (i / 4, 2 (i % 4) .. +1) of matrix m, or with .trans the elements
+// (2 (i % 4) .. +1, i / 4): the B-fragment layout either way.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+// 16 bytes global -> shared without passing through registers; zeros when !valid (src is then
+// not read but must be a valid address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -481,6 +516,16 @@ __device__ __forceinline__ void load_rows_bf16(uint16_t (*dst)[P], const uint16_
     const uint4 x = r < valid ? *reinterpret_cast<const uint4*>(src + r * stride + 8 * c)
                               : make_uint4(0u, 0u, 0u, 0u);
     *reinterpret_cast<uint4*>(&dst[r][8 * c]) = x;
+  }
+}
+// load_rows_bf16 with cp.async: enqueued, complete after cp_async_wait.
+template <int HD, int ROWS, int P>
+__device__ __forceinline__ void load_rows_bf16_async(uint16_t (*dst)[P], const uint16_t* src,
+                                                     int64_t stride, int valid) {
+  constexpr int CH = HD / 8;
+  for (int e = static_cast<int>(threadIdx.x); e < ROWS * CH; e += kMmaThreads) {
+    const int r = e / CH, c = e % CH;
+    cp_async16(&dst[r][8 * c], r < valid ? src + r * stride + 8 * c : src, r < valid);
   }
 }
 // load_cols_bf16: the transpose, dst[d][r] = src[r * stride + d]. Consecutive threads take
@@ -541,19 +586,19 @@ __global__ void __launch_bounds__(kMmaThreads)
     flash_forward_mma_kernel(__nv_bfloat16* ctx, float* lse, const __nv_bfloat16* q,
                              const __nv_bfloat16* k, const __nv_bfloat16* v, int seq, int heads,
                              int kv_heads, float scale_log2) {
-  constexpr int KP = HD + 8;                           // padded row of ks
-  constexpr int VP = kMmaKeys + 8;                     // padded row of vt
+  constexpr int RP = HD + 8;                           // padded row of ks and vs
   constexpr int KK = HD / 16;                          // k-steps of Q K^T
   constexpr int ND = HD / 8;                           // 8-column tiles of O
   constexpr int NT = kMmaKeys / 8;                     // 8-key tiles of S
-  __shared__ __align__(16) uint16_t ks[kMmaKeys][KP];  // K tile (keys, hd)
-  __shared__ __align__(16) uint16_t vt[HD][VP];        // V tile transposed (hd, keys)
+  __shared__ __align__(16) uint16_t ks[kMmaKeys][RP];  // K tile (keys, hd)
+  __shared__ __align__(16) uint16_t vs[kMmaKeys][RP];  // V tile (keys, hd)
 
   const int tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
   const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
   const int g = h / (heads / kv_heads);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int gid = lane / 4, tig = lane % 4;
+  const int mat = lane / 8, mrow = lane % 8;  // the ldmatrix row this lane addresses
   const int q0 = tile * kMmaRows;
   const int t_lo = q0 + warp * 16 + gid, t_hi = t_lo + 8;  // the thread's two query rows
   const int64_t q_stride = static_cast<int64_t>(heads) * HD;
@@ -563,43 +608,51 @@ __global__ void __launch_bounds__(kMmaThreads)
       (static_cast<int64_t>(b) * seq + t_lo) * q_stride + static_cast<int64_t>(h) * HD;
   const int64_t off_hi = off_lo + 8 * q_stride;
 
-  // Q as A fragments: qa[kk] covers dims 16 kk .. 16 kk + 15.
-  uint32_t qa[KK][4];
-#pragma unroll
-  for (int kk = 0; kk < KK; ++kk) {
-    const int d = 16 * kk + 2 * tig;
-    qa[kk][0] = t_lo < seq ? load32(q16 + off_lo + d) : 0u;
-    qa[kk][1] = t_hi < seq ? load32(q16 + off_hi + d) : 0u;
-    qa[kk][2] = t_lo < seq ? load32(q16 + off_lo + d + 8) : 0u;
-    qa[kk][3] = t_hi < seq ? load32(q16 + off_hi + d + 8) : 0u;
-  }
-  float o[ND][4];
-#pragma unroll
-  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-
   const auto* k16 = reinterpret_cast<const uint16_t*>(k) +
                     static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
   const auto* v16 = reinterpret_cast<const uint16_t*>(v) +
                     static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
   const int key_end = min(seq, q0 + kMmaRows);
+  // Groups of cp.async in flight, oldest first: K(k0), V(k0) | then K(next), V(next) per tile.
+  load_rows_bf16_async<HD, kMmaKeys>(ks, k16, kv_stride, min(kMmaKeys, seq));
+  cp_async_commit();
+  load_rows_bf16_async<HD, kMmaKeys>(vs, v16, kv_stride, min(kMmaKeys, seq));
+  cp_async_commit();
+
+  // Q as A fragments: qa[kk] covers dims 16 kk .. 16 kk + 15.
+  uint32_t qa[KK][4];
+  load_a_fragments<HD>(qa, q16 + off_lo, t_lo < seq, q16 + off_hi, t_hi < seq, tig);
+  float o[ND][4];
+#pragma unroll
+  for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+
   for (int k0 = 0; k0 < key_end; k0 += kMmaKeys) {
-    const int valid = min(kMmaKeys, seq - k0);
-    __syncthreads();
-    load_rows_bf16<HD, kMmaKeys>(ks, k16 + k0 * kv_stride, kv_stride, valid);
-    load_cols_bf16<HD, kMmaKeys>(vt, v16 + k0 * kv_stride, kv_stride, valid);
+    const int next = k0 + kMmaKeys;
+    cp_async_wait<1>();  // K(k0) has landed
     __syncthreads();
 
-    // S = Q K^T for the warp's 16 rows and the tile's 64 keys.
+    // S = Q K^T for the warp's 16 rows and the tile's 64 keys. ldmatrix: matrix m of 8 keys x
+    // 8 dims at dims 16 kk + 8 m gives b0, b1 of k-step kk (m = 0, 1) and kk + 1 (m = 2, 3).
     float s[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-      const uint16_t* krow = &ks[8 * nt + gid][2 * tig];
 #pragma unroll
-      for (int kk = 0; kk < KK; ++kk)
-        mma_bf16(s[nt], qa[kk], lds32(krow + 16 * kk), lds32(krow + 16 * kk + 8));
+      for (int kk = 0; kk < KK; kk += 2) {
+        uint32_t bk[4];
+        ldmatrix_x4(bk, &ks[8 * nt + mrow][16 * kk + 8 * mat]);
+        mma_bf16(s[nt], qa[kk], bk[0], bk[1]);
+        mma_bf16(s[nt], qa[kk + 1], bk[2], bk[3]);
+      }
     }
+    __syncthreads();  // every warp is done with ks
+    if (next < key_end) {
+      load_rows_bf16_async<HD, kMmaKeys>(ks, k16 + next * kv_stride, kv_stride,
+                                         min(kMmaKeys, seq - next));
+    }
+    cp_async_commit();
+
     // Scale, mask above the diagonal, and the new row maxima (key 0 is visible to every row,
     // so they are finite from the first tile on).
     float mx_lo = m_lo, mx_hi = m_hi;
@@ -627,7 +680,12 @@ __global__ void __launch_bounds__(kMmaThreads)
     }
     m_lo = mx_lo;
     m_hi = mx_hi;
-    // O += P V, 16 keys (two S tiles) per k-step.
+
+    cp_async_wait<1>();  // V(k0) has landed (K(next) may still be in flight)
+    __syncthreads();
+    // O += P V, 16 keys (two S tiles) per k-step. ldmatrix.trans: matrix m of 8 keys x 8 dims at
+    // keys 16 kk + 8 (m % 2), dims 8 nd + 8 (m / 2) gives b0, b1 of column tile nd (m = 0, 1)
+    // and nd + 1 (m = 2, 3).
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
       float p[2][4];
@@ -644,31 +702,36 @@ __global__ void __launch_bounds__(kMmaThreads)
       const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]),
                               pack_bf16(p[1][0], p[1][1]), pack_bf16(p[1][2], p[1][3])};
 #pragma unroll
-      for (int nd = 0; nd < ND; ++nd) {
-        const uint16_t* vrow = &vt[8 * nd + gid][16 * kk + 2 * tig];
-        mma_bf16(o[nd], pa, lds32(vrow), lds32(vrow + 8));
+      for (int nd = 0; nd < ND; nd += 2) {
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, &vs[16 * kk + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
+        mma_bf16(o[nd], pa, bv[0], bv[1]);
+        mma_bf16(o[nd + 1], pa, bv[2], bv[3]);
       }
     }
+    __syncthreads();  // every warp is done with vs
+    if (next < key_end) {
+      load_rows_bf16_async<HD, kMmaKeys>(vs, v16 + next * kv_stride, kv_stride,
+                                         min(kMmaKeys, seq - next));
+    }
+    cp_async_commit();
   }
+  cp_async_wait<0>();  // nothing is left in flight when the block exits
   // Row sums over the quad, then the output rows.
   l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);
   l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 2);
   l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 1);
   l_hi += __shfl_xor_sync(0xffffffffu, l_hi, 2);
-  auto* c16 = reinterpret_cast<uint16_t*>(ctx);
   const float inv_lo = 1.f / l_lo, inv_hi = 1.f / l_hi;
 #pragma unroll
   for (int nd = 0; nd < ND; ++nd) {
-    const int d = 8 * nd + 2 * tig;
-    if (t_lo < seq) {
-      *reinterpret_cast<uint32_t*>(c16 + off_lo + d) =
-          pack_bf16(o[nd][0] * inv_lo, o[nd][1] * inv_lo);
-    }
-    if (t_hi < seq) {
-      *reinterpret_cast<uint32_t*>(c16 + off_hi + d) =
-          pack_bf16(o[nd][2] * inv_hi, o[nd][3] * inv_hi);
-    }
+    o[nd][0] *= inv_lo;
+    o[nd][1] *= inv_lo;
+    o[nd][2] *= inv_hi;
+    o[nd][3] *= inv_hi;
   }
+  auto* c16 = reinterpret_cast<uint16_t*>(ctx);
+  store_c_fragments<HD>(c16 + off_lo, t_lo < seq, c16 + off_hi, t_hi < seq, o, 1.f, tig);
   if (tig == 0) {
     float* lse_row = lse + (static_cast<int64_t>(b) * heads + h) * seq;
     if (t_lo < seq) lse_row[t_lo] = (m_lo + log2f(l_lo)) * kLn2;
