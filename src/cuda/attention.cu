@@ -461,9 +461,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 __device__ __forceinline__ uint32_t load32(const uint16_t* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
-__device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -504,21 +501,9 @@ __device__ __forceinline__ float quad_max(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-// Shared-memory tiles of bf16 (as raw 16-bit values), rows padded to P elements.
-// load_rows_bf16: dst[r][d] = src[r * stride + d] for ROWS rows of HD; rows >= valid are zeros
-// (not read). Consecutive threads read consecutive 16-byte chunks of a row.
-template <int HD, int ROWS, int P>
-__device__ __forceinline__ void load_rows_bf16(uint16_t (*dst)[P], const uint16_t* src,
-                                               int64_t stride, int valid) {
-  constexpr int CH = HD / 8;
-  for (int e = static_cast<int>(threadIdx.x); e < ROWS * CH; e += kMmaThreads) {
-    const int r = e / CH, c = e % CH;
-    const uint4 x = r < valid ? *reinterpret_cast<const uint4*>(src + r * stride + 8 * c)
-                              : make_uint4(0u, 0u, 0u, 0u);
-    *reinterpret_cast<uint4*>(&dst[r][8 * c]) = x;
-  }
-}
-// load_rows_bf16 with cp.async: enqueued, complete after cp_async_wait.
+// A shared-memory tile of bf16 (as raw 16-bit values), rows padded to P elements, by cp.async
+// (enqueued; complete after cp_async_wait): dst[r][d] = src[r * stride + d] for ROWS rows of HD,
+// rows >= valid (>= 1) zeros. Consecutive threads take consecutive 16-byte chunks of a row.
 template <int HD, int ROWS, int P>
 __device__ __forceinline__ void load_rows_bf16_async(uint16_t (*dst)[P], const uint16_t* src,
                                                      int64_t stride, int valid) {
@@ -526,24 +511,6 @@ __device__ __forceinline__ void load_rows_bf16_async(uint16_t (*dst)[P], const u
   for (int e = static_cast<int>(threadIdx.x); e < ROWS * CH; e += kMmaThreads) {
     const int r = e / CH, c = e % CH;
     cp_async16(&dst[r][8 * c], r < valid ? src + r * stride + 8 * c : src, r < valid);
-  }
-}
-// load_cols_bf16: the transpose, dst[d][r] = src[r * stride + d]. Consecutive threads take
-// consecutive rows, so that the 2-byte stores of a warp fill consecutive words of a dst row.
-template <int HD, int ROWS, int P>
-__device__ __forceinline__ void load_cols_bf16(uint16_t (*dst)[P], const uint16_t* src,
-                                               int64_t stride, int valid) {
-  constexpr int CH = HD / 8;
-  for (int e = static_cast<int>(threadIdx.x); e < ROWS * CH; e += kMmaThreads) {
-    const int r = e % ROWS, c = e / ROWS;
-    const uint4 x = r < valid ? *reinterpret_cast<const uint4*>(src + r * stride + 8 * c)
-                              : make_uint4(0u, 0u, 0u, 0u);
-    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      dst[8 * c + 2 * i][r] = static_cast<uint16_t>(w[i] & 0xffffu);
-      dst[8 * c + 2 * i + 1][r] = static_cast<uint16_t>(w[i] >> 16);
-    }
   }
 }
 
@@ -741,21 +708,16 @@ __global__ void __launch_bounds__(kMmaThreads)
 
 // ---- backward on tensor cores (bf16) -----------------------------------------------------------
 //
-// FlashAttention-2's backward with the fragment layouts of the forward above. Query tiles of the
-// dk/dv pass and key tiles of the dq pass have 64 rows for hd 64 and 32 for hd 128 (to stay
-// within 48 KiB of static shared memory). The probabilities and dS enter their products rounded
-// to bf16, as in FlashAttention.
-
-template <int HD>
-constexpr int kMmaBackwardTile = HD == 64 ? 64 : 32;
+// FlashAttention-2's backward with the fragment layouts of the forward above: 4 warps of 16 rows,
+// tiles of 64 rows of the other side in shared memory (row-major, loaded by cp.async), B
+// fragments by ldmatrix, or ldmatrix.trans where the tile enters a product transposed. The
+// probabilities and dS enter their products rounded to bf16, as in FlashAttention.
 
 // dk, dv: grid (key tiles of 64, Hkv, B). Each warp holds 16 keys' K and V as A fragments and
 // walks the query heads of its kv head and, for each, the query tiles from the key tile on, in
 // order, 16 queries at a time:
 //   S^T = K Q^T, dP^T = V dO^T, P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D),
 //   dV += P^T dO, dK += dS^T Q   (dK times scale at the end)
-// Q and dO are in shared memory twice: row-major (the B operand of K Q^T and V dO^T) and
-// transposed (that of dS^T Q and P^T dO).
 template <int HD>
 __global__ void __launch_bounds__(kMmaThreads)
     flash_backward_dkdv_mma_kernel(__nv_bfloat16* dk, __nv_bfloat16* dv, const __nv_bfloat16* q,
@@ -763,12 +725,10 @@ __global__ void __launch_bounds__(kMmaThreads)
                                    const __nv_bfloat16* dctx, const float* lse, const float* dd,
                                    int seq, int heads, int kv_heads, float scale,
                                    float scale_log2) {
-  constexpr int BQ = kMmaBackwardTile<HD>;
-  constexpr int RP = HD + 8, CP = BQ + 8, KK = HD / 16, ND = HD / 8;
+  constexpr int BQ = kMmaRows;
+  constexpr int RP = HD + 8, KK = HD / 16, ND = HD / 8;
   __shared__ __align__(16) uint16_t qs[BQ][RP];
-  __shared__ __align__(16) uint16_t qt[HD][CP];
   __shared__ __align__(16) uint16_t os[BQ][RP];
-  __shared__ __align__(16) uint16_t ot[HD][CP];
   __shared__ float lse_s[BQ];  // lse * log2(e)
   __shared__ float d_s[BQ];
 
@@ -776,6 +736,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int group = heads / kv_heads;
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int gid = lane / 4, tig = lane % 4;
+  const int mat = lane / 8, mrow = lane % 8;  // the ldmatrix row this lane addresses
   const int k0 = static_cast<int>(blockIdx.x) * kMmaRows;
   const int kw0 = k0 + 16 * warp;               // the warp's first key
   const int s_lo = kw0 + gid, s_hi = s_lo + 8;  // the thread's two key rows
@@ -804,18 +765,18 @@ __global__ void __launch_bounds__(kMmaThreads)
     const auto* ob = reinterpret_cast<const uint16_t*>(dctx) + head_off;
     const float* lse_row = lse + (static_cast<int64_t>(b) * heads + h) * seq;
     const float* d_row = dd + (static_cast<int64_t>(b) * heads + h) * seq;
-    // k0 is a multiple of BQ, so the first query tile starts at the block's first key.
+    // The first query tile starts at the block's first key.
     for (int q0 = k0; q0 < seq; q0 += BQ) {
       const int valid = min(BQ, seq - q0);
       __syncthreads();
-      load_rows_bf16<HD, BQ>(qs, qb + q0 * q_stride, q_stride, valid);
-      load_cols_bf16<HD, BQ>(qt, qb + q0 * q_stride, q_stride, valid);
-      load_rows_bf16<HD, BQ>(os, ob + q0 * q_stride, q_stride, valid);
-      load_cols_bf16<HD, BQ>(ot, ob + q0 * q_stride, q_stride, valid);
+      load_rows_bf16_async<HD, BQ>(qs, qb + q0 * q_stride, q_stride, valid);
+      load_rows_bf16_async<HD, BQ>(os, ob + q0 * q_stride, q_stride, valid);
+      cp_async_commit();
       for (int e = static_cast<int>(threadIdx.x); e < BQ; e += kMmaThreads) {
         lse_s[e] = e < valid ? lse_row[q0 + e] * kLog2e : 0.f;
         d_s[e] = e < valid ? d_row[q0 + e] : 0.f;
       }
+      cp_async_wait<0>();
       __syncthreads();
 #pragma unroll
       for (int j = 0; j < BQ / 16; ++j) {
@@ -825,12 +786,15 @@ __global__ void __launch_bounds__(kMmaThreads)
         for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
-          const uint16_t* qrow = &qs[16 * j + 8 * nt + gid][2 * tig];
-          const uint16_t* orow = &os[16 * j + 8 * nt + gid][2 * tig];
 #pragma unroll
-          for (int kk = 0; kk < KK; ++kk) {
-            mma_bf16(st[nt], ka[kk], lds32(qrow + 16 * kk), lds32(qrow + 16 * kk + 8));
-            mma_bf16(dpt[nt], va[kk], lds32(orow + 16 * kk), lds32(orow + 16 * kk + 8));
+          for (int kk = 0; kk < KK; kk += 2) {
+            uint32_t bq[4], bo[4];
+            ldmatrix_x4(bq, &qs[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+            ldmatrix_x4(bo, &os[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+            mma_bf16(st[nt], ka[kk], bq[0], bq[1]);
+            mma_bf16(st[nt], ka[kk + 1], bq[2], bq[3]);
+            mma_bf16(dpt[nt], va[kk], bo[0], bo[1]);
+            mma_bf16(dpt[nt], va[kk + 1], bo[2], bo[3]);
           }
         }
         // Element e of tile nt: key row e < 2 ? s_lo : s_hi, query column 16 j + 8 nt + 2 tig +
@@ -852,11 +816,14 @@ __global__ void __launch_bounds__(kMmaThreads)
         const uint32_t dsa[4] = {pack_bf16(ds[0][0], ds[0][1]), pack_bf16(ds[0][2], ds[0][3]),
                                  pack_bf16(ds[1][0], ds[1][1]), pack_bf16(ds[1][2], ds[1][3])};
 #pragma unroll
-        for (int nd = 0; nd < ND; ++nd) {
-          const uint16_t* ocol = &ot[8 * nd + gid][16 * j + 2 * tig];
-          const uint16_t* qcol = &qt[8 * nd + gid][16 * j + 2 * tig];
-          mma_bf16(dv_acc[nd], pa, lds32(ocol), lds32(ocol + 8));
-          mma_bf16(dk_acc[nd], dsa, lds32(qcol), lds32(qcol + 8));
+        for (int nd = 0; nd < ND; nd += 2) {
+          uint32_t bo[4], bq[4];
+          ldmatrix_x4_trans(bo, &os[16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
+          ldmatrix_x4_trans(bq, &qs[16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
+          mma_bf16(dv_acc[nd], pa, bo[0], bo[1]);
+          mma_bf16(dv_acc[nd + 1], pa, bo[2], bo[3]);
+          mma_bf16(dk_acc[nd], dsa, bq[0], bq[1]);
+          mma_bf16(dk_acc[nd + 1], dsa, bq[2], bq[3]);
         }
       }
     }
@@ -870,17 +837,15 @@ __global__ void __launch_bounds__(kMmaThreads)
 // dq: grid (query tiles of 64, Hq, B), the last tile first. Each warp holds 16 queries' Q and dO
 // as A fragments and walks the key tiles at or below the diagonal, in order, 16 keys at a time:
 //   S = Q K^T, dP = dO V^T, P = exp(S scale - lse), dS = P (dP - D), dQ += dS K
-// K is in shared memory row-major (for Q K^T) and transposed (for dS K), V row-major.
 template <int HD>
 __global__ void __launch_bounds__(kMmaThreads)
     flash_backward_dq_mma_kernel(__nv_bfloat16* dq, const __nv_bfloat16* q, const __nv_bfloat16* k,
                                  const __nv_bfloat16* v, const __nv_bfloat16* dctx,
                                  const float* lse, const float* dd, int seq, int heads,
                                  int kv_heads, float scale, float scale_log2) {
-  constexpr int BK = kMmaBackwardTile<HD>;
-  constexpr int RP = HD + 8, CP = BK + 8, KK = HD / 16, ND = HD / 8;
+  constexpr int BK = kMmaKeys;
+  constexpr int RP = HD + 8, KK = HD / 16, ND = HD / 8;
   __shared__ __align__(16) uint16_t ks[BK][RP];
-  __shared__ __align__(16) uint16_t kt[HD][CP];
   __shared__ __align__(16) uint16_t vs[BK][RP];
 
   const int tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
@@ -888,6 +853,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int g = h / (heads / kv_heads);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int gid = lane / 4, tig = lane % 4;
+  const int mat = lane / 8, mrow = lane % 8;  // the ldmatrix row this lane addresses
   const int q0 = tile * kMmaRows;
   const int qw_last = q0 + 16 * warp + 15;  // the warp's last query
   const int t_lo = q0 + 16 * warp + gid, t_hi = t_lo + 8;
@@ -921,9 +887,10 @@ __global__ void __launch_bounds__(kMmaThreads)
   for (int k0 = 0; k0 < key_end; k0 += BK) {
     const int valid = min(BK, seq - k0);
     __syncthreads();
-    load_rows_bf16<HD, BK>(ks, kb + k0 * kv_stride, kv_stride, valid);
-    load_cols_bf16<HD, BK>(kt, kb + k0 * kv_stride, kv_stride, valid);
-    load_rows_bf16<HD, BK>(vs, vb + k0 * kv_stride, kv_stride, valid);
+    load_rows_bf16_async<HD, BK>(ks, kb + k0 * kv_stride, kv_stride, valid);
+    load_rows_bf16_async<HD, BK>(vs, vb + k0 * kv_stride, kv_stride, valid);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < BK / 16; ++j) {
@@ -933,12 +900,15 @@ __global__ void __launch_bounds__(kMmaThreads)
       for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-        const uint16_t* krow = &ks[16 * j + 8 * nt + gid][2 * tig];
-        const uint16_t* vrow = &vs[16 * j + 8 * nt + gid][2 * tig];
 #pragma unroll
-        for (int kk = 0; kk < KK; ++kk) {
-          mma_bf16(s[nt], qa[kk], lds32(krow + 16 * kk), lds32(krow + 16 * kk + 8));
-          mma_bf16(dp[nt], oa[kk], lds32(vrow + 16 * kk), lds32(vrow + 16 * kk + 8));
+        for (int kk = 0; kk < KK; kk += 2) {
+          uint32_t bk[4], bv[4];
+          ldmatrix_x4(bk, &ks[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+          ldmatrix_x4(bv, &vs[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+          mma_bf16(s[nt], qa[kk], bk[0], bk[1]);
+          mma_bf16(s[nt], qa[kk + 1], bk[2], bk[3]);
+          mma_bf16(dp[nt], oa[kk], bv[0], bv[1]);
+          mma_bf16(dp[nt], oa[kk + 1], bv[2], bv[3]);
         }
       }
       float ds[2][4];
@@ -957,9 +927,11 @@ __global__ void __launch_bounds__(kMmaThreads)
       const uint32_t dsa[4] = {pack_bf16(ds[0][0], ds[0][1]), pack_bf16(ds[0][2], ds[0][3]),
                                pack_bf16(ds[1][0], ds[1][1]), pack_bf16(ds[1][2], ds[1][3])};
 #pragma unroll
-      for (int nd = 0; nd < ND; ++nd) {
-        const uint16_t* kcol = &kt[8 * nd + gid][16 * j + 2 * tig];
-        mma_bf16(dq_acc[nd], dsa, lds32(kcol), lds32(kcol + 8));
+      for (int nd = 0; nd < ND; nd += 2) {
+        uint32_t bk[4];
+        ldmatrix_x4_trans(bk, &ks[16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
+        mma_bf16(dq_acc[nd], dsa, bk[0], bk[1]);
+        mma_bf16(dq_acc[nd + 1], dsa, bk[2], bk[3]);
       }
     }
   }
