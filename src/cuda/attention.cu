@@ -496,6 +496,15 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// 2^x in one SFU instruction (ex2.approx.ftz: relative error ~2^-22, results below 2^-126
+// flushed to 0, 2^-inf = 0), for the tensor-core kernels, whose probabilities are rounded to bf16
+// anyway; the float32 kernels keep exp2f.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -635,7 +644,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     }
     mx_lo = quad_max(mx_lo);
     mx_hi = quad_max(mx_hi);
-    const float a_lo = exp2f(m_lo - mx_lo), a_hi = exp2f(m_hi - mx_hi);
+    const float a_lo = fast_exp2(m_lo - mx_lo), a_hi = fast_exp2(m_hi - mx_hi);
     l_lo *= a_lo;
     l_hi *= a_hi;
 #pragma unroll
@@ -659,10 +668,10 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const float* sv = s[2 * kk + half];
-        p[half][0] = exp2f(sv[0] - mx_lo);
-        p[half][1] = exp2f(sv[1] - mx_lo);
-        p[half][2] = exp2f(sv[2] - mx_hi);
-        p[half][3] = exp2f(sv[3] - mx_hi);
+        p[half][0] = fast_exp2(sv[0] - mx_lo);
+        p[half][1] = fast_exp2(sv[1] - mx_lo);
+        p[half][2] = fast_exp2(sv[2] - mx_hi);
+        p[half][3] = fast_exp2(sv[3] - mx_hi);
         l_lo += p[half][0] + p[half][1];
         l_hi += p[half][2] + p[half][3];
       }
@@ -807,7 +816,7 @@ __global__ void __launch_bounds__(kMmaThreads)
             const int col = 16 * j + 8 * nt + 2 * tig + (e & 1);
             const int t = q0 + col;
             const int s_row = e < 2 ? s_lo : s_hi;
-            p[nt][e] = s_row <= t && t < seq ? exp2f(st[nt][e] * scale_log2 - lse_s[col]) : 0.f;
+            p[nt][e] = s_row <= t && t < seq ? fast_exp2(st[nt][e] * scale_log2 - lse_s[col]) : 0.f;
             ds[nt][e] = p[nt][e] * (dpt[nt][e] - d_s[col]);
           }
         }
@@ -919,7 +928,7 @@ __global__ void __launch_bounds__(kMmaThreads)
           const int key = k0 + 16 * j + 8 * nt + 2 * tig + (e & 1);
           const bool lo = e < 2;
           const float p = key <= (lo ? t_lo : t_hi)
-                              ? exp2f(s[nt][e] * scale_log2 - (lo ? lse_lo : lse_hi))
+                              ? fast_exp2(s[nt][e] * scale_log2 - (lo ? lse_lo : lse_hi))
                               : 0.f;
           ds[nt][e] = p * (dp[nt][e] - (lo ? d_lo : d_hi));
         }
