@@ -1,13 +1,15 @@
 // Kernels of causal attention (include/engram/cuda/attention.h); src/cuda/attention.cpp checks
 // the arguments and calls the launchers at the end of this file.
 //
-// Every kernel gives each row it owns (a query row, or a key row in the dk/dv pass) to
-// kLanes = hd/16 consecutive threads, each thread holding 16 of the row's dims as 4 float4
-// chunks: thread `lane` owns chunks lane, lane + kLanes, lane + 2 kLanes, lane + 3 kLanes
-// (chunk c = dims 4c..4c+3). A dot product is 16 FMAs per thread and an xor-shuffle sum over the
-// kLanes threads, which leaves the same bits in every one of them. Blocks own 64 rows; the other
-// side streams through shared memory in tiles of 64*64/hd rows (32 KiB for K and V together),
-// widened to float32 on load. Softmax runs in base 2: scores are scaled by scale * log2(e).
+// The float32-math kernels (AttentionKernel::kPlain, and every float32 call) give each row they
+// own (a query row, or a key row in the dk/dv pass) to kLanes = hd/16 consecutive threads, each
+// thread holding 16 of the row's dims as 4 float4 chunks: thread `lane` owns chunks lane,
+// lane + kLanes, lane + 2 kLanes, lane + 3 kLanes (chunk c = dims 4c..4c+3). A dot product is 16
+// FMAs per thread and an xor-shuffle sum over the kLanes threads, which leaves the same bits in
+// every one of them. Blocks own 64 rows; the other side streams through shared memory in tiles
+// of 64*64/hd rows (32 KiB for K and V together), widened to float32 on load. Decode follows
+// them, then the bf16 tensor-core kernels (mma.sync), each section with its own notes, and the
+// launchers. Softmax runs in base 2 everywhere: scores are scaled by scale * log2(e).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

@@ -2,8 +2,10 @@
 // here (forward: softmax attention and its log-sum-exp; backward: the gradients of softmax
 // attention from the full probability matrix), on MHA and GQA shapes whose sequence lengths sit
 // on both sides of the 64-row tiles. bf16 runs are compared with the reference computed from the
-// bf16-rounded inputs. Errors are normalised by the largest reference value:
-// max |gpu - cpu| / max(max |cpu|, 1e-6). Tests that need a GPU skip without one; the argument
+// bf16-rounded inputs, for both kernels (tensor cores, and the float32-math kernel), and the two
+// kernels with each other on longer sequences. Decode is checked against the forward, with NaN in
+// the cache beyond each sequence's length. Errors are normalised by the largest reference value:
+// max |gpu - cpu| / max(max |cpu|, floor). Tests that need a GPU skip without one; the argument
 // checks run everywhere.
 #include "engram/cuda/attention.h"
 

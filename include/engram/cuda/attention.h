@@ -14,8 +14,8 @@
 //   k, v, dk, dv       (B, T, Hkv, hd)
 //   lse                (B, Hq, T) float32: lse[b,h,t] = log sum_{s <= t} exp(q.k_s * scale)
 // Element type of q/k/v/ctx and their gradients: DType::kF32 or DType::kBF16 (one type for all of
-// them in a call); lse and all arithmetic are float32 (bf16 values are widened on load and
-// rounded once on store).
+// them in a call). lse, the softmax statistics and every accumulation are float32; outputs are
+// rounded once on store. (For bf16, AttentionKernel below says where products are bf16.)
 //
 // Conventions, for every function here:
 //   * Pointers are device memory, valid for the sizes given (not checked), and aligned to 16
