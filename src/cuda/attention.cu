@@ -445,6 +445,10 @@ __global__ void decode_combine_kernel(T* ctx, const float* part_o, const float* 
 constexpr int kMmaRows = 64;  // queries per block
 constexpr int kMmaKeys = 64;  // keys per tile
 constexpr int kMmaThreads = 128;
+// Shared-memory stages of the backward kernels: two (one loading while the other is read) fit in
+// 48 KiB for hd 64, one for hd 128.
+template <int HD>
+constexpr int kMmaStages = HD == 64 ? 2 : 1;
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
@@ -738,10 +742,11 @@ __global__ void __launch_bounds__(kMmaThreads)
                                    float scale_log2) {
   constexpr int BQ = kMmaRows;
   constexpr int RP = HD + 8, KK = HD / 16, ND = HD / 8;
-  __shared__ __align__(16) uint16_t qs[BQ][RP];
-  __shared__ __align__(16) uint16_t os[BQ][RP];
-  __shared__ float lse_s[BQ];  // lse * log2(e)
-  __shared__ float d_s[BQ];
+  constexpr int ST = kMmaStages<HD>;
+  __shared__ __align__(16) uint16_t qs[ST][BQ][RP];
+  __shared__ __align__(16) uint16_t os[ST][BQ][RP];
+  __shared__ float lse_s[ST][BQ];  // lse * log2(e)
+  __shared__ float d_s[ST][BQ];
 
   const int g = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
   const int group = heads / kv_heads;
@@ -769,26 +774,37 @@ __global__ void __launch_bounds__(kMmaThreads)
     for (int e = 0; e < 4; ++e) dk_acc[nd][e] = dv_acc[nd][e] = 0.f;
   }
 
-  for (int h = g * group; h < (g + 1) * group; ++h) {
-    const int64_t head_off =
-        static_cast<int64_t>(b) * seq * q_stride + static_cast<int64_t>(h) * HD;
-    const auto* qb = reinterpret_cast<const uint16_t*>(q) + head_off;
-    const auto* ob = reinterpret_cast<const uint16_t*>(dctx) + head_off;
-    const float* lse_row = lse + (static_cast<int64_t>(b) * heads + h) * seq;
-    const float* d_row = dd + (static_cast<int64_t>(b) * heads + h) * seq;
-    // The first query tile starts at the block's first key.
-    for (int q0 = k0; q0 < seq; q0 += BQ) {
-      const int valid = min(BQ, seq - q0);
-      __syncthreads();
-      load_rows_bf16_async<HD, BQ>(qs, qb + q0 * q_stride, q_stride, valid);
-      load_rows_bf16_async<HD, BQ>(os, ob + q0 * q_stride, q_stride, valid);
+  // Steps: the query heads of the group, and for each the query tiles from the block's first key
+  // on (k0 is a multiple of BQ). Step i is loaded into stage i % ST.
+  const int tiles = (seq - k0 + BQ - 1) / BQ, steps = group * tiles;
+  const auto issue = [&](int i) {
+    const int h = g * group + i / tiles, q0 = k0 + (i % tiles) * BQ, stage = i % ST;
+    const int valid = min(BQ, seq - q0);
+    const int64_t rows =
+        (static_cast<int64_t>(b) * seq + q0) * q_stride + static_cast<int64_t>(h) * HD;
+    load_rows_bf16_async<HD, BQ>(qs[stage], reinterpret_cast<const uint16_t*>(q) + rows, q_stride,
+                                 valid);
+    load_rows_bf16_async<HD, BQ>(os[stage], reinterpret_cast<const uint16_t*>(dctx) + rows,
+                                 q_stride, valid);
+    const int64_t stat = (static_cast<int64_t>(b) * heads + h) * seq + q0;
+    for (int e = static_cast<int>(threadIdx.x); e < BQ; e += kMmaThreads) {
+      lse_s[stage][e] = e < valid ? lse[stat + e] * kLog2e : 0.f;
+      d_s[stage][e] = e < valid ? dd[stat + e] : 0.f;
+    }
+  };
+  issue(0);
+  cp_async_commit();
+  for (int i = 0; i < steps; ++i) {
+    if constexpr (ST == 2) {  // load the next step while this one runs
+      if (i + 1 < steps) issue(i + 1);
       cp_async_commit();
-      for (int e = static_cast<int>(threadIdx.x); e < BQ; e += kMmaThreads) {
-        lse_s[e] = e < valid ? lse_row[q0 + e] * kLog2e : 0.f;
-        d_s[e] = e < valid ? d_row[q0 + e] : 0.f;
-      }
+      cp_async_wait<1>();
+    } else {
       cp_async_wait<0>();
-      __syncthreads();
+    }
+    __syncthreads();
+    {
+      const int q0 = k0 + (i % tiles) * BQ, stage = i % ST;
 #pragma unroll
       for (int j = 0; j < BQ / 16; ++j) {
         if (q0 + 16 * j + 15 < kw0) continue;  // every query of the slice precedes the warp's keys
@@ -800,8 +816,8 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
           for (int kk = 0; kk < KK; kk += 2) {
             uint32_t bq[4], bo[4];
-            ldmatrix_x4(bq, &qs[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
-            ldmatrix_x4(bo, &os[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+            ldmatrix_x4(bq, &qs[stage][16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+            ldmatrix_x4(bo, &os[stage][16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
             mma_bf16(st[nt], ka[kk], bq[0], bq[1]);
             mma_bf16(st[nt], ka[kk + 1], bq[2], bq[3]);
             mma_bf16(dpt[nt], va[kk], bo[0], bo[1]);
@@ -818,8 +834,9 @@ __global__ void __launch_bounds__(kMmaThreads)
             const int col = 16 * j + 8 * nt + 2 * tig + (e & 1);
             const int t = q0 + col;
             const int s_row = e < 2 ? s_lo : s_hi;
-            p[nt][e] = s_row <= t && t < seq ? fast_exp2(st[nt][e] * scale_log2 - lse_s[col]) : 0.f;
-            ds[nt][e] = p[nt][e] * (dpt[nt][e] - d_s[col]);
+            p[nt][e] =
+                s_row <= t && t < seq ? fast_exp2(st[nt][e] * scale_log2 - lse_s[stage][col]) : 0.f;
+            ds[nt][e] = p[nt][e] * (dpt[nt][e] - d_s[stage][col]);
           }
         }
         const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]),
@@ -829,14 +846,19 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
         for (int nd = 0; nd < ND; nd += 2) {
           uint32_t bo[4], bq[4];
-          ldmatrix_x4_trans(bo, &os[16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
-          ldmatrix_x4_trans(bq, &qs[16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
+          ldmatrix_x4_trans(bo, &os[stage][16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
+          ldmatrix_x4_trans(bq, &qs[stage][16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
           mma_bf16(dv_acc[nd], pa, bo[0], bo[1]);
           mma_bf16(dv_acc[nd + 1], pa, bo[2], bo[3]);
           mma_bf16(dk_acc[nd], dsa, bq[0], bq[1]);
           mma_bf16(dk_acc[nd + 1], dsa, bq[2], bq[3]);
         }
       }
+    }
+    __syncthreads();  // every warp is done with this stage
+    if constexpr (ST == 1) {
+      if (i + 1 < steps) issue(i + 1);
+      cp_async_commit();
     }
   }
   auto* dk16 = reinterpret_cast<uint16_t*>(dk);
@@ -856,8 +878,9 @@ __global__ void __launch_bounds__(kMmaThreads)
                                  int kv_heads, float scale, float scale_log2) {
   constexpr int BK = kMmaKeys;
   constexpr int RP = HD + 8, KK = HD / 16, ND = HD / 8;
-  __shared__ __align__(16) uint16_t ks[BK][RP];
-  __shared__ __align__(16) uint16_t vs[BK][RP];
+  constexpr int ST = kMmaStages<HD>;
+  __shared__ __align__(16) uint16_t ks[ST][BK][RP];
+  __shared__ __align__(16) uint16_t vs[ST][BK][RP];
 
   const int tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);
   const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
@@ -894,15 +917,25 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int64_t kv_off = static_cast<int64_t>(b) * seq * kv_stride + static_cast<int64_t>(g) * HD;
   const auto* kb = reinterpret_cast<const uint16_t*>(k) + kv_off;
   const auto* vb = reinterpret_cast<const uint16_t*>(v) + kv_off;
-  const int key_end = min(seq, q0 + kMmaRows);
-  for (int k0 = 0; k0 < key_end; k0 += BK) {
-    const int valid = min(BK, seq - k0);
+  // Steps: the key tiles at or below the diagonal; step i is loaded into stage i % ST.
+  const int steps = (min(seq, q0 + kMmaRows) + BK - 1) / BK;
+  const auto issue = [&](int i) {
+    const int k0 = i * BK, stage = i % ST;
+    load_rows_bf16_async<HD, BK>(ks[stage], kb + k0 * kv_stride, kv_stride, min(BK, seq - k0));
+    load_rows_bf16_async<HD, BK>(vs[stage], vb + k0 * kv_stride, kv_stride, min(BK, seq - k0));
+  };
+  issue(0);
+  cp_async_commit();
+  for (int i = 0; i < steps; ++i) {
+    if constexpr (ST == 2) {  // load the next step while this one runs
+      if (i + 1 < steps) issue(i + 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    load_rows_bf16_async<HD, BK>(ks, kb + k0 * kv_stride, kv_stride, valid);
-    load_rows_bf16_async<HD, BK>(vs, vb + k0 * kv_stride, kv_stride, valid);
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
+    const int k0 = i * BK, stage = i % ST;
 #pragma unroll
     for (int j = 0; j < BK / 16; ++j) {
       if (k0 + 16 * j > qw_last) continue;  // every key of the slice follows the warp's queries
@@ -914,8 +947,8 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
         for (int kk = 0; kk < KK; kk += 2) {
           uint32_t bk[4], bv[4];
-          ldmatrix_x4(bk, &ks[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
-          ldmatrix_x4(bv, &vs[16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+          ldmatrix_x4(bk, &ks[stage][16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
+          ldmatrix_x4(bv, &vs[stage][16 * j + 8 * nt + mrow][16 * kk + 8 * mat]);
           mma_bf16(s[nt], qa[kk], bk[0], bk[1]);
           mma_bf16(s[nt], qa[kk + 1], bk[2], bk[3]);
           mma_bf16(dp[nt], oa[kk], bv[0], bv[1]);
@@ -940,10 +973,15 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
       for (int nd = 0; nd < ND; nd += 2) {
         uint32_t bk[4];
-        ldmatrix_x4_trans(bk, &ks[16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
+        ldmatrix_x4_trans(bk, &ks[stage][16 * j + 8 * (mat % 2) + mrow][8 * nd + 8 * (mat / 2)]);
         mma_bf16(dq_acc[nd], dsa, bk[0], bk[1]);
         mma_bf16(dq_acc[nd + 1], dsa, bk[2], bk[3]);
       }
+    }
+    __syncthreads();  // every warp is done with this stage
+    if constexpr (ST == 1) {
+      if (i + 1 < steps) issue(i + 1);
+      cp_async_commit();
     }
   }
   auto* dq16 = reinterpret_cast<uint16_t*>(dq);
