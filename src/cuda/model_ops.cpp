@@ -15,8 +15,8 @@ namespace {
 
 void require_non_negative(const char* where, const char* what, int64_t value) {
   if (value < 0) {
-    throw InputError(error_message(where, std::string(what) + " " + std::to_string(value) +
-                                              " (expected >= 0)"));
+    throw InputError(
+        error_message(where, std::string(what) + " " + std::to_string(value) + " (expected >= 0)"));
   }
 }
 
@@ -71,8 +71,8 @@ void embedding_backward(GpuSparseRowGrad& grad, const float* dout, const int64_t
     throw InputError(error_message(where, "vocab " + std::to_string(vocab) + " (expected >= 1)"));
   }
   if (tokens > std::numeric_limits<int32_t>::max()) {
-    throw InputError(error_message(where, "tokens " + std::to_string(tokens) +
-                                              " beyond the int32 range of the sort"));
+    throw InputError(error_message(
+        where, "tokens " + std::to_string(tokens) + " beyond the int32 range of the sort"));
   }
   grad.width = c;
   grad.unique = 0;

@@ -16,7 +16,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+cudaStream_t as_stream(void* s) {
+  return static_cast<cudaStream_t>(s);
+}
 
 // A grid-stride launch over `items` (kernels loop, so the grid may be capped).
 unsigned blocks_for(int64_t items) {
@@ -104,8 +106,8 @@ __device__ double block_sum(double x) {
 }
 
 // partial[block] = sum of x[i]^2 over the block's grid-stride share (fixed for a fixed grid).
-__global__ void __launch_bounds__(kThreads) sum_squares_partial(const float* x, int64_t n,
-                                                                double* partial) {
+__global__ void __launch_bounds__(kThreads)
+    sum_squares_partial(const float* x, int64_t n, double* partial) {
   double acc = 0.0;
   for (int64_t i = thread_index(); i < n; i += grid_stride()) {
     const double v = x[i];
@@ -115,8 +117,8 @@ __global__ void __launch_bounds__(kThreads) sum_squares_partial(const float* x, 
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-__global__ void __launch_bounds__(kThreads) sum_partials(const double* partial, int64_t count,
-                                                         double* out) {
+__global__ void __launch_bounds__(kThreads)
+    sum_partials(const double* partial, int64_t count, double* out) {
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < count; i += kThreads) acc += partial[i];
   const double s = block_sum(acc);
@@ -192,8 +194,7 @@ void launch_scale(float* x, float s, int64_t n, void* stream) {
 }
 
 void launch_copy_bytes(void* dst, const void* src, size_t bytes, void* stream) {
-  ENGRAM_CUDA_CHECK(
-      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, as_stream(stream)));
+  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, as_stream(stream)));
 }
 
 void launch_zero_bytes(void* x, size_t bytes, void* stream) {
@@ -215,7 +216,8 @@ void launch_cast_to_f32(float* out, const bf16* x, int64_t n, void* stream) {
 double launch_sum_squares(const float* x, int64_t n, void* stream) {
   const cudaStream_t s = as_stream(stream);
   // A grid that depends on n only, so the partition (and the bits) are the same every call.
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>((n + kThreads * 8 - 1) / (kThreads * 8), 1024));
+  const int64_t blocks =
+      std::max<int64_t>(1, std::min<int64_t>((n + kThreads * 8 - 1) / (kThreads * 8), 1024));
   double* scratch = nullptr;
   ENGRAM_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch),
                                     static_cast<size_t>(blocks + 1) * sizeof(double), s));
@@ -224,7 +226,8 @@ double launch_sum_squares(const float* x, int64_t n, void* stream) {
   sum_partials<<<1, kThreads, 0, s>>>(scratch, blocks, scratch + blocks);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   double out = 0.0;
-  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(&out, scratch + blocks, sizeof(double), cudaMemcpyDeviceToHost, s));
+  ENGRAM_CUDA_CHECK(
+      cudaMemcpyAsync(&out, scratch + blocks, sizeof(double), cudaMemcpyDeviceToHost, s));
   ENGRAM_CUDA_CHECK(cudaFreeAsync(scratch, s));
   ENGRAM_CUDA_CHECK(cudaStreamSynchronize(s));
   return out;

@@ -44,7 +44,7 @@ cuda::MutMatrix mut(float* p, int64_t ld) {
   return {p, DType::kF32, ld};
 }
 
-// Every tensor of a TransformerParams, one slot each, in a fixed order. F names the field.
+// Every tensor of a TransformerParams, one slot each, in a fixed order; Field names it.
 enum Field : int {
   kEmbed,
   kAttnNorm,
@@ -175,8 +175,9 @@ struct GpuTransformer::Impl {
   struct LayerSaved {
     cuda::DeviceBuffer<float> x_engram;  // (N, n, C) the Engram layer's input
     SubSaved attn, ffn;
-    cuda::DeviceBuffer<float> q, k, v, ctx, lse;  // (N, Hq*hd), (N, Hkv*hd) x2, (N, Hq*hd), (B, Hq, T)
-    cuda::DeviceBuffer<float> h1, h3, g;          // (N, F) dense FFN
+    cuda::DeviceBuffer<float> q, k, v, ctx,
+        lse;                              // (N, Hq*hd), (N, Hkv*hd) x2, (N, Hq*hd), (B, Hq, T)
+    cuda::DeviceBuffer<float> h1, h3, g;  // (N, F) dense FFN
     cuda::GpuMoeSaved<float> moe;
     bool moe_valid = false;
   };
@@ -249,8 +250,7 @@ struct GpuTransformer::Impl {
     return s;
   }
   cuda::GpuMoeWeights<float> moe_weights(int64_t l) {
-    return {P(l, kGate), P(l, kEw1), P(l, kEw3), P(l, kEw2),
-            P(l, kSw1),  P(l, kSw3), P(l, kSw2)};
+    return {P(l, kGate), P(l, kEw1), P(l, kEw3), P(l, kEw2), P(l, kSw1), P(l, kSw3), P(l, kSw2)};
   }
 
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
@@ -280,9 +280,9 @@ GpuTransformer::GpuTransformer(const Transformer<float>& cpu, const GpuTransform
                                     "only float32 activations are implemented"));
   }
   if (m.head_dim != 64 && m.head_dim != 128) {
-    throw InputError(error_message("GpuTransformer: model.head_dim",
-                                   std::to_string(m.head_dim) +
-                                       " (the GPU attention takes 64 or 128)"));
+    throw InputError(
+        error_message("GpuTransformer: model.head_dim",
+                      std::to_string(m.head_dim) + " (the GPU attention takes 64 or 128)"));
   }
   if (m.hc_mult > cuda::kHcMaxStreams) {
     throw InputError(error_message("GpuTransformer: model.hc_mult",
@@ -387,7 +387,8 @@ void GpuTransformer::upload_params(const TransformerParams<float>& params) {
                                      "a tensor of " + std::to_string(v.size()) +
                                          " values where the model has " + std::to_string(s.size)));
     }
-    if (s.size > 0) cuda::copy_to_device(I.params.data() + s.p_off, v.data(), v.size() * sizeof(float));
+    if (s.size > 0)
+      cuda::copy_to_device(I.params.data() + s.p_off, v.data(), v.size() * sizeof(float));
   });
   for (size_t l = 0; l < I.moe_bias.size() && l < params.layers.size(); ++l) {
     const auto& b = params.layers[l].moe_bias;
@@ -477,8 +478,7 @@ void GpuTransformer::update_moe_bias() {
   Impl& I = *impl_;
   if (!I.config.moe) return;
   for (int64_t l = 0; l < I.config.model.num_layers; ++l) {
-    if (!I.config.is_moe_layer(l) || sz(l) >= I.saved.size() || !I.saved[sz(l)].moe_valid)
-      continue;
+    if (!I.config.is_moe_layer(l) || sz(l) >= I.saved.size() || !I.saved[sz(l)].moe_valid) continue;
     cuda::aux_free_bias_update(I.moe_bias[sz(l)].data(), I.saved[sz(l)].moe.counts.data(),
                                I.config.moe->num_experts, I.config.moe->bias_update_gamma);
   }
@@ -528,8 +528,8 @@ void GpuTransformer::Impl::attention_forward(int64_t l, LayerSaved& ls, const fl
   cuda::rope_forward(ls.q.data(), batch, seq, m.num_heads, hd, m.rope_theta);
   cuda::rope_forward(ls.k.data(), batch, seq, m.num_kv_heads, hd, m.rope_theta);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  cuda::flash_attention_forward(ls.ctx.data(), ls.lse.data(), ls.q.data(), ls.k.data(),
-                                ls.v.data(), DType::kF32, attn_shape(), scale);
+  cuda::flash_attention_forward(ls.ctx.data(), ls.lse.data(), ls.q.data(), ls.k.data(), ls.v.data(),
+                                DType::kF32, attn_shape(), scale);
   gemm(false, true, N, C, QD, ls.ctx.data(), QD, P(l, kWo), QD, 0.0f, f, C);
 }
 
@@ -579,8 +579,8 @@ void GpuTransformer::Impl::ffn_forward(int64_t l, LayerSaved& ls, const float* h
 }
 
 // dh (N, C) written; the weight gradients +=.
-void GpuTransformer::Impl::ffn_backward(int64_t l, LayerSaved& ls, const float* df_,
-                                        const float* h, float* dh_) {
+void GpuTransformer::Impl::ffn_backward(int64_t l, LayerSaved& ls, const float* df_, const float* h,
+                                        float* dh_) {
   const int64_t N = tokens(), C = config.model.hidden_size;
   if (config.is_moe_layer(l)) {
     cuda::zero(dh_, N * C);
@@ -595,8 +595,7 @@ void GpuTransformer::Impl::ffn_backward(int64_t l, LayerSaved& ls, const float* 
   ensure(dh3, N * F);
   gemm(true, false, C, F, N, df_, C, ls.g.data(), F, 1.0f, G(l, kW2), F);
   gemm(false, false, N, F, C, df_, C, P(l, kW2), F, 0.0f, dg.data(), F);
-  cuda::swiglu_gate_backward(dh1.data(), dh3.data(), dg.data(), ls.h1.data(), ls.h3.data(),
-                             N * F);
+  cuda::swiglu_gate_backward(dh1.data(), dh3.data(), dg.data(), ls.h1.data(), ls.h3.data(), N * F);
   gemm(true, false, F, C, N, dh1.data(), F, h, C, 1.0f, G(l, kW1), C);
   gemm(true, false, F, C, N, dh3.data(), F, h, C, 1.0f, G(l, kW3), C);
   gemm(false, false, N, C, F, dh1.data(), F, P(l, kW1), C, 0.0f, dh_, C);
@@ -720,9 +719,9 @@ double GpuTransformer::forward(const int64_t* inputs, const int64_t* targets, in
   const int64_t N = batch * seq, n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;
   for (int64_t i = 0; i < N; ++i) {
     if (inputs[i] < 0 || inputs[i] >= V) {
-      throw InputError(error_message("GpuTransformer forward: inputs[" + std::to_string(i) + "]",
-                                     std::to_string(inputs[i]) + " is outside [0, " +
-                                         std::to_string(V) + ")"));
+      throw InputError(
+          error_message("GpuTransformer forward: inputs[" + std::to_string(i) + "]",
+                        std::to_string(inputs[i]) + " is outside [0, " + std::to_string(V) + ")"));
     }
   }
   const size_t n_engram = I.engram.size();
@@ -763,8 +762,8 @@ double GpuTransformer::forward(const int64_t* inputs, const int64_t* targets, in
       cuda::copy(ls.x_engram.data(), I.x.data(), N * n * C);
       const cuda::DeviceTable table{I.P(l, kEgTable), DType::kF32, e.table_rows,
                                     e.config.row_width()};
-      e.layer_obj->forward(ls.x_engram.data(), I.d_hash_ids.data() + sz(ei) * sz(N * H), batch,
-                           seq, table, e.head_offsets.data(), I.engram_out.data());
+      e.layer_obj->forward(ls.x_engram.data(), I.d_hash_ids.data() + sz(ei) * sz(N * H), batch, seq,
+                           table, e.head_offsets.data(), I.engram_out.data());
       cuda::add_inplace(I.x.data(), I.engram_out.data(), N * n * C);
     }
     I.sub_forward(ls.attn, kHcAttnPhi, l, true);
