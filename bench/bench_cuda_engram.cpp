@@ -27,10 +27,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "engram/cuda/blas.h"
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/device.h"
 #include "engram/cuda/engram_layer.h"
@@ -164,6 +166,44 @@ int main(int argc, char** argv) {
 
   const double fwd_flop = 2.0 * static_cast<double>(N) * static_cast<double>(d_mem) *
                           static_cast<double>((1 + M) * d);
+
+  // The layer's three projections alone, in bf16 (bf16 in, bf16 or f32 out, f32 accumulation),
+  // at the layer's shapes: the GEMM floor of the bf16 layer's time.
+  {
+    const int64_t kvr = (1 + M) * d;
+    engram::cuda::Blas blas;
+    DeviceBuffer<engram::bf16> e(static_cast<size_t>(N * d_mem)), w(static_cast<size_t>(kvr * d_mem)),
+        kv(static_cast<size_t>(N * kvr));
+    DeviceBuffer<float> dw(static_cast<size_t>(kvr * d_mem));
+    using engram::cuda::Matrix;
+    using engram::cuda::MutMatrix;
+    const DType b = DType::kBF16;
+    struct G {
+      const char* what;
+      std::function<void()> fn;
+    };
+    const G gemms[] = {
+        {"gemm_kv = e W^T",
+         [&] { blas.gemm(false, true, N, kvr, d_mem, 1.0f, Matrix{e.data(), b, d_mem},
+                         Matrix{w.data(), b, d_mem}, 0.0f, MutMatrix{kv.data(), b, kvr}); }},
+        {"gemm_dW += dkv^T e",
+         [&] { blas.gemm(true, false, kvr, d_mem, N, 1.0f, Matrix{kv.data(), b, kvr},
+                         Matrix{e.data(), b, d_mem}, 1.0f,
+                         MutMatrix{dw.data(), DType::kF32, d_mem}); }},
+        {"gemm_de = dkv W",
+         [&] { blas.gemm(false, false, N, d_mem, kvr, 1.0f, Matrix{kv.data(), b, kvr},
+                         Matrix{w.data(), b, d_mem}, 0.0f, MutMatrix{e.data(), b, d_mem}); }},
+    };
+    for (const G& gm : gemms) {
+      const Timing t = time_it(reps, gm.fn);
+      std::printf("{\"bench\": \"cuda_engram\", \"precision\": \"bf16\", \"what\": \"%s\", "
+                  "\"mean_ms\": %.4f, \"min_ms\": %.4f, \"tflop_per_s\": %.1f, "
+                  "\"frac_of_peak\": %.3f}\n",
+                  gm.what, t.mean_ms, t.min_ms, fwd_flop / t.mean_ms / 1e9,
+                  fwd_flop / t.mean_ms / 1e9 / kPeakBf16TFlops);
+      std::fflush(stdout);
+    }
+  }
   for (const DType dt : {DType::kF32, DType::kBF16}) {
     const char* dt_name = dt == DType::kBF16 ? "bf16" : "f32";
     const size_t elem = dt == DType::kBF16 ? 2 : 4;
@@ -235,6 +275,21 @@ int main(int argc, char** argv) {
         fwd();
         bwd();
       });
+      // One profiled step: the device time of each phase.
+      layer.set_profiling(true);
+      fwd();
+      bwd();
+      std::string phases;
+      for (const auto& [name, ms] : layer.phase_times()) {
+        char buf[96];
+        std::snprintf(buf, sizeof(buf), "%s\"%s\": %.4f", phases.empty() ? "" : ", ", name.c_str(),
+                      ms);
+        phases += buf;
+      }
+      layer.set_profiling(false);
+      std::printf("{\"bench\": \"cuda_engram\", \"table\": \"%s\", \"precision\": \"%s\", "
+                  "\"short_conv\": %s, \"what\": \"phases_ms\", %s}\n",
+                  dt_name, var.prec, conv ? "true" : "false", phases.c_str());
       for (int k = 0; k < 2; ++k) {
         const Timing& t = k == 0 ? f : fb;
         const double flop = fwd_flop * (k == 0 ? 1.0 : 3.0);

@@ -111,11 +111,50 @@ GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig& config,
                                     std::string(dtype_name(options_.activations)) +
                                         " is not F32 or BF16"));
   }
+  if (config_.short_conv && config_.kernel_size > detail::kMaxConvKernel) {
+    throw ConfigError(error_message("GpuEngramLayer: kernel_size",
+                                    std::to_string(config_.kernel_size) + " exceeds " +
+                                        std::to_string(detail::kMaxConvKernel) +
+                                        " (the GPU layer's widest short conv)"));
+  }
+  if (config_.hc_mult > 32) {
+    // The gate backward runs one warp per branch in a block of 32 * hc_mult threads.
+    throw ConfigError(error_message("GpuEngramLayer: hc_mult",
+                                    std::to_string(config_.hc_mult) + " exceeds 32"));
+  }
   set_params(params);
   blas_ = std::make_unique<Blas>();
 }
 
-GpuEngramLayer::~GpuEngramLayer() = default;
+GpuEngramLayer::~GpuEngramLayer() {
+  for (void* e : events_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(e));
+}
+
+void GpuEngramLayer::mark(const char* phase) {
+  if (!profiling_) return;
+  if (phase[0] == '\0') names_.clear();
+  const size_t i = names_.size();
+  if (i == events_.size()) {
+    cudaEvent_t e = nullptr;
+    ENGRAM_CUDA_CHECK(cudaEventCreate(&e));
+    events_.push_back(e);
+  }
+  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[i])));
+  names_.emplace_back(phase[0] == '\0' ? "start" : phase);
+}
+
+std::vector<std::pair<std::string, float>> GpuEngramLayer::phase_times() const {
+  std::vector<std::pair<std::string, float>> out;
+  if (names_.empty()) return out;
+  ENGRAM_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(events_[names_.size() - 1])));
+  for (size_t i = 1; i < names_.size(); ++i) {
+    float ms = 0.0f;
+    ENGRAM_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(events_[i - 1]),
+                                           static_cast<cudaEvent_t>(events_[i])));
+    out.emplace_back(names_[i], ms);
+  }
+  return out;
+}
 
 void GpuEngramLayer::set_params(const nn::EngramParams<float>& p) {
   nn::EngramParams<float> z;
@@ -217,25 +256,35 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
   A* kv = ensure_as<A>(kv_, tokens * kvr);
   for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, tokens * M);
   A* vt = ensure_as<A>(vt_, tokens * M * d);
+  mark("");
   detail::launch_table_rows(rows_.data(), slots_.data(), d_hash_ids, d_head_offsets, tokens, H);
   gather_rows(e, table, d_hash_ids, d_head_offsets, tokens, H);
+  mark("fwd: rows + gather");
   // kv (tokens, kvr) = e (tokens, dm) W^T, W (kvr, dm); the bias is added in the gate.
   const void* w = kA == DType::kBF16 ? static_cast<const void*>(kv_weight_bf16_.data())
                                      : static_cast<const void*>(kv_weight_.data());
   blas_->gemm(false, true, tokens, kvr, dm, 1.0f, {e, kA, dm}, {w, kA, dm}, 0.0f, {kv, kA, kvr},
               options_.math);
-  detail::launch_gate_forward<A>({kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
-                                  key_norm_.data(), query_norm_.data(), key_rstd_.data(),
-                                  query_rstd_.data(), score_.data(), alpha_.data(), vt, tokens, M,
-                                  d, std::numeric_limits<float>::epsilon()});
+  mark("fwd: projection GEMM");
+  detail::GateArgs<A> gate{kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
+                           key_norm_.data(), query_norm_.data(), key_rstd_.data(),
+                           query_rstd_.data(), score_.data(), alpha_.data(), vt, tokens, M,
+                           d, std::numeric_limits<float>::epsilon()};
   if (c.short_conv) {
-    ensure_as<A>(xn_, tokens * M * d);
-    ensure_as<A>(u_, tokens * M * d);
+    gate.conv_norm_w = conv_norm_.data();
+    gate.xn = ensure_as<A>(xn_, tokens * M * d);
     ensure(conv_rstd_, tokens * M);
+    gate.conv_rstd = conv_rstd_.data();
+    gate.conv_eps = static_cast<float>(c.conv_norm_eps);
+  }
+  detail::launch_gate_forward<A>(gate);
+  mark(c.short_conv ? "fwd: gate + conv norm" : "fwd: gate");
+  if (c.short_conv) {
     detail::launch_conv_forward<A>(conv_args<A>(), d_out);
   } else {
     detail::launch_copy<A>(d_out, vt, tokens * M * d);
   }
+  mark("fwd: short conv");
 }
 
 template <class A>
@@ -253,7 +302,6 @@ detail::ConvArgs<A> GpuEngramLayer::conv_args() {
           conv_norm_.data(),
           as<A>(xn_),
           conv_rstd_.data(),
-          as<A>(u_),
           static_cast<float>(c.conv_norm_eps)};
 }
 
@@ -274,15 +322,20 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
   constexpr DType kA = dtype_of<A>();
   ensure(partial_, detail::kColChunks *
                        std::max({kvr, M * d * std::max<int64_t>(c.kernel_size, 1), int64_t{1}}));
-  // dVt = d_out + the short conv's input gradient.
-  A* dvt = ensure_as<A>(dvt_, n_out);
-  detail::launch_copy<A>(dvt, d_dout, n_out);
+  // dVt = d_out + the short conv's input gradient (d_out itself without the conv).
+  const A* dvt = d_dout;
   if (c.short_conv) {
+    A* dvt_buf = ensure_as<A>(dvt_, n_out);
     A* du = ensure_as<A>(du_, n_out);
     A* dxn = ensure_as<A>(dxn_, n_out);
-    detail::launch_conv_backward<A>(conv_args<A>(), d_dout, dvt, grads.conv_weight.data(),
-                                    grads.conv_norm.data(), du, dxn, partial_.data());
+    const detail::PhaseHook hook{
+        [](void* self, const char* phase) { static_cast<GpuEngramLayer*>(self)->mark(phase); },
+        this};
+    detail::launch_conv_backward<A>(conv_args<A>(), d_dout, dvt_buf, grads.conv_weight.data(),
+                                    grads.conv_norm.data(), du, dxn, partial_.data(), hook);
+    dvt = dvt_buf;
   }
+  if (c.short_conv) mark("bwd: conv norm weight grad");
   // Gates: dkv, d_hidden, norm weight gradients.
   A* dkv = ensure_as<A>(dkv_, tokens * kvr);
   ensure(ds_, tokens * M);
@@ -292,17 +345,21 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
                                    query_rstd_.data(), score_.data(), alpha_.data(), dkv,
                                    d_dhidden, ds_.data(), grads.key_norm.data(),
                                    grads.query_norm.data(), partial_.data(), tokens, M, d});
+  mark("bwd: gate + norm weight grads");
   // dW (kvr, dm) += dkv^T (kvr, tokens) e (tokens, dm).
   const A* e = as<A>(e_);
   blas_->gemm(true, false, kvr, dm, tokens, 1.0f, {dkv, kA, kvr}, {e, kA, dm}, 1.0f,
               {grads.kv_weight.data(), DType::kF32, dm}, options_.math);
+  mark("bwd: dW GEMM");
   if (c.bias) detail::launch_bias_grad<A>(grads.kv_bias.data(), dkv, tokens, kvr, partial_.data());
+  mark("bwd: bias grad");
   // de (tokens, dm) = dkv (tokens, kvr) W (kvr, dm).
   A* de = ensure_as<A>(de_, tokens * dm);
   const void* w = kA == DType::kBF16 ? static_cast<const void*>(kv_weight_bf16_.data())
                                      : static_cast<const void*>(kv_weight_.data());
   blas_->gemm(false, false, tokens, dm, kvr, 1.0f, {dkv, kA, kvr}, {w, kA, dm}, 0.0f,
               {de, kA, dm}, options_.math);
+  mark("bwd: de GEMM");
   // Sparse table gradient.
   const int64_t n = tokens * H;
   ensure(rows_sorted_, n);
@@ -319,6 +376,7 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
       {rows_.data(), slots_.data(), de, n, D, end_bit, rows_sorted_.data(), slots_sorted_.data(),
        counts_.data(), starts_.data(), num_runs_.data(), temp_.data(), temp_.size(),
        grads.table_rows.data(), grads.table_values.data()});
+  mark("bwd: sparse table grad");
 }
 
 }  // namespace engram::cuda

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cub/cub.cuh>
 
 #include "cuda/check.h"
@@ -95,27 +96,13 @@ __device__ __forceinline__ void ldb(const float* bias, int64_t j, float (&o)[V])
   }
 }
 
-// Sums N values over the block (kThreads threads); every thread gets the sums. `sh` holds
-// N * kWarps floats; the block must not touch it between calls without a barrier (one is
-// taken at the start).
+// Sums N values over the warp; every lane gets the sums (a fixed butterfly: deterministic).
 template <int N>
-__device__ __forceinline__ void block_sum(float (&v)[N], float* sh) {
+__device__ __forceinline__ void warp_sum(float (&v)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) {
+#pragma unroll
     for (int o = 16; o > 0; o >>= 1) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) sh[i * kWarps + warp] = v[i];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    float s = 0.0f;
-    for (int w = 0; w < kWarps; ++w) s += sh[i * kWarps + w];
-    v[i] = s;
   }
 }
 
@@ -188,7 +175,10 @@ struct BiasTerm {
   }
 };
 
-// d key_norm[m*d+j]: ds * nq_j * k_j * rk;  d query_norm: ds * nk_j * q_j * rq.
+// Both norm weights' gradients share one column sum:
+//   d key_norm[m*d+j]   = sum_t ds * nq_j * k_j * rk = wq_j * S[m*d+j]
+//   d query_norm[m*d+j] = sum_t ds * nk_j * q_j * rq = wk_j * S[m*d+j]
+//   S[m*d+j] = sum_t ds[t,m] rk[t,m] rq[t,m] k[t,m,j] q[t,m,j]
 // Columns col .. col+V-1 lie in one branch m (V divides d).
 template <class A>
 struct NormTerm {
@@ -196,42 +186,32 @@ struct NormTerm {
   const A* kv;
   const float* bias;
   const A* hidden;
-  const float *key_rstd, *query_rstd, *other_w;
+  const float *key_rstd, *query_rstd;
   int64_t M, d;
-  bool key;  // true: the key norm's weight gradient
   template <int V>
   __device__ void get(int64_t t, int64_t col, float (&o)[V]) const {
     const int64_t m = col / d, j = col - m * d, i = t * M + m;
     const int64_t kc = (1 + m) * d + j;
-    float k[V], b[V], q[V], w[V];
+    float k[V], b[V], q[V];
     ldv<V>(kv + t * (1 + M) * d + kc, k);
     ldb<V>(bias, kc, b);
     ldv<V>(hidden + i * d + j, q);
-    ldw<V>(other_w + col, w);
-    const float rk = key_rstd[i], rq = query_rstd[i], g = ds[i];
+    const float g = ds[i] * key_rstd[i] * query_rstd[i];
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const float kb = k[e] + b[e];
-      o[e] = key ? g * (q[e] * rq * w[e]) * kb * rk : g * (kb * rk * w[e]) * q[e] * rq;
-    }
+    for (int e = 0; e < V; ++e) o[e] = g * (k[e] + b[e]) * q[e];
   }
 };
 
-template <class A>
-struct ConvWeightTerm {
-  const A *du, *xn;
-  int64_t seq, C, kernel, dilation;
-  template <int V>
-  __device__ void get(int64_t bt, int64_t col0, float (&o)[V]) const {
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const int64_t col = col0 + e;
-      const int64_t c = col / kernel, j = col - c * kernel;
-      const int64_t back = dilation * (kernel - 1 - j);
-      o[e] = bt % seq < back ? 0.0f : ld(du + bt * C + c) * ld(xn + (bt - back) * C + c);
-    }
-  }
-};
+// d_key_w[col] += wq[col] * S, d_query_w[col] += wk[col] * S, S = the partials' sum.
+__global__ void norm_grad_finish(const float* partial, int64_t cols, const float* key_w,
+                                 const float* query_w, float* d_key_w, float* d_query_w) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float s = 0.0f;
+  for (int c = 0; c < kColChunks; ++c) s += partial[c * cols + col];
+  d_key_w[col] += query_w[col] * s;
+  d_query_w[col] += key_w[col] * s;
+}
 
 // Columns c .. c+V-1 lie in one branch (V divides d).
 template <class A>
@@ -260,11 +240,13 @@ __global__ void table_rows_kernel(int64_t* rows, int32_t* slots, const int32_t* 
   slots[i] = static_cast<int32_t>(i);
 }
 
-// One block per (token, branch); V values per thread and step (4 when d % 4 == 0).
+// One warp per (token, branch) row, kWarps rows per block; V values per lane and step (4 when
+// d % 4 == 0).
 template <class A, int V>
 __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
-  __shared__ float sh[3 * kWarps];
-  const int64_t i = blockIdx.x;  // t * M + m
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;  // t * M + m
+  const int lane = threadIdx.x % 32;
+  if (i >= a.tokens * a.M) return;
   const int64_t t = i / a.M, m = i - t * a.M, d = a.d;
   const A* v = a.kv + t * (1 + a.M) * d;
   const A* k = v + (1 + m) * d;
@@ -273,7 +255,7 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
   const float* wq = a.query_w + m * d;
   const float* bk = a.bias != nullptr ? a.bias + (1 + m) * d : nullptr;
   float s[3] = {0.0f, 0.0f, 0.0f};
-  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
     float kk[V], qq[V], wkk[V], wqq[V], b[V];
     ldv<V>(k + j, kk);
     ldb<V>(bk, j, b);
@@ -288,38 +270,70 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
       s[2] += (kk[e] * wkk[e]) * (qq[e] * wqq[e]);
     }
   }
-  block_sum<3>(s, sh);
+  warp_sum<3>(s);
   const float rk = 1.0f / sqrtf(s[0] / static_cast<float>(d) + a.eps);
   const float rq = 1.0f / sqrtf(s[1] / static_cast<float>(d) + a.eps);
   const float score = s[2] * rk * rq / sqrtf(static_cast<float>(d));
   const float mag = sqrtf(fmaxf(fabsf(score), 1e-6f));
   const float alpha = sigmoidf_(score > 0.0f ? mag : (score < 0.0f ? -mag : 0.0f));
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     a.key_rstd[i] = rk;
     a.query_rstd[i] = rq;
     a.score[i] = score;
     a.alpha[i] = alpha;
   }
   A* vt = a.vt + i * d;
-  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+  float ss[1] = {0.0f};
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
     float vv[V], b[V];
     ldv<V>(v + j, vv);
     ldb<V>(a.bias, j, b);
 #pragma unroll
-    for (int e = 0; e < V; ++e) vv[e] = alpha * (vv[e] + b[e]);
+    for (int e = 0; e < V; ++e) {
+      vv[e] = alpha * (vv[e] + b[e]);
+      ss[0] += vv[e] * vv[e];
+    }
     stv<V>(vt + j, vv);
+  }
+  if (a.conv_norm_w == nullptr) return;
+  // The short conv's RMSNorm of this vt row (of the values as stored: bf16-rounded for bf16).
+  if constexpr (!std::is_same_v<A, float>) {
+    __syncwarp();
+    ss[0] = 0.0f;
+    for (int64_t j = lane * V; j < d; j += 32 * V) {
+      float vv[V];
+      ldv<V>(vt + j, vv);
+#pragma unroll
+      for (int e = 0; e < V; ++e) ss[0] += vv[e] * vv[e];
+    }
+  }
+  warp_sum<1>(ss);
+  const float r = 1.0f / sqrtf(ss[0] / static_cast<float>(d) + a.conv_eps);
+  if (lane == 0) a.conv_rstd[i] = r;
+  const float* w = a.conv_norm_w + m * d;
+  A* xn = a.xn + i * d;
+  __syncwarp();
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
+    float vv[V], ww[V];
+    ldv<V>(vt + j, vv);
+    ldw<V>(w + j, ww);
+#pragma unroll
+    for (int e = 0; e < V; ++e) vv[e] = vv[e] * r * ww[e];
+    stv<V>(xn + j, vv);
   }
 }
 
-// One block per token, over its M branches (they share the value row of dkv).
+// One block per token with one warp per branch (blockDim = 32 * M): warp m computes branch m's
+// key and query gradients; then the block sums the value row's gradient over the branches.
 template <class A, int V>
-__global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs<A> a) {
-  __shared__ float sh[3 * kWarps];
+__global__ void gate_backward_kernel(GateBwdArgs<A> a) {
   const int64_t t = blockIdx.x, d = a.d, M = a.M;
+  const int64_t m = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
   const A* v = a.kv + t * (1 + M) * d;
   A* dv = a.dkv + t * (1 + M) * d;
   const float inv_sqrt_d = 1.0f / sqrtf(static_cast<float>(d));
-  for (int64_t m = 0; m < M; ++m) {
+  {
     const int64_t i = t * M + m;
     const A* g = a.dvt + i * d;
     const A* k = v + (1 + m) * d;
@@ -330,7 +344,7 @@ __global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs<A> 
     const float rk = a.key_rstd[i], rq = a.query_rstd[i], alpha = a.alpha[i], s = a.score[i];
     // dalpha, sum nq*wk*k, sum nk*wq*q
     float r[3] = {0.0f, 0.0f, 0.0f};
-    for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    for (int64_t j = lane * V; j < d; j += 32 * V) {
       float gg[V], vv[V], bv[V], kk[V], bb[V], qq[V], wkk[V], wqq[V];
       ldv<V>(g + j, gg);
       ldv<V>(v + j, vv);
@@ -349,7 +363,7 @@ __global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs<A> 
         r[2] += nk * wqq[e] * qq[e];
       }
     }
-    block_sum<3>(r, sh);
+    warp_sum<3>(r);
     const float as = fabsf(s);
     const float ssg = (s != 0.0f && as >= 1e-6f) ? 0.5f / sqrtf(as) : 0.0f;
     const float ds = r[0] * alpha * (1.0f - alpha) * ssg * inv_sqrt_d;
@@ -357,7 +371,7 @@ __global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs<A> 
     const float cq = ds * r[2] * rq * rq * rq / static_cast<float>(d);
     A* dk = dv + (1 + m) * d;
     A* dq = a.d_hidden + i * d;
-    for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+    for (int64_t j = lane * V; j < d; j += 32 * V) {
       float kk[V], bb[V], qq[V], wkk[V], wqq[V], dqq[V], dkk[V];
       ldv<V>(k + j, kk);
       ldb<V>(bk, j, bb);
@@ -375,17 +389,17 @@ __global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs<A> 
       stv<V>(dk + j, dkk);
       stv<V>(dq + j, dqq);
     }
-    if (threadIdx.x == 0) a.ds[i] = ds;
+    if (lane == 0) a.ds[i] = ds;
   }
   // The value row's gradient: sum over branches, in branch order.
-  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+  for (int64_t j = threadIdx.x * V; j < d; j += blockDim.x * V) {
     float acc[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) acc[e] = 0.0f;
-    for (int64_t m = 0; m < M; ++m) {
-      const float alpha = a.alpha[t * M + m];
+    for (int64_t mm = 0; mm < M; ++mm) {
+      const float alpha = a.alpha[t * M + mm];
       float gg[V];
-      ldv<V>(a.dvt + (t * M + m) * d + j, gg);
+      ldv<V>(a.dvt + (t * M + mm) * d + j, gg);
 #pragma unroll
       for (int e = 0; e < V; ++e) acc[e] += alpha * gg[e];
     }
@@ -393,112 +407,130 @@ __global__ void __launch_bounds__(kThreads) gate_backward_kernel(GateBwdArgs<A> 
   }
 }
 
-// Per-branch RMSNorm of the conv input: one block per (token, branch).
-template <class A, int V>
-__global__ void __launch_bounds__(kThreads) conv_norm_kernel(ConvArgs<A> a) {
-  __shared__ float sh[kWarps];
-  const int64_t i = blockIdx.x, m = i % a.M, d = a.d;
-  const A* x = a.x + i * d;
-  const float* w = a.norm_w + m * d;
-  float s[1] = {0.0f};
-  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
-    float xx[V];
-    ldv<V>(x + j, xx);
+// The conv kernels below run on a 2-D grid: x covers the tokens (b*T + t) kConvTokens at a
+// time, y the C = M*d channels, V per thread (V = 4 when C % 4 == 0). A thread loads its
+// channels' kernel taps (kernel <= kMaxTaps, checked by the layer) into registers once and
+// walks its tokens in order. One token per block measured fastest on the H200 (0.21 ms for the
+// forward at the issue's shape, against 0.40 ms with 16 tokens per block: fewer blocks in
+// flight hide less memory latency).
+constexpr int kMaxTaps = static_cast<int>(kMaxConvKernel);
+constexpr int kConvTokens = 1;
+
+dim3 conv_grid(int64_t tokens, int64_t C, int V) {
+  return dim3(static_cast<unsigned>((tokens + kConvTokens - 1) / kConvTokens),
+              static_cast<unsigned>((C / V + kThreads - 1) / kThreads));
+}
+
+// w[j][e] = conv_wt[j, c + e] for j < kernel.
+template <int V>
+__device__ __forceinline__ void load_taps(const float* conv_wt, int64_t C, int64_t c,
+                                          int64_t kernel, float (&w)[kMaxTaps][V]) {
 #pragma unroll
-    for (int e = 0; e < V; ++e) s[0] += xx[e] * xx[e];
-  }
-  block_sum<1>(s, sh);
-  const float r = 1.0f / sqrtf(s[0] / static_cast<float>(d) + a.eps);
-  if (threadIdx.x == 0) a.rstd[i] = r;
-  A* xn = a.xn + i * d;
-  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
-    float xx[V], ww[V];
-    ldv<V>(x + j, xx);
-    ldw<V>(w + j, ww);
+  for (int j = 0; j < kMaxTaps; ++j) {
+    if (j < kernel) {
+      ldw<V>(conv_wt + j * C + c, w[j]);
+    } else {
 #pragma unroll
-    for (int e = 0; e < V; ++e) xx[e] = xx[e] * r * ww[e];
-    stv<V>(xn + j, xx);
+      for (int e = 0; e < V; ++e) w[j][e] = 0.0f;
+    }
   }
 }
 
-// The conv kernels below run on a 2-D grid: blockIdx.y is the token (b*T + t), x covers the
-// C = M*d channels V at a time (V = 4 when C % 4 == 0), so no per-element division is needed.
-dim3 conv_grid(int64_t tokens, int64_t C, int V) {
-  return dim3(static_cast<unsigned>((C / V + kThreads - 1) / kThreads),
-              static_cast<unsigned>(tokens));
+// u[e] = sum_j w[j][e] xn[bt - back_j, c + e] (causal within the sequence).
+template <class A, int V>
+__device__ __forceinline__ void conv_at(const ConvArgs<A>& a, const float (&w)[kMaxTaps][V],
+                                        int64_t bt, int64_t t, int64_t C, int64_t c,
+                                        float (&u)[V]) {
+#pragma unroll
+  for (int e = 0; e < V; ++e) u[e] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMaxTaps; ++j) {
+    if (j >= a.kernel) break;
+    const int64_t back = a.dilation * (a.kernel - 1 - j);
+    if (t - back < 0) continue;
+    float xn[V];
+    ldv<V>(a.xn + (bt - back) * C + c, xn);
+#pragma unroll
+    for (int e = 0; e < V; ++e) u[e] += w[j][e] * xn[e];
+  }
 }
 
 // u = conv(xn) (causal, dilated), out = x + SiLU(u).
 template <class A, int V>
 __global__ void __launch_bounds__(kThreads) conv_fwd_kernel(ConvArgs<A> a, A* out) {
-  const int64_t C = a.M * a.d, bt = blockIdx.y, t = bt % a.seq;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * V;
   if (c >= C) return;
-  float u[V];
+  float w[kMaxTaps][V];
+  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
+  const int64_t bt0 = static_cast<int64_t>(blockIdx.x) * kConvTokens;
+  const int64_t bt1 = bt0 + kConvTokens < tokens ? bt0 + kConvTokens : tokens;
+  for (int64_t bt = bt0; bt < bt1; ++bt) {
+    float u[V], x[V];
+    conv_at<A, V>(a, w, bt, bt % a.seq, C, c, u);
+    ldv<V>(a.x + bt * C + c, x);
 #pragma unroll
-  for (int e = 0; e < V; ++e) u[e] = 0.0f;
-  for (int64_t j = 0; j < a.kernel; ++j) {
-    const int64_t back = a.dilation * (a.kernel - 1 - j);
-    if (t - back < 0) continue;
-    float xn[V];
-    ldv<V>(a.xn + (bt - back) * C + c, xn);
-    float w[V];
-    ldw<V>(a.conv_wt + j * C + c, w);
-#pragma unroll
-    for (int e = 0; e < V; ++e) u[e] += w[e] * xn[e];
+    for (int e = 0; e < V; ++e) x[e] += u[e] * sigmoidf_(u[e]);
+    stv<V>(out + bt * C + c, x);
   }
-  float x[V], o[V];
-  ldv<V>(a.x + bt * C + c, x);
-#pragma unroll
-  for (int e = 0; e < V; ++e) o[e] = u[e] * sigmoidf_(u[e]) + x[e];
-  stv<V>(a.u + bt * C + c, u);
-  stv<V>(out + bt * C + c, o);
 }
 
-// du = dy * SiLU'(u), elementwise over n values (V at a time; n % V == 0).
+// du = dy * SiLU'(u), with u = conv(xn) recomputed as the forward computed it.
 template <class A, int V>
-__global__ void __launch_bounds__(kThreads) conv_du_vec_kernel(const A* dy, const A* u, A* du,
-                                                                int64_t n) {
-  const int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
-  if (i >= n) return;
-  float g[V], uu[V];
-  ldv<V>(dy + i, g);
-  ldv<V>(u + i, uu);
+__global__ void __launch_bounds__(kThreads) conv_du_kernel(ConvArgs<A> a, const A* dy, A* du) {
+  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * V;
+  if (c >= C) return;
+  float w[kMaxTaps][V];
+  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
+  const int64_t bt0 = static_cast<int64_t>(blockIdx.x) * kConvTokens;
+  const int64_t bt1 = bt0 + kConvTokens < tokens ? bt0 + kConvTokens : tokens;
+  for (int64_t bt = bt0; bt < bt1; ++bt) {
+    float u[V], g[V];
+    conv_at<A, V>(a, w, bt, bt % a.seq, C, c, u);
+    ldv<V>(dy + bt * C + c, g);
 #pragma unroll
-  for (int e = 0; e < V; ++e) {
-    const float sg = sigmoidf_(uu[e]);
-    g[e] = g[e] * sg * (1.0f + uu[e] * (1.0f - sg));
+    for (int e = 0; e < V; ++e) {
+      const float sg = sigmoidf_(u[e]);
+      g[e] = g[e] * sg * (1.0f + u[e] * (1.0f - sg));
+    }
+    stv<V>(du + bt * C + c, g);
   }
-  stv<V>(du + i, g);
 }
 
 // dxn[t] = sum_j w[c, j] du[t + back_j] (the transpose of the causal conv).
 template <class A, int V>
 __global__ void __launch_bounds__(kThreads) conv_dxn_vec_kernel(ConvArgs<A> a, const A* du,
                                                                  A* dxn) {
-  const int64_t C = a.M * a.d, bt = blockIdx.y, t = bt % a.seq;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
+  const int64_t c = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * V;
   if (c >= C) return;
-  float s[V];
+  float w[kMaxTaps][V];
+  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
+  const int64_t bt0 = static_cast<int64_t>(blockIdx.x) * kConvTokens;
+  const int64_t bt1 = bt0 + kConvTokens < tokens ? bt0 + kConvTokens : tokens;
+  for (int64_t bt = bt0; bt < bt1; ++bt) {
+    const int64_t t = bt % a.seq;
+    float s[V];
 #pragma unroll
-  for (int e = 0; e < V; ++e) s[e] = 0.0f;
-  for (int64_t j = a.kernel - 1; j >= 0; --j) {
-    const int64_t back = a.dilation * (a.kernel - 1 - j);
-    if (t + back >= a.seq) continue;
-    float g[V];
-    ldv<V>(du + (bt + back) * C + c, g);
-    float w[V];
-    ldw<V>(a.conv_wt + j * C + c, w);
+    for (int e = 0; e < V; ++e) s[e] = 0.0f;
 #pragma unroll
-    for (int e = 0; e < V; ++e) s[e] += w[e] * g[e];
+    for (int j = kMaxTaps - 1; j >= 0; --j) {
+      if (j >= a.kernel) continue;
+      const int64_t back = a.dilation * (a.kernel - 1 - j);
+      if (t + back >= a.seq) continue;
+      float g[V];
+      ldv<V>(du + (bt + back) * C + c, g);
+#pragma unroll
+      for (int e = 0; e < V; ++e) s[e] += w[j][e] * g[e];
+    }
+    stv<V>(dxn + bt * C + c, s);
   }
-  stv<V>(dxn + bt * C + c, s);
 }
 
 // Partial sums of the conv weight gradient, dW[c, j] = sum_bt du[bt, c] xn[bt - back_j, c],
 // over chunk blockIdx.y of the tokens: partial[chunk, c * kernel + j]. Threads (32, 8): x covers
 // V channels each, y interleaves the chunk's rows; kernel <= kMaxTaps.
-constexpr int kMaxTaps = 8;
 template <class A, int V>
 __global__ void __launch_bounds__(256) conv_weight_partial_kernel(ConvArgs<A> a, const A* du,
                                                                   float* partial) {
@@ -546,18 +578,21 @@ __global__ void __launch_bounds__(256) conv_weight_partial_kernel(ConvArgs<A> a,
   }
 }
 
-// dx += RMSNorm backward; one block per (token, branch).
+// dx = dy + RMSNorm backward (the residual's gradient plus the norm's); one warp per
+// (token, branch) row.
 template <class A, int V>
 __global__ void __launch_bounds__(kThreads) conv_norm_backward_kernel(ConvArgs<A> a, const A* dxn,
-                                                                      A* dx) {
-  __shared__ float sh[kWarps];
-  const int64_t i = blockIdx.x, m = i % a.M, d = a.d;
+                                                                      const A* dy, A* dx) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= a.batch * a.seq * a.M) return;
+  const int64_t m = i % a.M, d = a.d;
   const A* x = a.x + i * d;
   const A* g = dxn + i * d;
   const float* w = a.norm_w + m * d;
   const float r = a.rstd[i];
   float s[1] = {0.0f};
-  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
     float gg[V], ww[V], xx[V];
     ldv<V>(g + j, gg);
     ldw<V>(w + j, ww);
@@ -565,15 +600,16 @@ __global__ void __launch_bounds__(kThreads) conv_norm_backward_kernel(ConvArgs<A
 #pragma unroll
     for (int e = 0; e < V; ++e) s[0] += gg[e] * ww[e] * xx[e];
   }
-  block_sum<1>(s, sh);
+  warp_sum<1>(s);
   const float k = s[0] * r * r * r / static_cast<float>(d);
   A* o = dx + i * d;
-  for (int64_t j = threadIdx.x * V; j < d; j += kThreads * V) {
+  const A* base = dy + i * d;
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
     float gg[V], ww[V], xx[V], oo[V];
     ldv<V>(g + j, gg);
     ldw<V>(w + j, ww);
     ldv<V>(x + j, xx);
-    ldv<V>(o + j, oo);
+    ldv<V>(base + j, oo);
 #pragma unroll
     for (int e = 0; e < V; ++e) oo[e] += r * ww[e] * gg[e] - xx[e] * k;
     stv<V>(o + j, oo);
@@ -616,7 +652,7 @@ void launch_table_rows(int64_t* rows, int32_t* slots, const int32_t* ids, const 
 template <class A>
 void launch_gate_forward(const GateArgs<A>& a) {
   if (a.tokens * a.M == 0) return;
-  const auto blocks = static_cast<unsigned>(a.tokens * a.M);
+  const auto blocks = static_cast<unsigned>((a.tokens * a.M + kWarps - 1) / kWarps);
   if (vec4(a.d)) {
     gate_forward_kernel<A, 4><<<blocks, kThreads>>>(a);
   } else {
@@ -629,32 +665,32 @@ template <class A>
 void launch_gate_backward(const GateBwdArgs<A>& a) {
   if (a.tokens == 0) return;
   const auto blocks = static_cast<unsigned>(a.tokens);
+  const auto threads = static_cast<unsigned>(32 * a.M);  // M <= 32, checked by the caller
   if (vec4(a.d)) {
-    gate_backward_kernel<A, 4><<<blocks, kThreads>>>(a);
+    gate_backward_kernel<A, 4><<<blocks, threads>>>(a);
   } else {
-    gate_backward_kernel<A, 1><<<blocks, kThreads>>>(a);
+    gate_backward_kernel<A, 1><<<blocks, threads>>>(a);
   }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
   const int64_t cols = a.M * a.d;
-  column_sum(NormTerm<A>{a.ds, a.kv, a.bias, a.hidden, a.key_rstd, a.query_rstd, a.query_w, a.M,
-                         a.d, true},
-             a.tokens, cols, a.partial, a.d_key_w, vec4(a.d));
-  column_sum(NormTerm<A>{a.ds, a.kv, a.bias, a.hidden, a.key_rstd, a.query_rstd, a.key_w, a.M,
-                         a.d, false},
-             a.tokens, cols, a.partial, a.d_query_w, vec4(a.d));
+  const NormTerm<A> term{a.ds, a.kv, a.bias, a.hidden, a.key_rstd, a.query_rstd, a.M, a.d};
+  if (vec4(a.d)) {
+    const dim3 grid(static_cast<unsigned>((cols / 4 + 31) / 32), kColChunks);
+    colsum_partial<NormTerm<A>, 4><<<grid, dim3(32, 8)>>>(term, a.tokens, cols, a.partial);
+  } else {
+    const dim3 grid(static_cast<unsigned>((cols + 31) / 32), kColChunks);
+    colsum_partial<NormTerm<A>, 1><<<grid, dim3(32, 8)>>>(term, a.tokens, cols, a.partial);
+  }
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  norm_grad_finish<<<blocks_for(cols), kThreads>>>(a.partial, cols, a.key_w, a.query_w,
+                                                   a.d_key_w, a.d_query_w);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class A>
 void launch_conv_forward(const ConvArgs<A>& a, A* out) {
-  const int64_t rows = a.batch * a.seq * a.M;
-  if (rows == 0) return;
-  if (vec4(a.d)) {
-    conv_norm_kernel<A, 4><<<static_cast<unsigned>(rows), kThreads>>>(a);
-  } else {
-    conv_norm_kernel<A, 1><<<static_cast<unsigned>(rows), kThreads>>>(a);
-  }
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
   const int64_t tokens = a.batch * a.seq, C = a.M * a.d;
+  if (tokens * C == 0) return;
   if (C % 4 == 0) {
     conv_fwd_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, out);
   } else {
@@ -665,21 +701,25 @@ void launch_conv_forward(const ConvArgs<A>& a, A* out) {
 
 template <class A>
 void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_conv_w,
-                          float* d_norm_w, A* du, A* dxn, float* partial) {
+                          float* d_norm_w, A* du, A* dxn, float* partial, PhaseHook hook) {
+  const auto phase = [&](const char* name) {
+    if (hook.fn != nullptr) hook.fn(hook.ctx, name);
+  };
   const int64_t tokens = a.batch * a.seq, C = a.M * a.d, n = tokens * C;
   if (n == 0) return;
   const bool v4 = C % 4 == 0;
   if (v4) {
-    conv_du_vec_kernel<A, 4><<<blocks_for(n / 4), kThreads>>>(dy, a.u, du, n);
+    conv_du_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, dy, du);
     ENGRAM_CUDA_CHECK(cudaGetLastError());
     conv_dxn_vec_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, du, dxn);
   } else {
-    conv_du_vec_kernel<A, 1><<<blocks_for(n), kThreads>>>(dy, a.u, du, n);
+    conv_du_kernel<A, 1><<<conv_grid(tokens, C, 1), kThreads>>>(a, dy, du);
     ENGRAM_CUDA_CHECK(cudaGetLastError());
     conv_dxn_vec_kernel<A, 1><<<conv_grid(tokens, C, 1), kThreads>>>(a, du, dxn);
   }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  if (a.kernel <= kMaxTaps) {
+  phase("bwd: conv du, dxn");
+  {
     const int V = v4 ? 4 : 1;
     const dim3 grid(static_cast<unsigned>((C / V + 31) / 32), kColChunks);
     if (v4) {
@@ -690,16 +730,16 @@ void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_con
     ENGRAM_CUDA_CHECK(cudaGetLastError());
     colsum_finish<<<blocks_for(C * a.kernel), kThreads>>>(partial, C * a.kernel, d_conv_w);
     ENGRAM_CUDA_CHECK(cudaGetLastError());
-  } else {
-    column_sum(ConvWeightTerm<A>{du, a.xn, a.seq, C, a.kernel, a.dilation}, tokens,
-               C * a.kernel, partial, d_conv_w);
   }
+  phase("bwd: conv weight grad");
+  const auto row_blocks = static_cast<unsigned>((tokens * a.M + kWarps - 1) / kWarps);
   if (vec4(a.d)) {
-    conv_norm_backward_kernel<A, 4><<<static_cast<unsigned>(tokens * a.M), kThreads>>>(a, dxn, dx);
+    conv_norm_backward_kernel<A, 4><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
   } else {
-    conv_norm_backward_kernel<A, 1><<<static_cast<unsigned>(tokens * a.M), kThreads>>>(a, dxn, dx);
+    conv_norm_backward_kernel<A, 1><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
   }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
+  phase("bwd: conv norm backward");
   column_sum(ConvNormTerm<A>{dxn, a.x, a.rstd, a.M, a.d}, tokens, C, partial, d_norm_w,
              vec4(a.d));
 }
@@ -767,7 +807,7 @@ int64_t launch_table_grad(const TableGradArgs<A>& a) {
   template void launch_gate_backward<A>(const GateBwdArgs<A>&);                                \
   template void launch_conv_forward<A>(const ConvArgs<A>&, A*);                                \
   template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*, A*, \
-                                        A*, float*);                                           \
+                                        A*, float*, PhaseHook);                                \
   template void launch_bias_grad<A>(float*, const A*, int64_t, int64_t, float*);               \
   template void launch_convert<A>(A*, const float*, int64_t);                                  \
   template void launch_copy<A>(A*, const A*, int64_t);                                         \

@@ -19,6 +19,9 @@ namespace engram::cuda::detail {
 // kColChunks * cols floats of scratch.
 inline constexpr int kColChunks = 64;
 
+// The short conv's widest kernel the GPU layer runs (its taps are held in registers).
+inline constexpr int64_t kMaxConvKernel = 8;
+
 // rows[i] = offsets[i % heads] + ids[i], slots[i] = i, for i < tokens*heads.
 void launch_table_rows(int64_t* rows, int32_t* slots, const int32_t* ids, const int64_t* offsets,
                        int64_t tokens, int64_t heads);
@@ -37,6 +40,11 @@ struct GateArgs {
   A* vt;                 // (tokens, M, d)
   int64_t tokens, M, d;
   float eps;
+  // The short conv's RMSNorm of vt, fused (conv_norm_w == nullptr: not computed).
+  const float* conv_norm_w = nullptr;  // (M, d)
+  A* xn = nullptr;                     // (tokens, M, d)
+  float* conv_rstd = nullptr;          // (tokens, M)
+  float conv_eps = 0.0f;
 };
 template <class A>
 void launch_gate_forward(const GateArgs<A>& a);
@@ -73,18 +81,25 @@ struct ConvArgs {
   const float* norm_w;  // (M, d)
   A* xn;                // (tokens, C)
   float* rstd;          // (tokens, M)
-  A* u;                 // (tokens, C)
   float eps;
 };
-// out = x + SiLU(conv(RMSNorm(x))); saves xn, rstd, u.
+// out = x + SiLU(conv(xn)), xn = RMSNorm(x) as the gate forward saved it (with rstd). The conv
+// output u is not kept: backward recomputes it from xn.
 template <class A>
 void launch_conv_forward(const ConvArgs<A>& a, A* out);
 
-// dx (+=), d_conv_w (+=), d_norm_w (+=) from dy; du, dxn (tokens, C) and partial
+// dx = dy + the input gradient through the norm and conv (written, not +=; dx may not alias
+// dy), d_conv_w (+=), d_norm_w (+=) from dy; du, dxn (tokens, C) and partial
 // (kColChunks * C * kernel) are scratch.
+// Called between the launches of a multi-kernel step with the name of the part just enqueued
+// (GpuEngramLayer's profiling); fn == nullptr: nothing.
+struct PhaseHook {
+  void (*fn)(void* ctx, const char* phase) = nullptr;
+  void* ctx = nullptr;
+};
 template <class A>
 void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_conv_w,
-                          float* d_norm_w, A* du, A* dxn, float* partial);
+                          float* d_norm_w, A* du, A* dxn, float* partial, PhaseHook hook = {});
 
 // d_bias (cols) += column sums of dkv (tokens, cols); partial: kColChunks * cols scratch.
 template <class A>

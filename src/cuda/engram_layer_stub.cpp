@@ -21,6 +21,10 @@ GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig&, const nn::EngramPar
   fail("GpuEngramLayer");
 }
 GpuEngramLayer::~GpuEngramLayer() = default;
+std::vector<std::pair<std::string, float>> GpuEngramLayer::phase_times() const {
+  fail("GpuEngramLayer::phase_times");
+}
+void GpuEngramLayer::mark(const char*) {}
 void GpuEngramLayer::set_params(const nn::EngramParams<float>&) {
   fail("GpuEngramLayer::set_params");
 }

@@ -374,6 +374,22 @@ TEST(GpuEngramLayer, RejectsActivationsOfTheOtherType) {
   EXPECT_THROW(GpuEngramLayer(c, p, f16), ConfigError);
 }
 
+TEST(GpuEngramLayer, RejectsShapesTheKernelsDoNotRun) {
+  SKIP_WITHOUT_GPU();
+  nn::EngramLayerConfig c;
+  c.hidden_size = 8;
+  c.n_head_per_ngram = 2;
+  c.n_embed_per_ngram = 4;
+  c.kernel_size = 9;  // taps are held in registers: at most 8
+  nn::EngramParams<float> p;
+  p.zeros(c);
+  EXPECT_THROW(GpuEngramLayer(c, p), ConfigError);
+  c.kernel_size = 4;
+  c.hc_mult = 33;  // one warp per branch in the gate backward: at most 32
+  p.zeros(c);
+  EXPECT_THROW(GpuEngramLayer(c, p), ConfigError);
+}
+
 TEST(GpuEngramLayer, ThrowsWithoutCudaOrRunsWithIt) {
   nn::EngramLayerConfig c;
   c.hidden_size = 8;

@@ -18,7 +18,9 @@
 //                                    copy of the float32 weight; per-row statistics, parameters,
 //                                    their gradients and all arithmetic stay float32
 // The norms, gate, short conv and their backwards are kernels; the projection's bias is added
-// inside the gate kernels (forward and backward), not stored. The table gradient is sparse: the
+// inside the gate kernels (forward and backward), not stored, and the short conv's RMSNorm runs
+// inside the gate forward. The conv output u is not stored: backward recomputes it. Limits of
+// the kernels (ConfigError otherwise): kernel_size <= 8 with the short conv, hc_mult <= 32. The table gradient is sparse: the
 // (token, head) row ids are radix-sorted (stably) with their slots and each distinct row's slot
 // gradients summed in slot order; no table-sized buffer exists. Forward keeps what backward
 // needs inside the object (one forward, then its backward; repeated steps reuse the buffers).
@@ -29,6 +31,9 @@
 #include <cstdint>
 
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "engram/cuda/blas.h"
 #include "engram/cuda/buffer.h"
@@ -69,8 +74,8 @@ struct GpuEngramGrads {
 
 class GpuEngramLayer {
  public:
-  // Throws ConfigError for a bad config, bad options or parameters of the wrong sizes,
-  // engram::Error on a CUDA or cuBLAS failure.
+  // Throws ConfigError for a bad config, a config beyond the kernels' limits (above), bad
+  // options or parameters of the wrong sizes, engram::Error on a CUDA or cuBLAS failure.
   GpuEngramLayer(const nn::EngramLayerConfig& config, const nn::EngramParams<float>& params,
                  const GpuEngramOptions& options = {});
   ~GpuEngramLayer();
@@ -98,7 +103,15 @@ class GpuEngramLayer {
                 GpuEngramGrads& grads);
   void backward(const bf16* d_dout, const bf16* d_hidden, bf16* d_dhidden, GpuEngramGrads& grads);
 
+  // Profiling: when on, forward and backward record a CUDA event after each phase (gather, the
+  // projections, gate, conv, ...). phase_times() waits for the device and returns each phase's
+  // name and device time in ms, forward's then backward's (forward starts a new list). Off by
+  // default; the events cost a few microseconds.
+  void set_profiling(bool on) { profiling_ = on; }
+  std::vector<std::pair<std::string, float>> phase_times() const;
+
  private:
+  void mark(const char* phase);  // records an event when profiling; "" starts a new list
   template <class A>
   void forward_impl(const A* d_hidden, const int32_t* d_hash_ids, int64_t batch, int64_t seq,
                     const DeviceTable& table, const int64_t* d_head_offsets, A* d_out);
@@ -119,7 +132,7 @@ class GpuEngramLayer {
   int64_t batch_ = 0, seq_ = 0, table_end_bit_ = 1;
   DeviceBuffer<int64_t> rows_;
   DeviceBuffer<int32_t> slots_;
-  DeviceBuffer<uint8_t> e_, kv_, vt_, xn_, u_;
+  DeviceBuffer<uint8_t> e_, kv_, vt_, xn_;
   DeviceBuffer<float> key_rstd_, query_rstd_, score_, alpha_, conv_rstd_;
   // Backward's scratch.
   DeviceBuffer<uint8_t> dvt_, du_, dxn_, dkv_, de_;
@@ -127,6 +140,10 @@ class GpuEngramLayer {
   DeviceBuffer<int64_t> rows_sorted_;
   DeviceBuffer<int32_t> slots_sorted_, counts_, starts_, num_runs_;
   DeviceBuffer<uint8_t> temp_;
+  // Profiling: events_[i] closes phase names_[i] (names_[0] is the start).
+  bool profiling_ = false;
+  std::vector<void*> events_;  // cudaEvent_t, created on first use, reused
+  std::vector<std::string> names_;
 };
 
 }  // namespace engram::cuda
