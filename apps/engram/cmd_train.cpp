@@ -40,7 +40,8 @@ std::string duration(double s) {
 }  // namespace
 
 int run_train(int argc, char** argv) {
-  const Args args(argc, argv, 2, {"config", "out", "steps", "stop-at", "threads", "tokenizer", "data"},
+  const Args args(argc, argv, 2,
+                  {"config", "out", "steps", "stop-at", "threads", "tokenizer", "data", "device"},
                   {"resume", "quiet"});
   const std::string config_path = args.required("config");
   train::TrainOptions o;
@@ -49,6 +50,7 @@ int run_train(int argc, char** argv) {
   if (args.has("stop-at")) o.stop_at = args.integer("stop-at", 0, 0, INT64_MAX);
   o.resume = args.has("resume");
   if (auto t = args.optional("tokenizer")) o.tokenizer = *t;
+  o.device = args.optional("device").value_or("cpu");
   set_default_threads(static_cast<int>(args.integer("threads", 0, 0, 4096)));
   model::ModelConfig config = model::ModelConfig::from_file(config_path);
   if (auto d = args.optional("data")) config.train.data = *d;
@@ -110,8 +112,11 @@ int run_train(int argc, char** argv) {
 }
 
 int run_eval(int argc, char** argv) {
-  const Args args(argc, argv, 2, {"ckpt", "tokens", "tokenizer", "threads", "data", "windows"}, {});
+  const Args args(argc, argv, 2,
+                  {"ckpt", "tokens", "tokenizer", "threads", "data", "windows", "device"}, {});
   set_default_threads(static_cast<int>(args.integer("threads", 0, 0, 4096)));
+  const std::string device = args.optional("device").value_or("cpu");
+  train::check_device(device);
   train::LoadedModel m =
       train::load_model(args.required("ckpt"), args.optional("tokenizer").value_or(""));
   const std::string data = args.optional("data").value_or(m.config.train.data);
@@ -120,8 +125,14 @@ int run_eval(int argc, char** argv) {
   train::DataLoader loader = train::open_data_loader(data, "val.bin", m.config, m.text.hasher.get(),
                                                      train::DataLoader::Mode::kSequential);
   std::vector<double> windows;
-  const auto r = train::evaluate(*m.model, loader, tokens, train::token_byte_lengths(*m.text.tokenizer),
-                                 &windows);
+  const std::vector<int32_t> byte_lengths = train::token_byte_lengths(*m.text.tokenizer);
+  train::EvalResult r;
+  if (device == "cuda") {
+    model::GpuTransformer gpu(*m.model);
+    r = train::evaluate(gpu, loader, tokens, byte_lengths, &windows);
+  } else {
+    r = train::evaluate(*m.model, loader, tokens, byte_lengths, &windows);
+  }
   if (auto w = args.optional("windows")) write_file_atomic(*w, json::Json(windows).dump() + "\n");
   const json::Json out = {{"val_loss", r.loss},  {"ppl", r.ppl},     {"bits_per_byte", r.bits_per_byte},
                           {"tokens", r.tokens}, {"bytes", r.bytes}, {"step", m.state.step}};

@@ -74,11 +74,13 @@ Commands:
       Parameter accounting of a model config: per component, total (without embedding and
       head), activated per token, Engram table, and the allocation ratio rho.
   train --config FILE.toml --out DIR [--steps N] [--resume] [--stop-at N] [--data DIR]
-        [--threads N] [--quiet]
+        [--threads N] [--device cpu|cuda] [--quiet]
       Trains a model on the prepared data named by the config's train.data (or --data);
       progress on stderr, DIR/metrics.jsonl, DIR/loss.svg, DIR/checkpoint.safetensors.
       Ctrl-C stops after the current step with a checkpoint; --resume continues exactly.
+      --device cuda: forward and backward on the GPU, the optimizer on the host.
   eval --ckpt DIR [--tokens N] [--data DIR] [--tokenizer DIR] [--threads N] [--windows FILE]
+       [--device cpu|cuda]
       Validation loss of a checkpoint: {"val_loss", "ppl", "bits_per_byte", "tokens"};
       --windows writes the mean loss of every window scored (a JSON array).
   generate --ckpt DIR --prompt TEXT --max-tokens N [--seed S] [--temperature T] [--top-k K]

@@ -435,7 +435,12 @@ void GpuTransformer::download_grads(TransformerParams<float>& grads,
                                     nn::SparseRowGrad<float>& embed,
                                     std::vector<nn::SparseRowGrad<float>>& tables) const {
   const Impl& I = *impl_;
-  grads.zeros(I.config, I.head_sizes, false);
+  // Laid out once: later calls overwrite the same buffers, so pointers into them (an
+  // optimizer's gradient spans) stay valid.
+  if (grads.layers.size() != sz(I.config.model.num_layers) ||
+      grads.head.size() != sz(I.config.model.vocab_size * I.config.model.hidden_size)) {
+    grads.zeros(I.config, I.head_sizes, false);
+  }
   visit(grads, [&](int64_t layer, Field f, std::vector<float>& v) {
     const Slot& s = I.slot(layer, f);
     if (!v.empty() && s.g_off >= 0) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 
+#include "engram/cuda/device.h"
 #include "engram/nn/loss.h"
 #include "engram/train/checkpoint.h"
 #include "engram/train/optimizer.h"
@@ -83,8 +84,24 @@ std::vector<int32_t> token_byte_lengths(const text::Tokenizer& tokenizer) {
   return out;
 }
 
-EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_t max_tokens,
-                    const std::vector<int32_t>& byte_lengths, std::vector<double>* window_losses) {
+void check_device(const std::string& device) {
+  if (device == "cpu") return;
+  if (device != "cuda") {
+    throw ConfigError("--device: '" + device + "' (expected cpu or cuda)");
+  }
+  if (!cuda::compiled_with_cuda()) {
+    throw Error("--device cuda: this engram was built without CUDA");
+  }
+  if (cuda::device_count() == 0) throw Error("--device cuda: no CUDA device on this machine");
+}
+
+namespace {
+
+// Model: model::Transformer<float> or model::GpuTransformer (forward, logits, config).
+template <class Model>
+EvalResult evaluate_model(Model& model, DataLoader& loader, int64_t max_tokens,
+                          const std::vector<int32_t>& byte_lengths,
+                          std::vector<double>* window_losses) {
   loader.reset();
   EvalResult r;
   double nll = 0;
@@ -95,9 +112,10 @@ EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_
     nll += loss * static_cast<double>(n);
     if (window_losses != nullptr) {
       const int64_t V = model.config().model.vocab_size;
+      const auto& logits = model.logits();
       for (int64_t w = 0; w < b.batch; ++w) {
         window_losses->push_back(nn::cross_entropy_forward(
-            model.logits().data() + w * b.seq * V, b.targets.data() + w * b.seq, b.seq, V));
+            logits.data() + w * b.seq * V, b.targets.data() + w * b.seq, b.seq, V));
       }
     }
     r.tokens += n;
@@ -114,6 +132,18 @@ EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_
   return r;
 }
 
+}  // namespace
+
+EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_t max_tokens,
+                    const std::vector<int32_t>& byte_lengths, std::vector<double>* window_losses) {
+  return evaluate_model(model, loader, max_tokens, byte_lengths, window_losses);
+}
+
+EvalResult evaluate(model::GpuTransformer& model, DataLoader& loader, int64_t max_tokens,
+                    const std::vector<int32_t>& byte_lengths, std::vector<double>* window_losses) {
+  return evaluate_model(model, loader, max_tokens, byte_lengths, window_losses);
+}
+
 TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) {
   model::ModelConfig config = config_in;
   if (opt.steps) {
@@ -122,6 +152,8 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     if (config.train.warmup_steps > config.train.steps) config.train.warmup_steps = config.train.steps;
   }
   config.validate("config");
+  check_device(opt.device);
+  const bool on_gpu = opt.device == "cuda";
   const model::TrainConfig& tc = config.train;
   if (config.moe && config.moe->seq_aux_alpha != 0) {
     throw ConfigError("config: moe.seq_aux_alpha = " + std::to_string(config.moe->seq_aux_alpha) +
@@ -225,6 +257,11 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     start = st.step;
   }
   write_file_atomic(run.config(), config.to_toml());
+  // The GPU copy of the model (after a resume has loaded the parameters and biases).
+  std::unique_ptr<model::GpuTransformer> gpu;
+  if (on_gpu) gpu = std::make_unique<model::GpuTransformer>(model);
+  nn::SparseRowGrad<float> gpu_embed_grad;
+  std::vector<nn::SparseRowGrad<float>> gpu_table_grads;
 
   const int64_t total = tc.steps;
   const int64_t end = std::min(total, opt.stop_at ? std::max<int64_t>(*opt.stop_at, start) : total);
@@ -280,21 +317,40 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     }
     for (int64_t k = 0; k < accum; ++k) {
       const Batch b = train_loader.batch_at(step * accum + k);
-      const double loss = model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids);
+      const double loss =
+          on_gpu ? gpu->forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids)
+                 : model.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids);
       if (!std::isfinite(loss)) {
         throw Error("train: the loss is " + std::to_string(loss) + " at step " +
                     std::to_string(step + 1) + " (lr " + std::to_string(schedule.lr(step + 1)) +
                     "); lower train.lr or train.grad_clip");
       }
       loss_sum += loss;
-      model.backward();
-      model.update_moe_bias();
+      if (on_gpu) {
+        gpu->backward();
+        // The bias update on both copies: the GPU's for the next micro-batch, the host's (the
+        // same arithmetic on the same loads) for checkpoints and the upload after the step.
+        const auto counts = gpu->moe_expert_counts();
+        gpu->update_moe_bias();
+        for (size_t l = 0; l < counts.size(); ++l) {
+          if (counts[l].empty()) continue;
+          nn::aux_free_bias_update(P.layers[l].moe_bias.data(), counts[l].data(),
+                                   config.moe->num_experts, config.moe->bias_update_gamma);
+        }
+        gpu->download_grads(model.grads(), gpu_embed_grad, gpu_table_grads);
+      } else {
+        model.backward();
+        model.update_moe_bias();
+      }
+      const nn::SparseRowGrad<float>& embed_grad = on_gpu ? gpu_embed_grad : model.embed_grad();
+      const std::vector<nn::SparseRowGrad<float>>& table_grads =
+          on_gpu ? gpu_table_grads : model.engram_table_grads();
       if (accum > 1) {
         for (const auto& [dst, src] : accum_pairs) {
           for (size_t j = 0; j < dst.size(); ++j) dst[j] += src[j];
         }
-        add_sparse(embed_acc, model.embed_grad());
-        for (size_t i = 0; i < table_acc.size(); ++i) add_sparse(table_acc[i], model.engram_table_grads()[i]);
+        add_sparse(embed_acc, embed_grad);
+        for (size_t i = 0; i < table_acc.size(); ++i) add_sparse(table_acc[i], table_grads[i]);
       }
     }
     nn::SparseRowGrad<float>* embed_g = nullptr;
@@ -310,8 +366,8 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
       for (auto& t : table_acc) sparse.push_back(&t);
     } else {
       single.reserve(1 + table_opts.size());
-      single.push_back(model.embed_grad());
-      for (const auto& t : model.engram_table_grads()) single.push_back(t);
+      single.push_back(on_gpu ? gpu_embed_grad : model.embed_grad());
+      for (const auto& t : on_gpu ? gpu_table_grads : model.engram_table_grads()) single.push_back(t);
       embed_g = &single[0];
       for (size_t i = 1; i < single.size(); ++i) sparse.push_back(&single[i]);
     }
@@ -329,6 +385,7 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     for (size_t i = 0; i < table_opts.size(); ++i) {
       table_opts[i]->step(*sparse[i], tc.engram_lr_multiplier * lr);
     }
+    if (on_gpu) gpu->upload_params(P);
 
     StepReport r;
     r.step = step + 1;
@@ -347,7 +404,8 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
         r.step == total || (tc.eval_every > 0 && r.step % tc.eval_every == 0);
     const bool save_now = eval_now || last || interrupted;
     if (eval_now) {
-      const EvalResult e = evaluate(model, val_loader, tc.eval_tokens, byte_lengths);
+      const EvalResult e = on_gpu ? evaluate(*gpu, val_loader, tc.eval_tokens, byte_lengths)
+                                  : evaluate(model, val_loader, tc.eval_tokens, byte_lengths);
       r.val_loss = e.loss;
       r.val_bits_per_byte = e.bits_per_byte;
       result.last_val_loss = e.loss;

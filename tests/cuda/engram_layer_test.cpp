@@ -336,6 +336,8 @@ std::vector<Case> cases() {
   out.push_back({4, true, true, 2, 33, 256, DType::kBF16, Prec::kBf16});
   out.push_back({2, false, true, 3, 20, 42, DType::kF32, Prec::kBf16});
   out.push_back({1, true, false, 2, 16, 64, DType::kF32, Prec::kBf16});
+  // More tokens than a grid's y dimension holds (65,535): the conv kernels stride over tokens.
+  out.push_back({1, true, true, 1, 66000, 8, DType::kF32});
   return out;
 }
 

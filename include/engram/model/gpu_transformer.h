@@ -105,7 +105,8 @@ class GpuTransformer {
   // Every parameter, the Engram tables and the MoE bias buffers (out is resized).
   void download_params(TransformerParams<float>& out) const;
   // Dense gradients (the layout of Transformer::grads(): no embed, no tables), the embedding's
-  // sparse gradient and one sparse gradient per Engram layer (layer_ids order).
+  // sparse gradient and one sparse gradient per Engram layer (layer_ids order). `grads` is laid
+  // out on the first call and overwritten in place after that, so pointers into it stay valid.
   void download_grads(TransformerParams<float>& grads, nn::SparseRowGrad<float>& embed,
                       std::vector<nn::SparseRowGrad<float>>& tables) const;
   // Logits of the last forward, (B*T, V) row-major.

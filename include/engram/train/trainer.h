@@ -12,6 +12,10 @@
 //     biases and the mHC scalars
 //   SparseRowAdam(lr) on the token-embedding rows the step touched (no weight decay)
 //   SparseRowAdam(engram_lr_multiplier * lr) on the Engram table rows touched (no weight decay)
+// With device "cuda" the forward and backward passes (and evaluation) run on the GPU
+// (model::GpuTransformer, float32); the gradients are copied to the host, where clipping and the
+// optimizers run exactly as above, and the updated parameters are copied back after each step.
+// Checkpoints are the same files either way, so a run may be resumed on the other device.
 // Every eval_every steps, and after the last, the validation loss over eval_tokens tokens and
 // a checkpoint (RunDir::checkpoint(), atomic) are written; the run state saved is the step, so
 // `resume` continues with exactly the batches, moments and biases of an uninterrupted run:
@@ -25,6 +29,7 @@
 #include <string>
 
 #include "engram/model/config.h"
+#include "engram/model/gpu_transformer.h"
 #include "engram/model/transformer.h"
 #include "engram/train/data_loader.h"
 #include "engram/train/metrics.h"
@@ -38,6 +43,7 @@ struct TrainOptions {
   std::optional<int64_t> stop_at;  // stop (with a checkpoint) after this many steps
   bool resume = false;       // continue from out_dir's checkpoint
   std::string tokenizer;     // overrides the tokenizer named by the data manifest
+  std::string device = "cpu";  // "cpu" or "cuda" (ConfigError otherwise, Error without a GPU)
   // Set from elsewhere (a signal handler) to stop after the current step with a checkpoint.
   const std::atomic<bool>* interrupt = nullptr;
   std::function<void(const StepReport&)> on_step;  // progress (e.g. the CLI's bar)
@@ -77,5 +83,13 @@ std::vector<int32_t> token_byte_lengths(const text::Tokenizer& tokenizer);
 EvalResult evaluate(model::Transformer<float>& model, DataLoader& loader, int64_t max_tokens,
                     const std::vector<int32_t>& byte_lengths,
                     std::vector<double>* window_losses = nullptr);
+// The same on the GPU.
+EvalResult evaluate(model::GpuTransformer& model, DataLoader& loader, int64_t max_tokens,
+                    const std::vector<int32_t>& byte_lengths,
+                    std::vector<double>* window_losses = nullptr);
+
+// Checks a --device value: "cpu" or "cuda" (ConfigError naming the value otherwise; for "cuda",
+// engram::Error when this build has no CUDA or the machine no GPU).
+void check_device(const std::string& device);
 
 }  // namespace engram::train

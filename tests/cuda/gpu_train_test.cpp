@@ -1,0 +1,233 @@
+// `train --device cuda` against the CPU trainer on a tiny MoE + Engram + mHC model and a
+// synthetic corpus: the same losses and parameters to float rounding, with and without gradient
+// accumulation; bit-identical resume on the GPU; GPU evaluation equal to the CPU's. Skipped
+// without a GPU (the device check itself is tested either way).
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engram/cuda/device.h"
+#include "engram/model/gpu_transformer.h"
+#include "engram/model/safetensors.h"
+#include "engram/text/tokenizer.h"
+#include "engram/train/dataset.h"
+#include "engram/train/run.h"
+#include "engram/train/trainer.h"
+#include "engram/util/error.h"
+#include "engram/util/file.h"
+#include "test_paths.h"
+
+namespace engram::train {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
+
+// head_dim 64: the GPU attention kernels take 64 or 128.
+const char* kConfig = R"([model]
+vocab_size = 2005
+hidden_size = 128
+num_layers = 2
+num_heads = 2
+num_kv_heads = 1
+hc_mult = 2
+max_seq_len = 32
+dense_intermediate_size = 96
+first_dense_layers = 1
+
+[moe]
+num_experts = 4
+num_shared_experts = 1
+top_k = 2
+expert_intermediate_size = 32
+
+[engram]
+engram_vocab_size = [101, 103]
+max_ngram_size = 3
+n_embed_per_ngram = 16
+n_head_per_ngram = 2
+layer_ids = [1]
+
+[train]
+batch_size = 2
+seq_len = 16
+steps = 6
+lr = 3e-3
+warmup_steps = 2
+eval_every = 3
+eval_tokens = 64
+)";
+
+std::string temp_dir() {
+  static const std::string dir = [] {
+    char tmpl[] = "/tmp/engram_gpu_train_test.XXXXXX";
+    return std::string(::mkdtemp(tmpl));
+  }();
+  return dir;
+}
+
+std::string tokenizer_path() {
+  return test::fixture_dir() + "/tokenize/synthetic/gpt2.tokenizer.json";
+}
+
+std::string data_dir() {
+  static const std::string dir = [] {
+    const std::string corpus = temp_dir() + "/corpus";
+    ::mkdir(corpus.c_str(), 0755);
+    const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to",
+                           "house", "with", "red", "door", "in", "morning", "light", "old", "man",
+                           "saw", "it", "."};
+    std::mt19937_64 rng(1);
+    for (int d = 0; d < 16; ++d) {
+      std::string text;
+      for (int w = 0; w < 400; ++w) text += std::string(words[rng() % 22]) + " ";
+      write_file_atomic(corpus + "/doc" + std::to_string(d) + ".txt", text);
+    }
+    const text::Tokenizer tok = text::Tokenizer::from_file(tokenizer_path());
+    PrepareOptions o;
+    o.inputs = {corpus};
+    o.out_dir = temp_dir() + "/data";
+    o.val_fraction = 0.25;
+    prepare_dataset(tok, tokenizer_path(), o);
+    return o.out_dir;
+  }();
+  return dir;
+}
+
+model::ModelConfig config() {
+  model::ModelConfig c = model::ModelConfig::from_toml(kConfig, "gpu_train_test");
+  c.train.data = data_dir();
+  return c;
+}
+
+std::vector<nlohmann::json> metrics(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<nlohmann::json> out;
+  for (std::string l; std::getline(in, l);) out.push_back(nlohmann::json::parse(l));
+  return out;
+}
+
+TrainResult run(const model::ModelConfig& c, const std::string& out, const std::string& device,
+                bool resume = false, std::optional<int64_t> stop_at = {}) {
+  TrainOptions o;
+  o.out_dir = out;
+  o.device = device;
+  o.resume = resume;
+  o.stop_at = stop_at;
+  return train(c, o);
+}
+
+// Largest |a - b| over every tensor of two checkpoints (same names).
+double max_checkpoint_difference(const std::string& a, const std::string& b) {
+  const SafetensorsFile fa = SafetensorsFile::open(a), fb = SafetensorsFile::open(b);
+  EXPECT_EQ(fa.names(), fb.names());
+  double worst = 0;
+  for (const auto& name : fa.names()) {
+    const Tensor ta = fa.get(name).contiguous(), tb = fb.get(name).contiguous();
+    if (ta.dtype() != DType::kF32) continue;  // step counters and such: compared by the losses
+    EXPECT_EQ(ta.nbytes(), tb.nbytes()) << name;
+    const float* x = ta.data<float>();
+    const float* y = tb.data<float>();
+    for (size_t i = 0; i < ta.nbytes() / sizeof(float); ++i)
+      worst = std::max(worst, static_cast<double>(std::abs(x[i] - y[i])));
+  }
+  return worst;
+}
+
+void check_against_cpu(int64_t accum) {
+  SKIP_WITHOUT_GPU();
+  model::ModelConfig c = config();
+  c.train.grad_accum = accum;
+  const std::string tag = "accum" + std::to_string(accum);
+  const std::string cpu = temp_dir() + "/cpu_" + tag, gpu = temp_dir() + "/gpu_" + tag;
+  const TrainResult a = run(c, cpu, "cpu");
+  const TrainResult b = run(c, gpu, "cuda");
+  ASSERT_EQ(a.steps_done, 6);
+  ASSERT_EQ(b.steps_done, 6);
+  const auto ma = metrics(cpu), mb = metrics(gpu);
+  ASSERT_EQ(ma.size(), 6u);
+  ASSERT_EQ(mb.size(), 6u);
+  for (size_t i = 0; i < ma.size(); ++i) {
+    const double la = ma[i]["train_loss"], lb = mb[i]["train_loss"];
+    EXPECT_NEAR(lb, la, 1e-4 * std::max(1.0, std::abs(la))) << "train_loss, step " << i + 1;
+    const double ga = ma[i]["grad_norm"], gb = mb[i]["grad_norm"];
+    EXPECT_NEAR(gb, ga, 1e-3 * std::max(1.0, std::abs(ga))) << "grad_norm, step " << i + 1;
+    if (ma[i].contains("val_loss")) {
+      ASSERT_TRUE(mb[i].contains("val_loss")) << "step " << i + 1;
+      const double va = ma[i]["val_loss"], vb = mb[i]["val_loss"];
+      EXPECT_NEAR(vb, va, 1e-4 * std::max(1.0, std::abs(va))) << "val_loss, step " << i + 1;
+    }
+  }
+  // Parameters after 6 Adam steps of lr <= 3e-3: float rounding in the gradients moves an
+  // update by far less than lr.
+  EXPECT_LT(max_checkpoint_difference(cpu + "/checkpoint.safetensors",
+                                      gpu + "/checkpoint.safetensors"),
+            1e-3);
+}
+
+TEST(GpuTrain, MatchesCpuTraining) { check_against_cpu(1); }
+TEST(GpuTrain, MatchesCpuTrainingWithAccumulation) { check_against_cpu(2); }
+
+TEST(GpuTrain, ResumeIsBitIdenticalOnTheGpu) {
+  SKIP_WITHOUT_GPU();
+  const model::ModelConfig c = config();
+  const std::string whole = temp_dir() + "/gpu_whole", parts = temp_dir() + "/gpu_parts";
+  run(c, whole, "cuda");
+  EXPECT_EQ(run(c, parts, "cuda", false, 4).steps_done, 4);
+  EXPECT_EQ(run(c, parts, "cuda", true).steps_done, 6);
+  auto la = metrics(whole), lb = metrics(parts);
+  ASSERT_EQ(la.size(), 6u);
+  ASSERT_EQ(lb.size(), 6u);
+  for (size_t i = 0; i < la.size(); ++i) {
+    for (auto* j : {&la[i], &lb[i]}) {
+      j->erase("elapsed_s");
+      j->erase("tokens_per_s");
+    }
+    EXPECT_EQ(la[i], lb[i]) << "step " << i + 1;
+  }
+  EXPECT_EQ(max_checkpoint_difference(whole + "/checkpoint.safetensors",
+                                      parts + "/checkpoint.safetensors"),
+            0.0);
+}
+
+TEST(GpuTrain, EvaluateOnTheGpuMatchesTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const model::ModelConfig c = config();
+  const std::string dir = temp_dir() + "/gpu_eval";
+  run(c, dir, "cuda");
+  LoadedModel m = load_model(dir);
+  const std::vector<int32_t> bytes = token_byte_lengths(*m.text.tokenizer);
+  DataLoader loader = open_data_loader(c.train.data, "val.bin", m.config, m.text.hasher.get(),
+                                       DataLoader::Mode::kSequential);
+  std::vector<double> wc, wg;
+  const EvalResult rc = evaluate(*m.model, loader, 0, bytes, &wc);
+  model::GpuTransformer gpu(*m.model);
+  const EvalResult rg = evaluate(gpu, loader, 0, bytes, &wg);
+  EXPECT_EQ(rg.tokens, rc.tokens);
+  EXPECT_EQ(rg.bytes, rc.bytes);
+  EXPECT_NEAR(rg.loss, rc.loss, 1e-5 * std::max(1.0, rc.loss));
+  ASSERT_EQ(wg.size(), wc.size());
+  for (size_t i = 0; i < wc.size(); ++i) EXPECT_NEAR(wg[i], wc[i], 1e-5 * std::max(1.0, wc[i]));
+}
+
+TEST(GpuTrain, DeviceNamesAreChecked) {
+  EXPECT_NO_THROW(check_device("cpu"));
+  EXPECT_THROW(check_device("gpu"), ConfigError);
+  if (!cuda::compiled_with_cuda() || cuda::device_count() == 0) {
+    EXPECT_THROW(check_device("cuda"), Error);
+  } else {
+    EXPECT_NO_THROW(check_device("cuda"));
+  }
+}
+
+}  // namespace
+}  // namespace engram::train
