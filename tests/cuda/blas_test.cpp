@@ -16,12 +16,10 @@
 #include "engram/cuda/device.h"
 #include "engram/tensor/dtype.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::cuda {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
 
 std::vector<float> random_vec(size_t size, uint64_t seed) {
   std::mt19937_64 rng(seed);

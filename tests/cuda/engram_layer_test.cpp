@@ -19,12 +19,10 @@
 #include "engram/memory/row_store.h"
 #include "engram/tensor/tensor.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::cuda {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
 
 // The GPU layer's precision (GpuEngramOptions): float32 exact, TF32 projections, bf16 activations.
 enum class Prec { kF32, kTf32, kBf16 };

@@ -15,12 +15,10 @@
 #include "engram/memory/row_store.h"
 #include "engram/tensor/tensor.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::cuda {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
 
 // A table of H heads with random sizes, random values, and random per-head ids.
 struct Case {

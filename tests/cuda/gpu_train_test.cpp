@@ -3,13 +3,11 @@
 // accumulation; bit-identical resume on the GPU; GPU evaluation equal to the CPU's. Skipped
 // without a GPU (the device check itself is tested either way).
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -18,19 +16,16 @@
 #include "engram/cuda/device.h"
 #include "engram/model/gpu_transformer.h"
 #include "engram/model/safetensors.h"
-#include "engram/text/tokenizer.h"
-#include "engram/train/dataset.h"
 #include "engram/train/run.h"
 #include "engram/train/trainer.h"
 #include "engram/util/error.h"
 #include "engram/util/file.h"
+#include "test_corpus.h"
 #include "test_paths.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::train {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
 
 // head_dim 64: the GPU attention kernels take 64 or 128.
 const char* kConfig = R"([model]
@@ -68,38 +63,12 @@ eval_tokens = 64
 )";
 
 std::string temp_dir() {
-  static const std::string dir = [] {
-    char tmpl[] = "/tmp/engram_gpu_train_test.XXXXXX";
-    return std::string(::mkdtemp(tmpl));
-  }();
+  static const std::string dir = test::make_temp_dir("engram_gpu_train_test");
   return dir;
 }
 
-std::string tokenizer_path() {
-  return test::fixture_dir() + "/tokenize/synthetic/gpt2.tokenizer.json";
-}
-
 std::string data_dir() {
-  static const std::string dir = [] {
-    const std::string corpus = temp_dir() + "/corpus";
-    ::mkdir(corpus.c_str(), 0755);
-    const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to",
-                           "house", "with", "red", "door", "in", "morning", "light", "old", "man",
-                           "saw", "it", "."};
-    std::mt19937_64 rng(1);
-    for (int d = 0; d < 16; ++d) {
-      std::string text;
-      for (int w = 0; w < 400; ++w) text += std::string(words[rng() % 22]) + " ";
-      write_file_atomic(corpus + "/doc" + std::to_string(d) + ".txt", text);
-    }
-    const text::Tokenizer tok = text::Tokenizer::from_file(tokenizer_path());
-    PrepareOptions o;
-    o.inputs = {corpus};
-    o.out_dir = temp_dir() + "/data";
-    o.val_fraction = 0.25;
-    prepare_dataset(tok, tokenizer_path(), o);
-    return o.out_dir;
-  }();
+  static const std::string dir = test::prepare_synthetic_corpus(temp_dir());
   return dir;
 }
 

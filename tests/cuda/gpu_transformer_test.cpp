@@ -25,12 +25,10 @@
 #include "engram/model/transformer.h"
 #include "engram/nn/embedding.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::model {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
 
 // Normalised error: max |gpu - cpu| / max(max |cpu|, 1e-6) (NaN on the GPU counts as infinite).
 template <class A, class B>

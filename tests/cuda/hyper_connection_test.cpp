@@ -21,38 +21,20 @@
 #include "engram/cuda/device.h"
 #include "engram/nn/hyper_connection.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::cuda {
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
+using test_util::random_vec;
+using test_util::to_device;
+using test_util::to_host;
 
 constexpr double kForwardTol = 1e-5;
 constexpr double kBackwardTol = 1e-4;
 
 size_t sz(int64_t v) {
   return static_cast<size_t>(v);
-}
-
-std::vector<float> random_vec(size_t size, uint64_t seed, float sd = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, sd);
-  std::vector<float> v(size);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
-
-template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& host) {
-  return DeviceBuffer<T>(std::span<const T>(host));
-}
-
-template <class T>
-std::vector<T> to_host(const DeviceBuffer<T>& d) {
-  std::vector<T> h(d.size());
-  d.download(h);
-  return h;
 }
 
 // The first `count` elements of a device buffer (saved state buffers are capacities).

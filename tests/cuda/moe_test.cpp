@@ -22,12 +22,13 @@
 #include "engram/nn/moe.h"
 #include "engram/tensor/dtype.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::cuda {
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
+using test_util::to_device;
+using test_util::normalised_error;
 
 constexpr double kTolForward = 1e-5;
 constexpr double kTolBackward = 1e-4;
@@ -45,28 +46,11 @@ std::vector<float> random_vec(size_t size, std::mt19937_64& rng, float sd) {
 }
 
 template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& host) {
-  if (host.empty()) return DeviceBuffer<T>();
-  return DeviceBuffer<T>(std::span<const T>(host));
-}
-
-template <class T>
 std::vector<T> to_host(const DeviceBuffer<T>& d, size_t size) {
   std::vector<T> all(d.size());
   if (!all.empty()) d.download(all);
   all.resize(size);
   return all;
-}
-
-double normalised_error(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
-    const double g = got[i], w = want[i];
-    diff = std::isnan(g) != std::isnan(w) ? INFINITY : std::max(diff, std::abs(g - w));
-    scale = std::max(scale, std::abs(w));
-  }
-  return diff / std::max(scale, 1e-6);
 }
 
 // The error of got - start against want - start.

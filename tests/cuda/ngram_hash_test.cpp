@@ -13,6 +13,7 @@
 #include "engram/cuda/device.h"
 #include "engram/hash/ngram_hasher.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::cuda {
 namespace {
@@ -23,9 +24,6 @@ using hash::NgramHasher;
 // The reference tokenizer's sizes: 128,815 ids compressed onto 98,627.
 constexpr int64_t kTokenizerVocab = 128815;
 constexpr int32_t kCompressedVocab = 98627;
-
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
 
 // A synthetic compression table: the first V' ids onto themselves, the rest at random.
 NgramHasher make_hasher(EngramHashConfig config, int64_t vocab = kTokenizerVocab,

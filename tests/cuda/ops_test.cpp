@@ -22,43 +22,15 @@
 #include "engram/tensor/gemm.h"
 #include "engram/train/optimizer.h"
 #include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
 
 namespace engram::cuda {
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine"
-
-std::vector<float> random_vec(size_t size, uint64_t seed, float sd = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, sd);
-  std::vector<float> v(size);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
-
-template <class T>
-DeviceBuffer<T> to_device(const std::vector<T>& host) {
-  return DeviceBuffer<T>(std::span<const T>(host));
-}
-
-template <class T>
-std::vector<T> to_host(const DeviceBuffer<T>& d) {
-  std::vector<T> h(d.size());
-  d.download(h);
-  return h;
-}
-
-double normalised_error(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
-    const double g = got[i], w = want[i];
-    diff = std::isnan(g) != std::isnan(w) ? INFINITY : std::max(diff, std::abs(g - w));
-    scale = std::max(scale, std::abs(w));
-  }
-  return diff / std::max(scale, 1e-6);
-}
+using test_util::random_vec;
+using test_util::to_device;
+using test_util::to_host;
+using test_util::normalised_error;
 
 constexpr double kTol = 1e-5;
 

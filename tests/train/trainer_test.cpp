@@ -23,6 +23,7 @@
 #include "engram/train/dataset.h"
 #include "engram/util/error.h"
 #include "engram/util/file.h"
+#include "test_corpus.h"
 #include "test_paths.h"
 
 namespace engram::train {
@@ -63,44 +64,14 @@ eval_tokens = 64
 )";
 
 std::string temp_dir() {
-  static const std::string dir = [] {
-    char tmpl[] = "/tmp/engram_trainer_test.XXXXXX";
-    return std::string(::mkdtemp(tmpl));
-  }();
+  static const std::string dir = test::make_temp_dir("engram_trainer_test");
   return dir;
 }
 
-std::string tokenizer_path() {
-  return test::fixture_dir() + "/tokenize/synthetic/gpt2.tokenizer.json";
-}
+std::string tokenizer_path() { return test::synthetic_tokenizer_path(); }
 
-// A prepared data folder: 16 documents of seeded pseudo-English, a quarter for validation.
 std::string data_dir() {
-  static const std::string dir = [] {
-    const std::string corpus = temp_dir() + "/corpus";
-    ::mkdir(corpus.c_str(), 0755);
-    const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to",
-                           "house", "with", "red", "door", "in", "morning", "light", "old", "man",
-                           "saw", "it", "."};
-    std::mt19937_64 rng(1);
-    for (int d = 0; d < 16; ++d) {
-      std::string text;
-      for (int w = 0; w < 400; ++w) {
-        // A little structure to learn: "the" is mostly followed by one of three nouns.
-        const std::string word = words[rng() % 22];
-        text += word + " ";
-        if (word == "the") text += std::string(words[1 + (rng() % 3) * 4]) + " ";
-      }
-      write_file_atomic(corpus + "/doc" + std::to_string(d) + ".txt", text);
-    }
-    const text::Tokenizer tok = text::Tokenizer::from_file(tokenizer_path());
-    PrepareOptions o;
-    o.inputs = {corpus};
-    o.out_dir = temp_dir() + "/data";
-    o.val_fraction = 0.25;
-    prepare_dataset(tok, tokenizer_path(), o);
-    return o.out_dir;
-  }();
+  static const std::string dir = test::prepare_synthetic_corpus(temp_dir());
   return dir;
 }
 
