@@ -117,6 +117,7 @@ int main(int argc, char** argv) {
     if (cmd == "params") return cli::run_params(argc, argv);
     if (cmd == "train") return cli::run_train(argc, argv);
     if (cmd == "eval") return cli::run_eval(argc, argv);
+    if (cmd == "table") return cli::run_table(argc, argv);
     if (cmd == "plot") return cli::run_plot(argc, argv);
     if (cmd == "generate") return cli::run_generate(argc, argv);
     std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
