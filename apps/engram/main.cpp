@@ -88,6 +88,12 @@ Commands:
       Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
   plot --out FILE.svg [--title T] RUN_DIR...
       One SVG of the loss curves of several runs (their metrics.jsonl).
+  table convert --in FILE.safetensors --tensor NAME --format f32|bf16|fp8|int8 --out FILE.engt
+      Writes a 2-D tensor (F32, BF16 or F64) as an .engt table; prints {"out", "format",
+      "rows", "width", "row_bytes", "bytes", "max_abs_error", "rms_error"}.
+  table gather --table FILE.engt --rows 3,17,42 [--tier host|file]
+      Prints the rows, dequantized, as one JSON array of arrays (--tier file, the default,
+      reads only the blocks holding the rows; host loads the whole table first).
   bench tokenize --tokenizer DIR FILE [--threads N]
   bench hash --tokenizer DIR --config CFG.json [--tokens N] [--threads N]
       Print one JSON object of throughput figures.
