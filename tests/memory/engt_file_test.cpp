@@ -5,7 +5,6 @@
 // `engram table convert|gather` end to end.
 #include "engram/memory/engt_file.h"
 
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,6 +25,7 @@
 #include "engram/util/file.h"
 #include "test_paths.h"
 #include "util/json.h"
+#include "temp_dir_test.h"
 
 namespace engram {
 namespace {
@@ -91,31 +91,7 @@ TEST(Crc32c, HardwareMatchesPortableOnRandomBuffers) {
 
 // ---- Helpers ------------------------------------------------------------------------------
 
-class EngtTest : public testing::Test {
- protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/engram_engt_test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    for (const std::string& name : entries()) ::unlink((dir_ + "/" + name).c_str());
-    ::rmdir(dir_.c_str());
-  }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    DIR* d = ::opendir(dir_.c_str());
-    if (d == nullptr) return names;
-    while (const dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") names.push_back(name);
-    }
-    ::closedir(d);
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-  std::string dir_;
-};
+class EngtTest : public test::TempDirTest {};
 
 std::vector<float> random_table(int64_t rows, int64_t width, unsigned seed) {
   std::mt19937 rng(seed);

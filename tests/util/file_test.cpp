@@ -1,6 +1,5 @@
 #include "engram/util/file.h"
 
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,34 +8,12 @@
 #include <vector>
 
 #include "engram/util/error.h"
+#include "temp_dir_test.h"
 
 namespace engram {
 namespace {
 
-class FileTest : public testing::Test {
- protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/engram_file_test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    for (const std::string& name : entries()) ::unlink((dir_ + "/" + name).c_str());
-    ::rmdir(dir_.c_str());
-  }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    DIR* d = ::opendir(dir_.c_str());
-    if (d == nullptr) return names;
-    while (const dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") names.push_back(name);
-    }
-    ::closedir(d);
-    return names;
-  }
-  std::string dir_;
-};
+class FileTest : public test::TempDirTest {};
 
 TEST_F(FileTest, WriteAtomicThenRead) {
   const std::string file = dir_ + "/out.bin";
