@@ -1,10 +1,11 @@
-// A test fixture owning a fresh /tmp directory: dir_ is created before each test and emptied and
-// removed after it (flat: files only); entries() lists what is in it, sorted.
+// A test fixture owning a fresh /tmp directory: dir_ is created before each test and removed,
+// with everything in it, after it; entries() lists what is in it, sorted.
 #pragma once
 
 #include <dirent.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,13 +21,22 @@ class TempDirTest : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
   }
-  void TearDown() override {
-    for (const std::string& name : entries()) ::unlink((dir_ + "/" + name).c_str());
-    ::rmdir(dir_.c_str());
+  void TearDown() override { remove_tree(dir_); }
+  std::vector<std::string> entries() const { return entries_of(dir_); }
+
+  static void remove_tree(const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) return;
+    if (S_ISDIR(st.st_mode)) {
+      for (const std::string& name : entries_of(path)) remove_tree(path + "/" + name);
+      ::rmdir(path.c_str());
+    } else {
+      ::unlink(path.c_str());
+    }
   }
-  std::vector<std::string> entries() const {
+  static std::vector<std::string> entries_of(const std::string& dir) {
     std::vector<std::string> names;
-    DIR* d = ::opendir(dir_.c_str());
+    DIR* d = ::opendir(dir.c_str());
     if (d == nullptr) return names;
     while (const dirent* e = ::readdir(d)) {
       const std::string name = e->d_name;

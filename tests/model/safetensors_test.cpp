@@ -29,6 +29,7 @@
 #include "engram/util/error.h"
 #include "engram/util/file.h"
 #include "test_paths.h"
+#include "temp_dir_test.h"
 
 namespace engram {
 namespace {
@@ -70,39 +71,8 @@ std::string bytes_of(const Tensor& t) {
   return std::string(static_cast<const char*>(c.raw()), c.nbytes());
 }
 
-class SafetensorsTest : public testing::Test {
+class SafetensorsTest : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/engram_safetensors_test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { remove_tree(dir_); }
-
-  static void remove_tree(const std::string& path) {
-    struct stat st {};
-    if (::lstat(path.c_str(), &st) != 0) return;
-    if (S_ISDIR(st.st_mode)) {
-      for (const std::string& name : entries_of(path)) remove_tree(path + "/" + name);
-      ::rmdir(path.c_str());
-    } else {
-      ::unlink(path.c_str());
-    }
-  }
-  static std::vector<std::string> entries_of(const std::string& dir) {
-    std::vector<std::string> names;
-    DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) return names;
-    while (const dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") names.push_back(name);
-    }
-    ::closedir(d);
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-  std::vector<std::string> entries() const { return entries_of(dir_); }
-
   // Writes without fsync (test inputs, many of them).
   std::string put(const std::string& name, const std::string& bytes) const {
     const std::string path = dir_ + "/" + name;
@@ -133,7 +103,6 @@ class SafetensorsTest : public testing::Test {
     }
   }
 
-  std::string dir_;
 };
 
 // ---- Round trips ------------------------------------------------------------------------------
