@@ -26,6 +26,7 @@
 #include "test_paths.h"
 #include "util/json.h"
 #include "temp_dir_test.h"
+#include "memory/memory_test_util.h"
 
 namespace engram {
 namespace {
@@ -112,25 +113,9 @@ std::vector<Out> expected_rows(RowFormat f, const std::vector<float>& values, in
   return out;
 }
 
-void flip_byte(const std::string& path, int64_t offset) {
-  std::string bytes = read_file(path);
-  ASSERT_LT(offset, static_cast<int64_t>(bytes.size()));
-  bytes[static_cast<size_t>(offset)] = static_cast<char>(bytes[static_cast<size_t>(offset)] ^ 0x20);
-  write_file_atomic(path, bytes);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+using memory::test_util::contains;
+using memory::test_util::error_of;
+using memory::test_util::flip_byte;
 
 // ---- Layout -------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@
 #include "engram/util/error.h"
 #include "engram/util/file.h"
 #include "temp_dir_test.h"
+#include "memory/memory_test_util.h"
 
 namespace engram::memory {
 namespace {
@@ -34,25 +35,9 @@ std::vector<float> random_table(int64_t rows, int64_t width, unsigned seed) {
   return v;
 }
 
-void flip_byte(const std::string& path, int64_t offset) {
-  std::string bytes = read_file(path);
-  ASSERT_LT(offset, static_cast<int64_t>(bytes.size()));
-  bytes[static_cast<size_t>(offset)] = static_cast<char>(bytes[static_cast<size_t>(offset)] ^ 0x20);
-  write_file_atomic(path, bytes);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
+using test_util::contains;
+using test_util::error_of;
+using test_util::flip_byte;
 
 // Rows drawn from [0, range) with many repeats.
 std::vector<int64_t> random_rows(std::mt19937_64& rng, size_t n, int64_t range) {
