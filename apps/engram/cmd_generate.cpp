@@ -1,9 +1,12 @@
 // engram generate: continues a prompt with a checkpoint (KV-cached decoding, infer::Decoder) and
-// prints the prompt and its continuation; one line of figures on stderr.
+// prints the prompt and its continuation; one line of figures on stderr. With --engram-tables,
+// the Engram tables are read from .engt files (memory tier: host or file) instead of the
+// checkpoint, with per-step table statistics (--table-stats FILE, JSON lines) and a summary line.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,6 +15,10 @@
 #include "commands.h"
 #include "engram/infer/decoder.h"
 #include "engram/infer/sampler.h"
+#include "engram/memory/engt_file.h"
+#include "engram/memory/tiered_store.h"
+#include "engram/util/file.h"
+#include "util/json.h"
 #include "engram/train/run.h"
 #include "engram/util/error.h"
 #include "engram/util/parallel.h"
@@ -35,6 +42,48 @@ double number(const Args& args, const std::string& name, double fallback) {
   }
 }
 
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = s.find(',', start);
+    out.push_back(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+// The Engram tables from .engt files, one per Engram layer (layer_ids order).
+struct ExternalTables {
+  std::string tier;  // "host" or "file"
+  std::vector<std::unique_ptr<memory::RowStore>> stores;
+  std::vector<memory::TieredRowStore*> tiered;  // the file tier's stores (statistics)
+
+  std::vector<const memory::RowStore*> pointers() const {
+    std::vector<const memory::RowStore*> p;
+    for (const auto& s : stores) p.push_back(s.get());
+    return p;
+  }
+  // The statistics of the last gather of every layer, summed.
+  memory::TierStats last_step() const {
+    memory::TierStats t;
+    for (const auto* s : tiered) t += s->last_call_stats();
+    return t;
+  }
+  memory::TierStats total() const {
+    memory::TierStats t;
+    for (const auto* s : tiered) t += s->total_stats();
+    return t;
+  }
+};
+
+json::Json stats_json(const memory::TierStats& s, int64_t step) {
+  return {{"step", step},           {"requested", s.requested},     {"unique", s.unique},
+          {"hits", s.hits},         {"hit_rate", s.hit_rate()},     {"blocks_read", s.blocks_read},
+          {"bytes_read", s.bytes_read}, {"io_ms", s.io_seconds * 1e3}, {"ms", s.seconds * 1e3}};
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -44,7 +93,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 int run_generate(int argc, char** argv) {
   const Args args(argc, argv, 2,
                   {"ckpt", "prompt", "max-tokens", "seed", "temperature", "top-k", "top-p",
-                   "tokenizer", "threads"},
+                   "tokenizer", "threads", "engram-tables", "tier", "cache-rows", "table-stats"},
                   {});
   if (!args.positional().empty())
     throw UsageError("unexpected argument \"" + args.positional().front() + "\"");
@@ -89,10 +138,38 @@ int run_generate(int argc, char** argv) {
   }
 
   infer::Decoder decoder(*loaded.model, loaded.text.hasher.get());
+  ExternalTables tables;
+  if (const auto paths = args.optional("engram-tables")) {
+    tables.tier = args.optional("tier").value_or("file");
+    if (tables.tier != "host" && tables.tier != "file")
+      throw UsageError("--tier: \"" + tables.tier + "\" (expected host or file)");
+    const int64_t cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
+    for (const std::string& path : split_commas(*paths)) {
+      if (tables.tier == "host") {
+        tables.stores.push_back(
+            std::make_unique<memory::EngtRowStore>(path, memory::EngtTier::kHost));
+      } else {
+        memory::TieredStoreOptions to;
+        to.cache_rows = cache_rows;
+        auto store = std::make_unique<memory::TieredRowStore>(path, to);
+        tables.tiered.push_back(store.get());
+        tables.stores.push_back(std::move(store));
+      }
+    }
+    decoder.set_table_stores(tables.pointers());
+  } else if (args.has("tier") || args.has("cache-rows") || args.has("table-stats")) {
+    throw UsageError("--tier, --cache-rows and --table-stats need --engram-tables");
+  }
+  std::string stats_lines;  // --table-stats: one JSON line per push (0 = the prefill)
+  const bool want_stats = args.has("table-stats") && !tables.tiered.empty();
+  auto record_step = [&](int64_t step) {
+    if (want_stats) stats_lines += stats_json(tables.last_step(), step).dump() + "\n";
+  };
   infer::Sampler sampler(o);
   const auto t0 = std::chrono::steady_clock::now();
   std::span<const float> logits = decoder.push(ids);
   const double prefill_s = seconds_since(t0);
+  record_step(0);
 
   std::vector<uint32_t> generated;
   const char* stop = "max-tokens";
@@ -114,6 +191,7 @@ int run_generate(int argc, char** argv) {
     }
     logits = decoder.push({&next, 1});
     ++steps;
+    record_step(steps);
   }
   const double decode_s = seconds_since(t1);
 
@@ -129,6 +207,23 @@ int run_generate(int argc, char** argv) {
                "tokens/s\n",
                generated.size(), stop, ids.size(), prefill_s * 1e3,
                steps > 0 ? static_cast<double>(steps) / decode_s : 0.0);
+  if (!tables.stores.empty()) {
+    if (tables.tiered.empty()) {
+      std::fprintf(stderr, "[generate] engram tables: %zu .engt files, host tier\n",
+                   tables.stores.size());
+    } else {
+      const memory::TierStats t = tables.total();
+      std::fprintf(stderr,
+                   "[generate] engram tables: %zu .engt files, file tier (%s) | %lld rows "
+                   "requested, %lld unique, %.1f %% from the cache | %lld blocks, %.2f MiB read "
+                   "| waiting on reads %.1f ms\n",
+                   tables.stores.size(), std::string(tables.tiered.front()->reader().backend_name()).c_str(),
+                   static_cast<long long>(t.requested), static_cast<long long>(t.unique),
+                   100.0 * t.hit_rate(), static_cast<long long>(t.blocks_read),
+                   static_cast<double>(t.bytes_read) / (1 << 20), t.io_seconds * 1e3);
+    }
+    if (want_stats) write_file_atomic(*args.optional("table-stats"), stats_lines);
+  }
   return 0;
 }
 

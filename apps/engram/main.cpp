@@ -85,7 +85,11 @@ Commands:
       --windows writes the mean loss of every window scored (a JSON array).
   generate --ckpt DIR --prompt TEXT --max-tokens N [--seed S] [--temperature T] [--top-k K]
            [--top-p P] [--tokenizer DIR] [--threads N]
+           [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N] [--table-stats FILE]]
       Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
+      --engram-tables reads the Engram tables (one .engt per Engram layer, layer_ids order)
+      from the memory tier instead of the checkpoint; --table-stats writes one JSON line of
+      table statistics (rows, unique, hits, blocks and bytes read, I/O wait) per step.
   plot --out FILE.svg [--title T] RUN_DIR...
       One SVG of the loss curves of several runs (their metrics.jsonl).
   table convert --in FILE.safetensors --tensor NAME --format f32|bf16|fp8|int8 --out FILE.engt

@@ -251,12 +251,43 @@ void Decoder::rope(float* x, int64_t count, int64_t heads) const {
   }
 }
 
+void Decoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
+  if (stores.empty()) {
+    table_stores_.clear();
+    return;
+  }
+  const size_t n = config_->engram ? config_->engram->hash.layer_ids.size() : 0;
+  if (stores.size() != n) {
+    throw ConfigError(error_message("decoder: table stores",
+                                    std::to_string(stores.size()) + " given, the model has " +
+                                        std::to_string(n) + " Engram layers"));
+  }
+  for (size_t e = 0; e < n; ++e) {
+    if (stores[e] == nullptr) continue;
+    const int64_t layer = config_->engram->hash.layer_ids[e];
+    const nn::EngramLayer<float>& el = *model_->params().layers[sz(layer)].engram;
+    if (stores[e]->num_rows() != el.table_rows() ||
+        stores[e]->width() != el.config().row_width()) {
+      throw ConfigError(error_message(
+          "decoder: table store of Engram layer " + std::to_string(layer),
+          std::to_string(stores[e]->num_rows()) + " rows of " +
+              std::to_string(stores[e]->width()) + ", the model's table " +
+              std::to_string(el.table_rows()) + " rows of " +
+              std::to_string(el.config().row_width())));
+    }
+  }
+  table_stores_ = std::move(stores);
+}
+
 void Decoder::engram(int64_t layer, const int32_t* hash_ids, int64_t count) {
   const model::LayerParams<float>& L = model_->params().layers[sz(layer)];
   const nn::EngramLayer<float>& el = *L.engram;
   const nn::EngramLayerConfig& ec = el.config();
   const int64_t N = count, width = ec.hc_mult * ec.hidden_size;  // M*d per token
-  const memory::VectorRowStore<float> store(&L.engram_table, ec.row_width());
+  const memory::VectorRowStore<float> own(&L.engram_table, ec.row_width());
+  const memory::RowStore* external =
+      table_stores_.empty() ? nullptr : table_stores_[sz(engram_index_[sz(layer)])];
+  const memory::RowStore& store = external != nullptr ? *external : own;
   engram_out_.resize(sz(N * width));
   el.forward(x_.data(), hash_ids, 1, N, store, engram_out_.data(), engram_saved_);
   if (ec.short_conv) {

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "engram/infer/decoder.h"
 #include "engram/model/config.h"
 #include "engram/model/transformer.h"
@@ -174,6 +176,92 @@ TEST(GenerateCli, ErrorsNameTheProblem) {
   r = run(base_args());
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--max-tokens"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace engram
+
+namespace engram {
+namespace {
+
+// `engram table convert` of one tensor of the checkpoint; returns the .engt path.
+std::string convert(const std::string& tensor, const std::string& format, const std::string& name) {
+  const std::string out = temp_dir() + "/" + name;
+  const std::string cmd = test::cli_path() + " table convert --in " + checkpoint() + " --tensor " +
+                          tensor + " --format " + format + " --out " + out + " >/dev/null 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  return out;
+}
+
+TEST(GenerateCli, ReadsEngramTablesFromEngtFiles) {
+  const std::string f32 = convert("param.layers.1.engram.table", "f32", "table_f32.engt");
+  const std::string greedy = base_args() + " --max-tokens 10 --temperature 0";
+  const Result own = run(greedy);
+  ASSERT_EQ(own.status, 0) << own.err;
+
+  // The same values through the file tier (with a cache) and the host tier: the same text.
+  const std::string stats = temp_dir() + "/table_stats.jsonl";
+  const Result file = run(greedy + " --engram-tables " + f32 +
+                          " --tier file --cache-rows 64 --table-stats " + stats);
+  ASSERT_EQ(file.status, 0) << file.err;
+  EXPECT_EQ(file.out, own.out);
+  EXPECT_NE(file.err.find("file tier"), std::string::npos) << file.err;
+  const Result host = run(greedy + " --engram-tables " + f32 + " --tier host");
+  ASSERT_EQ(host.status, 0) << host.err;
+  EXPECT_EQ(host.out, own.out);
+  EXPECT_NE(host.err.find("host tier"), std::string::npos) << host.err;
+
+  // One statistics line per push: the prefill, then 9 decode steps of one token each, 4 rows a
+  // token (2 orders x 2 heads). The prefill finds the cache cold; the untrained model's greedy
+  // text repeats itself, so later steps find their rows cached and read nothing.
+  std::ifstream in(stats);
+  std::vector<nlohmann::json> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(nlohmann::json::parse(l));
+  ASSERT_EQ(lines.size(), 10u);
+  EXPECT_EQ(lines[0]["step"], 0);
+  EXPECT_GT(lines[0]["requested"].get<int64_t>(), 4);
+  EXPECT_EQ(lines[0]["hits"], 0);
+  int64_t hits = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const auto& l = lines[i];
+    if (i > 0) {
+      EXPECT_EQ(l["requested"], 4) << "step " << i;
+    }
+    EXPECT_LE(l["unique"].get<int64_t>(), l["requested"].get<int64_t>()) << "step " << i;
+    EXPECT_EQ(l["bytes_read"].get<int64_t>(), 4096 * l["blocks_read"].get<int64_t>());
+    if (l["hits"] == l["unique"]) {
+      EXPECT_EQ(l["blocks_read"], 0) << "step " << i;
+    } else {
+      EXPECT_GT(l["blocks_read"].get<int64_t>(), 0) << "step " << i;
+    }
+    hits += l["hits"].get<int64_t>();
+  }
+  EXPECT_GT(hits, 0);
+
+  // bf16 rows: the text may differ, the run must work.
+  const std::string bf16 = convert("param.layers.1.engram.table", "bf16", "table_bf16.engt");
+  EXPECT_EQ(run(greedy + " --engram-tables " + bf16).status, 0);
+}
+
+TEST(GenerateCli, EngramTableErrorsNameTheProblem) {
+  // A table of the wrong shape (the LM head: vocab_size rows of hidden_size).
+  const std::string wrong = convert("param.head", "f32", "head.engt");
+  Result r = run(base_args() + " --max-tokens 3 --engram-tables " + wrong);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("Engram layer 1"), std::string::npos) << r.err;
+
+  r = run(base_args() + " --max-tokens 3 --engram-tables " + temp_dir() + "/missing.engt");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("missing.engt"), std::string::npos) << r.err;
+
+  const std::string f32 = convert("param.layers.1.engram.table", "f32", "table_f32b.engt");
+  r = run(base_args() + " --max-tokens 3 --engram-tables " + f32 + " --tier disk");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--tier"), std::string::npos) << r.err;
+
+  r = run(base_args() + " --max-tokens 3 --cache-rows 8");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--engram-tables"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "engram/hash/ngram_hasher.h"
+#include "engram/memory/row_store.h"
 #include "engram/model/transformer.h"
 #include "engram/nn/engram_layer.h"
 #include "engram/nn/hyper_connection.h"
@@ -53,6 +54,12 @@ class Decoder {
   // was, when tokens is empty, an id is out of range (also of the hasher's tokenizer
   // vocabulary), or the sequence would exceed max_seq_len().
   std::span<const float> push(std::span<const int64_t> tokens);
+
+  // Reads the Engram tables from these stores instead of the model's own (e.g. .engt files
+  // through memory::TieredRowStore): one per Engram layer in layer_ids order, null for "the
+  // model's table". Each store must have the model's table rows and row width (ConfigError
+  // naming the layer otherwise); stores must outlive the Decoder. Empty: the model's tables.
+  void set_table_stores(std::vector<const memory::RowStore*> stores);
 
   // Tokens in the sequence so far.
   int64_t position() const { return position_; }
@@ -80,6 +87,7 @@ class Decoder {
   const hash::NgramHasher* hasher_;
   std::optional<hash::StreamingHasher> stream_;
   std::vector<int> engram_index_;           // per layer: index into layer_ids, or -1
+  std::vector<const memory::RowStore*> table_stores_;  // per Engram layer, or empty
   int64_t token_limit_ = 0;                 // ids must be < this: vocab_size, or less (hasher)
   int64_t conv_lookback_ = 0;               // R = max_ngram_size * (kernel_size - 1)
   std::vector<float> rope_cos_, rope_sin_;  // (max_seq_len, hd/2)
