@@ -14,6 +14,7 @@
 
 #include "cuda/check.h"
 #include "cuda/engram_layer_kernel.h"
+#include "cuda/sparse_rows_kernel.h"
 
 namespace engram::cuda {
 namespace {
@@ -370,12 +371,13 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
   ensure(grads.table_rows, n);
   ensure(grads.table_values, n * D);
   const int end_bit = static_cast<int>(table_end_bit_);
-  const size_t temp_bytes = detail::table_grad_temp_bytes(n, end_bit);
+  const size_t temp_bytes = detail::sparse_rows_temp_bytes(n, end_bit);
   ensure(temp_, static_cast<int64_t>(temp_bytes));
-  grads.table_unique = detail::launch_table_grad<A>(
+  grads.table_unique = detail::launch_sparse_rows_sum<A>(
       {rows_.data(), slots_.data(), de, n, D, end_bit, rows_sorted_.data(), slots_sorted_.data(),
        counts_.data(), starts_.data(), num_runs_.data(), temp_.data(), temp_.size(),
-       grads.table_rows.data(), grads.table_values.data()});
+       grads.table_rows.data(), grads.table_values.data()},
+      nullptr);
   mark("bwd: sparse table grad");
 }
 

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <type_traits>
-#include <cub/cub.cuh>
 
 #include "cuda/check.h"
 #include "cuda/engram_layer_kernel.h"
@@ -27,11 +26,9 @@ __device__ __forceinline__ float sigmoidf_(float v) { return 1.0f / (1.0f + expf
 
 // ---- loads and stores of activations (float or bf16), 1 or 4 values -------------------------
 
-__device__ __forceinline__ float ld(const float* p) { return *p; }
 __device__ __forceinline__ float ld(const bf16* p) {
   return __uint_as_float(static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(p)) << 16);
 }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
 __device__ __forceinline__ void st(bf16* p, float v) {
   *reinterpret_cast<__nv_bfloat16*>(p) = __float2bfloat16_rn(v);
 }
@@ -610,25 +607,6 @@ __global__ void __launch_bounds__(kThreads) conv_norm_backward_kernel(ConvArgs<A
   }
 }
 
-template <class A>
-__global__ void segment_sum_kernel(float* out, const A* de, const int32_t* slots,
-                                   const int32_t* starts, const int32_t* counts, int64_t runs,
-                                   int64_t width) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= runs * width) return;
-  const int64_t u = i / width, col = i - u * width;
-  const int32_t b = starts[u], e = b + counts[u];
-  float s = 0.0f;
-  for (int32_t k = b; k < e; ++k) s += ld(de + static_cast<int64_t>(slots[k]) * width + col);
-  out[i] = s;
-}
-
-template <class A>
-__global__ void convert_kernel(A* out, const float* in, int64_t n) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) st(out + i, in[i]);
-}
-
 // Row kernels run 4 values per thread when every row start is 16-byte (float) or 8-byte (bf16)
 // aligned: d % 4 == 0 with cudaMalloc'd (256-byte aligned) bases.
 bool vec4(int64_t d) { return d % 4 == 0; }
@@ -744,56 +722,10 @@ void launch_bias_grad(float* d_bias, const A* dkv, int64_t tokens, int64_t cols,
 }
 
 template <class A>
-void launch_convert(A* out, const float* in, int64_t n) {
-  if (n == 0) return;
-  convert_kernel<A><<<blocks_for(n), kThreads>>>(out, in, n);
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
-}
-
-template <class A>
 void launch_copy(A* out, const A* in, int64_t n) {
   if (n == 0) return;
   ENGRAM_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n) * sizeof(A),
                                     cudaMemcpyDeviceToDevice));
-}
-
-size_t table_grad_temp_bytes(int64_t n, int end_bit) {
-  const int ni = static_cast<int>(n);
-  size_t a = 0, b = 0, c = 0;
-  ENGRAM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      nullptr, a, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), ni, 0, end_bit));
-  ENGRAM_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
-      nullptr, b, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr), ni));
-  ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, c, static_cast<const int32_t*>(nullptr),
-                                                  static_cast<int32_t*>(nullptr), ni));
-  return std::max({a, b, c, size_t{16}});
-}
-
-template <class A>
-int64_t launch_table_grad(const TableGradArgs<A>& a) {
-  if (a.n == 0) return 0;
-  const int ni = static_cast<int>(a.n);
-  size_t bytes = a.temp_bytes;
-  // Radix sort is stable: a row's slots stay in (token, head) order, as in the CPU's sum.
-  ENGRAM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      a.temp, bytes, reinterpret_cast<const uint64_t*>(a.rows),
-      reinterpret_cast<uint64_t*>(a.rows_sorted), a.slots, a.slots_sorted, ni, 0, a.end_bit));
-  bytes = a.temp_bytes;
-  ENGRAM_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
-      a.temp, bytes, reinterpret_cast<const uint64_t*>(a.rows_sorted),
-      reinterpret_cast<uint64_t*>(a.out_rows), a.counts, a.num_runs, ni));
-  int32_t runs = 0;
-  ENGRAM_CUDA_CHECK(cudaMemcpy(&runs, a.num_runs, sizeof(runs), cudaMemcpyDeviceToHost));
-  bytes = a.temp_bytes;
-  ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(a.temp, bytes, a.counts, a.starts, runs));
-  if (runs > 0 && a.width > 0) {
-    segment_sum_kernel<A><<<blocks_for(int64_t{runs} * a.width), kThreads>>>(
-        a.out_values, a.de, a.slots_sorted, a.starts, a.counts, runs, a.width);
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-  }
-  return runs;
 }
 
 #define ENGRAM_INSTANTIATE(A)                                                                  \
@@ -803,9 +735,7 @@ int64_t launch_table_grad(const TableGradArgs<A>& a) {
   template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*, A*, \
                                         A*, float*, PhaseHook);                                \
   template void launch_bias_grad<A>(float*, const A*, int64_t, int64_t, float*);               \
-  template void launch_convert<A>(A*, const float*, int64_t);                                  \
-  template void launch_copy<A>(A*, const A*, int64_t);                                         \
-  template int64_t launch_table_grad<A>(const TableGradArgs<A>&);
+  template void launch_copy<A>(A*, const A*, int64_t);
 ENGRAM_INSTANTIATE(float)
 ENGRAM_INSTANTIATE(bf16)
 #undef ENGRAM_INSTANTIATE

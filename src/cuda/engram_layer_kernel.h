@@ -105,34 +105,11 @@ void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_con
 template <class A>
 void launch_bias_grad(float* d_bias, const A* dkv, int64_t tokens, int64_t cols, float* partial);
 
-// out (n) = in (n), converted (float → A); for parameters and d_out copies.
-template <class A>
-void launch_convert(A* out, const float* in, int64_t n);
 // out (n) = in (n) of the same type (a device-to-device copy).
 template <class A>
 void launch_copy(A* out, const A* in, int64_t n);
 
-// The sparse table gradient. n = tokens*heads slots; rows/slots from launch_table_rows.
-template <class A>
-struct TableGradArgs {
-  const int64_t* rows;   // (n)
-  const int32_t* slots;  // (n): 0 .. n-1
-  const A* de;           // (n, width)
-  int64_t n, width;
-  int end_bit;           // rows < 2^end_bit
-  int64_t* rows_sorted;  // (n) scratch
-  int32_t* slots_sorted; // (n) scratch
-  int32_t* counts;       // (n) scratch
-  int32_t* starts;       // (n) scratch
-  int32_t* num_runs;     // (1) scratch
-  void* temp;            // table_grad_temp_bytes(n, end_bit) scratch
-  size_t temp_bytes;
-  int64_t* out_rows;     // (n) unique rows, ascending
-  float* out_values;     // (n, width): their summed gradients
-};
-size_t table_grad_temp_bytes(int64_t n, int end_bit);
-// Returns the number of unique rows (waits for the device).
-template <class A>
-int64_t launch_table_grad(const TableGradArgs<A>& a);
+// The sparse table gradient: detail::launch_sparse_rows_sum (src/cuda/sparse_rows_kernel.h)
+// over the rows and slots of launch_table_rows.
 
 }  // namespace engram::cuda::detail

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cuda/model_ops_kernel.h"
+#include "cuda/sparse_rows_kernel.h"
 #include "engram/util/error.h"
 
 namespace engram::cuda {
@@ -81,32 +82,32 @@ void embedding_backward(GpuSparseRowGrad& grad, const float* dout, const int64_t
   while (end_bit < 63 && (int64_t{1} << end_bit) < vocab) ++end_bit;
   grow(grad.rows, tokens);
   grow(grad.values, tokens * c);
-  grow(grad.keys, tokens);
   grow(grad.keys_sorted, tokens);
   grow(grad.slots, tokens);
   grow(grad.slots_sorted, tokens);
   grow(grad.counts, tokens);
   grow(grad.starts, tokens);
   grow(grad.num_runs, 1);
-  const size_t temp = detail::sparse_grad_temp_bytes(tokens, end_bit);
+  const size_t temp = detail::sparse_rows_temp_bytes(tokens, end_bit);
   if (grad.temp.size() < temp) grad.temp = DeviceBuffer<uint8_t>(temp);
-  detail::SparseGradArgs a{dout,
-                           ids,
-                           tokens,
-                           c,
-                           end_bit,
-                           grad.keys.data(),
-                           grad.keys_sorted.data(),
-                           grad.slots.data(),
-                           grad.slots_sorted.data(),
-                           grad.counts.data(),
-                           grad.starts.data(),
-                           grad.num_runs.data(),
-                           grad.temp.data(),
-                           grad.temp.size(),
-                           grad.rows.data(),
-                           grad.values.data()};
-  grad.unique = detail::launch_sparse_grad(a, stream);
+  detail::launch_slots(grad.slots.data(), tokens, stream);
+  // The ids are the rows: slot i (token i) adds dout's row i to row ids[i].
+  const detail::SparseRowsArgs<float> a{ids,
+                                        grad.slots.data(),
+                                        dout,
+                                        tokens,
+                                        c,
+                                        end_bit,
+                                        grad.keys_sorted.data(),
+                                        grad.slots_sorted.data(),
+                                        grad.counts.data(),
+                                        grad.starts.data(),
+                                        grad.num_runs.data(),
+                                        grad.temp.data(),
+                                        grad.temp.size(),
+                                        grad.rows.data(),
+                                        grad.values.data()};
+  grad.unique = detail::launch_sparse_rows_sum(a, stream);
 }
 
 void add_inplace(float* y, const float* x, int64_t n, void* stream) {

@@ -6,9 +6,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cub/cub.cuh>
 
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/model_ops_kernel.h"
 
 namespace engram::cuda::detail {
@@ -22,15 +22,7 @@ cudaStream_t as_stream(void* s) {
 
 // A grid-stride launch over `items` (kernels loop, so the grid may be capped).
 unsigned blocks_for(int64_t items) {
-  const int64_t b = (items + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(b, 65535LL * 16)));
-}
-
-__device__ __forceinline__ int64_t thread_index() {
-  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ int64_t grid_stride() {
-  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+  return grid_stride_blocks(items, kThreads);
 }
 
 // out (N, m, C): out[t, k, j] = table[ids[t], j].
@@ -56,25 +48,9 @@ __global__ void streams_sum_kernel(float* dx, const float* dout, int64_t tokens,
   }
 }
 
-__global__ void keys_kernel(int64_t* keys, int32_t* slots, const int64_t* ids, int64_t n) {
-  for (int64_t i = thread_index(); i < n; i += grid_stride()) {
-    keys[i] = ids[i];
-    slots[i] = static_cast<int32_t>(i);
-  }
-}
-
-// out (runs, width): row u = sum over its slots (in sorted order, i.e. token order) of dout.
-__global__ void segment_sum_kernel(float* out, const float* dout, const int32_t* slots,
-                                   const int32_t* starts, const int32_t* counts, int64_t runs,
-                                   int64_t width) {
-  const int64_t total = runs * width;
-  for (int64_t i = thread_index(); i < total; i += grid_stride()) {
-    const int64_t u = i / width, col = i - u * width;
-    const int32_t b = starts[u], e = b + counts[u];
-    float s = 0.0f;
-    for (int32_t k = b; k < e; ++k) s += dout[static_cast<int64_t>(slots[k]) * width + col];
-    out[i] = s;
-  }
+// slots[i] = i: the slot numbers the sparse row sum sorts along with the ids.
+__global__ void slots_kernel(int32_t* slots, int64_t n) {
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) slots[i] = static_cast<int32_t>(i);
 }
 
 __global__ void add_kernel(float* y, const float* x, int64_t n) {
@@ -141,46 +117,9 @@ void launch_streams_sum(float* dx, const float* dout, int64_t tokens, int64_t st
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
-size_t sparse_grad_temp_bytes(int64_t n, int end_bit) {
-  const int ni = static_cast<int>(n);
-  size_t a = 0, b = 0, c = 0;
-  ENGRAM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      nullptr, a, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), ni, 0, end_bit));
-  ENGRAM_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
-      nullptr, b, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr), ni));
-  ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, c, static_cast<const int32_t*>(nullptr),
-                                                  static_cast<int32_t*>(nullptr), ni));
-  return std::max({a, b, c, size_t{16}});
-}
-
-int64_t launch_sparse_grad(const SparseGradArgs& a, void* stream) {
-  if (a.n == 0) return 0;
-  const cudaStream_t s = as_stream(stream);
-  const int ni = static_cast<int>(a.n);
-  keys_kernel<<<blocks_for(a.n), kThreads, 0, s>>>(a.keys, a.slots, a.ids, a.n);
+void launch_slots(int32_t* slots, int64_t n, void* stream) {
+  slots_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(slots, n);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  size_t bytes = a.temp_bytes;
-  // Radix sort is stable: an id's tokens stay in token order, as in the CPU's sum.
-  ENGRAM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-      a.temp, bytes, reinterpret_cast<const uint64_t*>(a.keys),
-      reinterpret_cast<uint64_t*>(a.keys_sorted), a.slots, a.slots_sorted, ni, 0, a.end_bit, s));
-  bytes = a.temp_bytes;
-  ENGRAM_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
-      a.temp, bytes, reinterpret_cast<const uint64_t*>(a.keys_sorted),
-      reinterpret_cast<uint64_t*>(a.out_rows), a.counts, a.num_runs, ni, s));
-  int32_t runs = 0;
-  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(&runs, a.num_runs, sizeof(runs), cudaMemcpyDeviceToHost, s));
-  ENGRAM_CUDA_CHECK(cudaStreamSynchronize(s));
-  bytes = a.temp_bytes;
-  ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(a.temp, bytes, a.counts, a.starts, runs, s));
-  if (runs > 0 && a.width > 0) {
-    segment_sum_kernel<<<blocks_for(int64_t{runs} * a.width), kThreads, 0, s>>>(
-        a.out_values, a.dout, a.slots_sorted, a.starts, a.counts, runs, a.width);
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-  }
-  return runs;
 }
 
 void launch_add(float* y, const float* x, int64_t n, void* stream) {

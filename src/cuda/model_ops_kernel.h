@@ -15,27 +15,8 @@ void launch_embedding_forward(float* out, const int64_t* ids, const float* table
 void launch_streams_sum(float* dx, const float* dout, int64_t tokens, int64_t streams, int64_t c,
                         void* stream);
 
-// The sparse row gradient's steps. Scratch bytes for a sort / encode / scan of n items.
-size_t sparse_grad_temp_bytes(int64_t n, int end_bit);
-struct SparseGradArgs {
-  const float* dout;   // (n, width)
-  const int64_t* ids;  // (n)
-  int64_t n, width;
-  int end_bit;            // key bits to sort on
-  int64_t* keys;          // (n) scratch
-  int64_t* keys_sorted;   // (n)
-  int32_t* slots;         // (n)
-  int32_t* slots_sorted;  // (n)
-  int32_t* counts;        // (n)
-  int32_t* starts;        // (n)
-  int32_t* num_runs;      // (1)
-  void* temp;
-  size_t temp_bytes;
-  int64_t* out_rows;  // (n)
-  float* out_values;  // (n, width)
-};
-// Returns the number of distinct rows (waits for the stream).
-int64_t launch_sparse_grad(const SparseGradArgs& a, void* stream);
+// slots[i] = i for i < n (the sparse row sum's slots; src/cuda/sparse_rows_kernel.h).
+void launch_slots(int32_t* slots, int64_t n, void* stream);
 
 void launch_add(float* y, const float* x, int64_t n, void* stream);
 void launch_scale(float* x, float s, int64_t n, void* stream);

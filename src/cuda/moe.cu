@@ -12,6 +12,7 @@
 #include <cub/cub.cuh>
 
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "cuda/moe_kernel.h"
 
 namespace engram::cuda::detail {
@@ -27,9 +28,7 @@ cudaStream_t as_stream(void* s) {
 }
 
 unsigned blocks_for(int64_t items, int threads = kThreads) {
-  const int64_t cap = 65535LL * 32;
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((items + threads - 1) / threads, cap)));
+  return grid_stride_blocks(items, threads, 65535LL * 32);
 }
 
 // Activation loads and stores: float as is, bf16 widened exactly / rounded to nearest even.

@@ -21,23 +21,15 @@
 namespace engram::cuda {
 namespace {
 
+using test_util::round_bf16;
+using test_util::to_bf16;
+
 std::vector<float> random_vec(size_t size, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> v(size);
   for (float& x : v) x = normal(rng);
   return v;
-}
-
-std::vector<float> round_bf16(std::vector<float> v) {
-  for (float& x : v) x = bf16_to_float(float_to_bf16(x));
-  return v;
-}
-
-std::vector<bf16> to_bf16(const std::vector<float>& v) {
-  std::vector<bf16> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = float_to_bf16(v[i]);
-  return out;
 }
 
 // C (m, n) = alpha op(A) op(B) + beta C, row-major, in double.

@@ -13,6 +13,7 @@
 
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/device.h"
+#include "engram/tensor/dtype.h"
 
 // Skips the test on a machine without a CUDA device (CI compiles the GPU tests and skips them).
 #define SKIP_WITHOUT_GPU() \
@@ -40,6 +41,24 @@ std::vector<T> to_host(const DeviceBuffer<T>& d) {
   std::vector<T> h(d.size());
   if (!h.empty()) d.download(h);
   return h;
+}
+
+// Every value rounded to bf16 (and back to float).
+inline std::vector<float> round_bf16(std::vector<float> v) {
+  for (float& x : v) x = bf16_to_float(float_to_bf16(x));
+  return v;
+}
+
+inline std::vector<bf16> to_bf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = float_to_bf16(v[i]);
+  return out;
+}
+
+inline std::vector<float> from_bf16(const std::vector<bf16>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_float(v[i]);
+  return out;
 }
 
 // max |got - want| / max(max |want|, 1e-6); infinite when NaN appears on one side only.

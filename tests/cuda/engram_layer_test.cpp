@@ -24,6 +24,10 @@
 namespace engram::cuda {
 namespace {
 
+using test_util::round_bf16;
+using test_util::to_bf16;
+using test_util::from_bf16;
+
 // The GPU layer's precision (GpuEngramOptions): float32 exact, TF32 projections, bf16 activations.
 enum class Prec { kF32, kTf32, kBf16 };
 
@@ -42,23 +46,6 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
          std::to_string(c.seq) + "_d" + std::to_string(c.hidden) +
          (c.table_dtype == DType::kBF16 ? "_bf16" : "_f32") +
          (c.prec == Prec::kTf32 ? "_tf32" : c.prec == Prec::kBf16 ? "_actbf16" : "");
-}
-
-std::vector<float> round_bf16(std::vector<float> v) {
-  for (float& x : v) x = bf16_to_float(float_to_bf16(x));
-  return v;
-}
-
-std::vector<bf16> to_bf16(const std::vector<float>& v) {
-  std::vector<bf16> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = float_to_bf16(v[i]);
-  return out;
-}
-
-std::vector<float> from_bf16(const std::vector<bf16>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_float(v[i]);
-  return out;
 }
 
 std::vector<float> normal_vector(size_t n, uint64_t seed, float mean = 0.0f, float sd = 1.0f) {

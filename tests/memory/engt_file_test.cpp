@@ -94,14 +94,6 @@ TEST(Crc32c, HardwareMatchesPortableOnRandomBuffers) {
 
 class EngtTest : public test::TempDirTest {};
 
-std::vector<float> random_table(int64_t rows, int64_t width, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.5f);
-  std::vector<float> v(static_cast<size_t>(rows * width));
-  for (float& x : v) x = normal(rng);
-  return v;
-}
-
 // decode(encode(values)), the rows every reader must give back bit for bit.
 template <class Out>
 std::vector<Out> expected_rows(RowFormat f, const std::vector<float>& values, int64_t rows,
@@ -116,6 +108,7 @@ std::vector<Out> expected_rows(RowFormat f, const std::vector<float>& values, in
 using memory::test_util::contains;
 using memory::test_util::error_of;
 using memory::test_util::flip_byte;
+using memory::test_util::random_table;
 
 // ---- Layout -------------------------------------------------------------------------------
 

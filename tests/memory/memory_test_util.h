@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "engram/util/error.h"
 #include "engram/util/file.h"
@@ -28,6 +30,15 @@ inline std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "(no error)";
+}
+
+// rows x width values ~ N(0, 0.5) from mt19937(seed).
+inline std::vector<float> random_table(int64_t rows, int64_t width, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.5f);
+  std::vector<float> v(static_cast<size_t>(rows * width));
+  for (float& x : v) x = normal(rng);
+  return v;
 }
 
 inline bool contains(const std::string& s, const std::string& part) {

@@ -27,17 +27,10 @@
 namespace engram::memory {
 namespace {
 
-std::vector<float> random_table(int64_t rows, int64_t width, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.5f);
-  std::vector<float> v(static_cast<size_t>(rows * width));
-  for (float& x : v) x = normal(rng);
-  return v;
-}
-
 using test_util::contains;
 using test_util::error_of;
 using test_util::flip_byte;
+using test_util::random_table;
 
 // Rows drawn from [0, range) with many repeats.
 std::vector<int64_t> random_rows(std::mt19937_64& rng, size_t n, int64_t range) {

@@ -48,7 +48,7 @@ struct GpuSparseRowGrad {
   int64_t width = 0;
 
   // Scratch of embedding_backward.
-  DeviceBuffer<int64_t> keys, keys_sorted;
+  DeviceBuffer<int64_t> keys_sorted;
   DeviceBuffer<int32_t> slots, slots_sorted, counts, starts, num_runs;
   DeviceBuffer<uint8_t> temp;
 
