@@ -7,6 +7,7 @@
 #include "engram/cuda/device.h"
 #include "engram/nn/loss.h"
 #include "engram/train/checkpoint.h"
+#include "engram/train/gpu_optimizer.h"
 #include "engram/train/optimizer.h"
 #include "engram/util/error.h"
 #include "engram/util/file.h"
@@ -206,13 +207,16 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   std::vector<std::span<float>> dense_grads;
   std::unique_ptr<SparseRowAdam> embed_opt;
   std::vector<std::unique_ptr<SparseRowAdam>> table_opts;
+  std::map<std::string, SparseRowAdam*> sparse_by_name;  // the embedding's and the tables'
   for (auto& p : P.named()) {
     if (p.name == "embed") {
       embed_opt = std::make_unique<SparseRowAdam>(p.data, p.shape[0], p.shape[1]);
+      sparse_by_name.emplace(p.name, embed_opt.get());
       continue;
     }
     if (is_table(p.name)) {
       table_opts.push_back(std::make_unique<SparseRowAdam>(p.data, p.shape[0], p.shape[1]));
+      sparse_by_name.emplace(p.name, table_opts.back().get());
       continue;
     }
     auto it = grad_by_name.find(p.name);
@@ -257,11 +261,24 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
     start = st.step;
   }
   write_file_atomic(run.config(), config.to_toml());
-  // The GPU copy of the model (after a resume has loaded the parameters and biases).
+  // On the GPU: the model (after a resume has loaded the parameters and biases) and its
+  // optimizers, whose state starts from the host optimizers' (zeros, or the checkpoint's). The
+  // host optimizers above then only carry the state to and from checkpoints.
   std::unique_ptr<model::GpuTransformer> gpu;
-  if (on_gpu) gpu = std::make_unique<model::GpuTransformer>(model);
-  nn::SparseRowGrad<float> gpu_embed_grad;
-  std::vector<nn::SparseRowGrad<float>> gpu_table_grads;
+  std::unique_ptr<GpuOptimizer> gpu_opt;
+  std::unique_ptr<GpuGradAccumulator> gpu_acc;  // accum > 1
+  std::vector<SparseRowAdam*> gpu_sparse_hosts;  // host optimizers, gpu_opt's table order
+  if (on_gpu) {
+    gpu = std::make_unique<model::GpuTransformer>(model);
+    gpu_opt = std::make_unique<GpuOptimizer>(*gpu, aw);
+    for (const std::string& name : gpu_opt->sparse_names()) {
+      auto it = sparse_by_name.find(name);
+      if (it == sparse_by_name.end()) throw Error("train: no host optimizer for table " + name);
+      gpu_sparse_hosts.push_back(it->second);
+    }
+    if (opt.resume) gpu_opt->upload_state(dense, gpu_sparse_hosts);
+    if (accum > 1) gpu_acc = std::make_unique<GpuGradAccumulator>(*gpu);
+  }
 
   const int64_t total = tc.steps;
   const int64_t end = std::min(total, opt.stop_at ? std::max<int64_t>(*opt.stop_at, start) : total);
@@ -276,6 +293,21 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   schedule.validate();
 
   auto save = [&](int64_t step) {
+    if (on_gpu) {
+      // The host copies the checkpoint is written from: parameters (downloaded beside P, whose
+      // buffers the host optimizers point into) and optimizer state. The MoE biases on the host
+      // are current already.
+      model::TransformerParams<float> now;
+      gpu->download_params(now);
+      auto dst = P.named();
+      auto src = now.named();
+      if (dst.size() != src.size()) throw Error("train: the GPU model's parameters differ");
+      for (size_t i = 0; i < dst.size(); ++i) {
+        if (dst[i].size != src[i].size) throw Error("train: GPU parameter " + src[i].name);
+        std::copy(src[i].data, src[i].data + src[i].size, dst[i].data);
+      }
+      gpu_opt->download_state(dense, gpu_sparse_hosts);
+    }
     CheckpointState st;
     st.step = step;
     st.data_seed = tc.seed;
@@ -310,7 +342,8 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   for (; step < end; ++step) {
     const auto t0 = Clock::now();
     double loss_sum = 0;
-    if (accum > 1) {
+    if (accum > 1 && on_gpu) gpu_acc->clear();
+    if (accum > 1 && !on_gpu) {
       for (auto& [dst, src] : accum_pairs) std::fill(dst.begin(), dst.end(), 0.0f);
       embed_acc = {};
       for (auto& t : table_acc) t = {};
@@ -329,7 +362,7 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
       if (on_gpu) {
         gpu->backward();
         // The bias update on both copies: the GPU's for the next micro-batch, the host's (the
-        // same arithmetic on the same loads) for checkpoints and the upload after the step.
+        // same arithmetic on the same loads) for checkpoints.
         const auto counts = gpu->moe_expert_counts();
         gpu->update_moe_bias();
         for (size_t l = 0; l < counts.size(); ++l) {
@@ -337,55 +370,66 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
           nn::aux_free_bias_update(P.layers[l].moe_bias.data(), counts[l].data(),
                                    config.moe->num_experts, config.moe->bias_update_gamma);
         }
-        gpu->download_grads(model.grads(), gpu_embed_grad, gpu_table_grads);
-      } else {
-        model.backward();
-        model.update_moe_bias();
+        if (accum > 1) gpu_acc->add();
+        continue;
       }
-      const nn::SparseRowGrad<float>& embed_grad = on_gpu ? gpu_embed_grad : model.embed_grad();
-      const std::vector<nn::SparseRowGrad<float>>& table_grads =
-          on_gpu ? gpu_table_grads : model.engram_table_grads();
+      model.backward();
+      model.update_moe_bias();
       if (accum > 1) {
         for (const auto& [dst, src] : accum_pairs) {
           for (size_t j = 0; j < dst.size(); ++j) dst[j] += src[j];
         }
-        add_sparse(embed_acc, embed_grad);
-        for (size_t i = 0; i < table_acc.size(); ++i) add_sparse(table_acc[i], table_grads[i]);
+        add_sparse(embed_acc, model.embed_grad());
+        for (size_t i = 0; i < table_acc.size(); ++i) {
+          add_sparse(table_acc[i], model.engram_table_grads()[i]);
+        }
       }
     }
-    nn::SparseRowGrad<float>* embed_g = nullptr;
-    std::vector<nn::SparseRowGrad<float>*> sparse;
-    std::vector<nn::SparseRowGrad<float>> single;  // accum == 1: copies of the model's grads
-    if (accum > 1) {
-      const float s = 1.0f / static_cast<float>(accum);
-      for (auto& g : dense_grads)
-        for (float& v : g) v *= s;
-      scale_sparse(embed_acc, s);
-      for (auto& t : table_acc) scale_sparse(t, s);
-      embed_g = &embed_acc;
-      for (auto& t : table_acc) sparse.push_back(&t);
-    } else {
-      single.reserve(1 + table_opts.size());
-      single.push_back(on_gpu ? gpu_embed_grad : model.embed_grad());
-      for (const auto& t : on_gpu ? gpu_table_grads : model.engram_table_grads()) single.push_back(t);
-      embed_g = &single[0];
-      for (size_t i = 1; i < single.size(); ++i) sparse.push_back(&single[i]);
-    }
-    std::vector<nn::SparseRowGrad<float>*> all_sparse = sparse;
-    all_sparse.push_back(embed_g);
-    const double norm =
-        clip_grad_norm(dense_grads, all_sparse, tc.grad_clip > 0 ? tc.grad_clip : INFINITY);
-    if (!std::isfinite(norm)) {
-      throw Error("train: the gradient norm is " + std::to_string(norm) + " at step " +
-                  std::to_string(step + 1) + "; lower train.lr");
-    }
     const double lr = schedule.lr(step + 1);
-    dense.step(lr);
-    embed_opt->step(*embed_g, lr);
-    for (size_t i = 0; i < table_opts.size(); ++i) {
-      table_opts[i]->step(*sparse[i], tc.engram_lr_multiplier * lr);
+    const double max_norm = tc.grad_clip > 0 ? tc.grad_clip : INFINITY;
+    auto check_norm = [&](double value) {
+      if (!std::isfinite(value)) {
+        throw Error("train: the gradient norm is " + std::to_string(value) + " at step " +
+                    std::to_string(step + 1) + "; lower train.lr");
+      }
+    };
+    double norm = 0;
+    if (on_gpu) {
+      // Clipping and every optimizer step on the device (GpuOptimizer): nothing crosses PCIe
+      // but the norm (and the Engram layers' small dense parameters, sync_engram_params).
+      GpuGradients g = accum > 1 ? gpu_acc->mean() : gpu_opt->model_gradients();
+      norm = gpu_opt->clip_grad_norm(g, max_norm);
+      check_norm(norm);
+      gpu_opt->step(g, lr, tc.engram_lr_multiplier * lr);
+    } else {
+      nn::SparseRowGrad<float>* embed_g = nullptr;
+      std::vector<nn::SparseRowGrad<float>*> sparse;
+      std::vector<nn::SparseRowGrad<float>> single;  // accum == 1: copies of the model's grads
+      if (accum > 1) {
+        const float s = 1.0f / static_cast<float>(accum);
+        for (auto& g : dense_grads)
+          for (float& v : g) v *= s;
+        scale_sparse(embed_acc, s);
+        for (auto& t : table_acc) scale_sparse(t, s);
+        embed_g = &embed_acc;
+        for (auto& t : table_acc) sparse.push_back(&t);
+      } else {
+        single.reserve(1 + table_opts.size());
+        single.push_back(model.embed_grad());
+        for (const auto& t : model.engram_table_grads()) single.push_back(t);
+        embed_g = &single[0];
+        for (size_t i = 1; i < single.size(); ++i) sparse.push_back(&single[i]);
+      }
+      std::vector<nn::SparseRowGrad<float>*> all_sparse = sparse;
+      all_sparse.push_back(embed_g);
+      norm = clip_grad_norm(dense_grads, all_sparse, max_norm);
+      check_norm(norm);
+      dense.step(lr);
+      embed_opt->step(*embed_g, lr);
+      for (size_t i = 0; i < table_opts.size(); ++i) {
+        table_opts[i]->step(*sparse[i], tc.engram_lr_multiplier * lr);
+      }
     }
-    if (on_gpu) gpu->upload_params(P);
 
     StepReport r;
     r.step = step + 1;

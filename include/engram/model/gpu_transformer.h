@@ -67,14 +67,15 @@ struct GpuParam {
 
 // A sparse gradient on the device (valid until the next backward): `unique` distinct rows
 // (ascending) at rows[0 .. unique) and their gradients at values (unique, width); the table it
-// belongs to is `table` (table_rows, width) in the parameter arena.
+// belongs to is `table` (table_rows, width) in the parameter arena. The values are writable so
+// that an optimizer can clip them in place (train::GpuOptimizer::clip_grad_norm).
 struct GpuSparseGrad {
   std::string name;  // "embed" or "layers.{l}.engram.table"
   float* table;
   int64_t table_rows;
   int64_t width;
   const int64_t* rows;
-  const float* values;
+  float* values;
   int64_t unique;
 };
 

@@ -12,10 +12,12 @@
 //     biases and the mHC scalars
 //   SparseRowAdam(lr) on the token-embedding rows the step touched (no weight decay)
 //   SparseRowAdam(engram_lr_multiplier * lr) on the Engram table rows touched (no weight decay)
-// With device "cuda" the forward and backward passes (and evaluation) run on the GPU
-// (model::GpuTransformer, float32); the gradients are copied to the host, where clipping and the
-// optimizers run exactly as above, and the updated parameters are copied back after each step.
-// Checkpoints are the same files either way, so a run may be resumed on the other device.
+// With device "cuda" everything runs on the GPU: forward, backward and evaluation
+// (model::GpuTransformer, float32), gradient accumulation (train::GpuGradAccumulator), clipping
+// and the optimizers (train::GpuOptimizer: the same per-element updates as above; the gradient
+// norm summed in another order). Only the norm comes back each step; parameters and optimizer
+// state are copied to the host when a checkpoint is written (and up on resume). Checkpoints are
+// the same files either way, so a run may be resumed on the other device.
 // Every eval_every steps, and after the last, the validation loss over eval_tokens tokens and
 // a checkpoint (RunDir::checkpoint(), atomic) are written; the run state saved is the step, so
 // `resume` continues with exactly the batches, moments and biases of an uninterrupted run:
