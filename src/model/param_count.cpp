@@ -72,6 +72,18 @@ ParamCount count_params(const ModelConfig& config) {
   return p;
 }
 
+TrainFlops train_flops_per_token(const ModelConfig& config, int64_t seq_len) {
+  const BackboneConfig& m = config.model;
+  const ParamCount p = count_params(config);
+  TrainFlops f;
+  f.weights_active = p.active - p.engram_table_active + m.hidden_size * m.vocab_size;
+  f.weights = 6.0 * static_cast<double>(f.weights_active);
+  f.attention = 6.0 * static_cast<double>(m.num_layers) * static_cast<double>(seq_len) *
+                static_cast<double>(m.num_heads * m.head_dim);
+  f.per_token = f.weights + f.attention;
+  return f;
+}
+
 std::string render_param_table(const ParamCount& p) {
   std::string out;
   char line[128];

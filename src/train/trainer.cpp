@@ -269,7 +269,7 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
   std::unique_ptr<GpuGradAccumulator> gpu_acc;  // accum > 1
   std::vector<SparseRowAdam*> gpu_sparse_hosts;  // host optimizers, gpu_opt's table order
   if (on_gpu) {
-    gpu = std::make_unique<model::GpuTransformer>(model);
+    gpu = std::make_unique<model::GpuTransformer>(model, opt.gpu);
     gpu_opt = std::make_unique<GpuOptimizer>(*gpu, aw);
     for (const std::string& name : gpu_opt->sparse_names()) {
       auto it = sparse_by_name.find(name);

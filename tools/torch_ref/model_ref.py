@@ -14,18 +14,46 @@ every error is <= 1e-4 (float32) or <= 1e-9 (float64). Prints a table per dump a
 line; exits 1 on any failure.
 
   model_ref.py bench --config FILE.toml [--threads N] [--steps S] [--warmup W]
+                     [--device cpu|cuda] [--dtype f32|tf32|bf16] [--compile]
+                     [--attention auto|naive|sdpa] [--peak-tflops P]
 
-bench: PyTorch CPU training throughput of the same model, the baseline for build/bench/bench_train
-(tools/bench/train.sh runs both). Builds the mirror from the TOML config in float32 on the CPU
-(torch.set_num_threads(N)), random init (normal 0.02 matrices, norms 1, mHC as below), and times S
-training steps after W warm-up steps on random token batches of train.batch_size x train.seq_len:
-forward, backward, clip_grad_norm_(train.grad_clip), torch.optim.AdamW (weight decay on matrices,
-Engram tables at engram_lr_multiplier x lr without decay). Embedding, LM head and Engram tables are
-dense parameters updated densely (torch's AdamW has no sparse rows; our trainer's are sparse).
-Engram hash ids: a uniform random id per head below that head's prime table size (the primes of
-the real hasher; the ids are not real n-gram hashes), no data loader or hashing in the timing.
+bench: PyTorch training throughput of the same model, the baseline for build/bench/bench_train
+(tools/bench/train.sh runs both on the CPU, tools/bench/train_gpu.sh on a GPU). Builds the mirror
+from the TOML config with float32 parameters (torch.set_num_threads(N)), random init (normal 0.02
+matrices, norms 1, mHC as below), and times S training steps after W warm-up steps on random
+token batches of train.batch_size x train.seq_len: forward, backward,
+clip_grad_norm_(train.grad_clip), torch.optim.AdamW (weight decay on matrices, Engram tables at
+engram_lr_multiplier x lr without decay; fused=True on CUDA). Embedding, LM head and Engram tables
+are dense parameters updated densely (torch's AdamW has no sparse rows; our trainer's are
+sparse). Engram hash ids: a uniform random id per head below that head's prime table size (the
+primes of the real hasher; the ids are not real n-gram hashes), no data loader or hashing in the
+timing (batches are made and copied to the device before the clock starts).
+  --device cuda  the model on the GPU; every timed step is bracketed by torch.cuda.synchronize().
+                 Two GPU-only changes of formulation (the same arithmetic): attention through
+                 F.scaled_dot_product_attention(is_causal=True) (--attention auto = sdpa on CUDA,
+                 the explicit masked softmax on the CPU), and the MoE experts dispatched from one
+                 argsort of the (token, slot) choices with one host sync per layer (the bincount)
+                 instead of one nonzero per expert, the routed outputs summed by one index_add;
+                 the parity statistics (expert loads, top-k margin: host syncs) are not collected.
+  --dtype        f32: float32 with IEEE FP32 GEMMs (TF32 off); tf32: float32 with TF32 tensor-core
+                 GEMMs and convolutions; bf16: torch.autocast(bfloat16) around forward and loss,
+                 float32 master weights, gradients and AdamW (TF32 on for what autocast leaves
+                 in float32). tf32 and bf16 need --device cuda.
+  --compile      regional torch.compile: every transformer block and the head + loss, each
+                 compiled once per distinct structure; the expert dispatch (data-dependent
+                 shapes) stays eager (torch.compiler.disable). W defaults to 3 then (compilation
+                 of forward and backward happens in the first steps), 1 otherwise.
 Prints one JSON line: {"bench": "train_torch", "config", "threads", "torch", "tokens_per_s"
-(median over the timed steps), "seconds_per_step" (median), ...}.
+(median over the timed steps), "seconds_per_step" (median), "device", "dtype", "compile",
+"flops_per_token", "tflops", "peak_tflops", "mfu", ...}.
+Model FLOPs (the formula of engram::model::train_flops_per_token, param_count.h, computed here
+from the modules): flops_per_token = 6 * W + 6 * L * T * Hq * hd, W = every parameter but the
+embedding, the LM head and the Engram tables, the routed experts counted top_k / E, plus C * V
+for the LM head (= P_act - engram_table_active + C V); the second term is causal attention
+(QK^T and AV over T/2 keys on average, x3 for backward). MFU = tokens_per_s * flops_per_token /
+peak; the peak defaults on CUDA to the NVIDIA H200 SXM datasheet dense figures: 989 TFLOP/s
+bf16, 494 tf32 (tensor cores; the datasheet's 1979 / 989 are with 2:4 sparsity), 67 f32; on the
+CPU there is none (mfu null) unless --peak-tflops is given.
 
 --mutate NAME deliberately breaks the mirror (a negative control: the check must then FAIL):
   rope_interleaved  RoPE on (2i, 2i+1) pairs instead of (i, i + hd/2)
@@ -51,6 +79,7 @@ The architecture (BACKBONE_SPEC, ENGRAM_SPEC; where the C++ chooses, as src/nn/*
         + 1e-6.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -113,6 +142,7 @@ class Attention(nn.Module):
     def __init__(self, C, heads, kv_heads, head_dim, theta):
         super().__init__()
         self.heads, self.kv_heads, self.hd, self.theta = heads, kv_heads, head_dim, theta
+        self.sdpa = False  # bench on CUDA: F.scaled_dot_product_attention (the same softmax)
         self.wq = nn.Parameter(torch.empty(heads * head_dim, C))
         self.wk = nn.Parameter(torch.empty(kv_heads * head_dim, C))
         self.wv = nn.Parameter(torch.empty(kv_heads * head_dim, C))
@@ -127,6 +157,9 @@ class Attention(nn.Module):
         k = k.repeat_interleave(group, dim=2)
         v = v.repeat_interleave(group, dim=2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        if self.sdpa:
+            ctx = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return ctx.transpose(1, 2).reshape(B * T, self.heads * hd) @ self.wo.T
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
         mask = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
         p = scores.masked_fill(~mask, float("-inf")).softmax(-1)
@@ -162,6 +195,7 @@ class Moe(nn.Module):
             self.shared_w2 = nn.Parameter(torch.empty(C, n_shared * H))
         self.register_buffer("bias", torch.zeros(E))
         self.stats = {}
+        self.grouped = False  # bench on CUDA: moe_routed (one sync per layer, no statistics)
 
     def forward(self, u):  # u (N, C)
         s = torch.sigmoid(u @ self.gate.T)                    # (N, E) router scores
@@ -172,6 +206,11 @@ class Moe(nn.Module):
             w = self.route_scale * g
         else:
             w = self.route_scale * g / g.sum(-1, keepdim=True)
+        if self.grouped:
+            y = moe_routed(u, sel, w, self.w1, self.w3, self.w2)
+            if self.has_shared:
+                y = y + swiglu(u, self.shared_w1, self.shared_w3, self.shared_w2)
+            return y
         y = swiglu(u, self.shared_w1, self.shared_w3, self.shared_w2) if self.has_shared \
             else torch.zeros_like(u)
         for e in range(self.E):
@@ -188,6 +227,35 @@ class Moe(nn.Module):
         self.stats = {"counts": torch.bincount(sel.flatten(), minlength=self.E).cpu(),
                       "margin": margin}
         return y
+
+
+_no_compile = getattr(getattr(torch, "compiler", None), "disable", lambda f: f)
+
+
+@_no_compile  # data-dependent shapes: eager under torch.compile
+def moe_routed(u, sel, w, w1, w3, w2):
+    """sum_{i in S} w_i E_i(u) of every token, the experts' rows gathered from one stable argsort
+    of the (token, slot) choices by expert: one host sync (the per-expert counts) per layer and
+    one index_add of all routed outputs (at least float32) instead of one per expert."""
+    N, k = sel.shape
+    E = w1.shape[0]
+    flat = sel.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=E).tolist()
+    tok = order // k
+    wt = w.reshape(-1)[order]
+    outs, start = [], 0
+    for e, c in enumerate(counts):
+        if c:
+            rows = slice(start, start + c)
+            outs.append(swiglu(u[tok[rows]], w1[e], w3[e], w2[e]) * wt[rows, None])
+        start += c
+    if not outs:
+        return torch.zeros(N, u.shape[1], dtype=torch.promote_types(u.dtype, torch.float32),
+                           device=u.device)
+    routed = torch.cat(outs)
+    routed = routed.to(torch.promote_types(routed.dtype, torch.float32))  # bf16 (autocast): f32
+    return torch.zeros(N, u.shape[1], dtype=routed.dtype, device=u.device).index_add(0, tok, routed)
 
 
 # ---- mHC -------------------------------------------------------------------------------------
@@ -324,6 +392,9 @@ class Transformer(nn.Module):
         for l, block in enumerate(self.layers):
             ids = hash_ids[self.engram_index[l]] if l in self.engram_index else None
             X = block(X, B, T, ids)
+        return self.head_loss(X, targets)
+
+    def head_loss(self, X, targets):
         z = X if self.n == 1 else self.hc_head(X)
         logits = rmsnorm(z, self.final_norm, self.eps) @ self.head.T
         loss = F.cross_entropy(logits, targets.reshape(-1), ignore_index=-1)
@@ -526,6 +597,47 @@ def blas_threads(n):
     return "no OpenBLAS loaded (torch's own BLAS: MKL or similar)"
 
 
+def set_tf32(on):
+    """TF32 tensor cores for float32 GEMMs and convolutions on or off, through the fp32_precision
+    API where this torch has it (2.9+: mixing it with the legacy allow_tf32 flags is an error
+    there), the legacy flags otherwise. Returns what was set."""
+    mode = "tf32" if on else "ieee"
+    if hasattr(torch.backends, "fp32_precision"):
+        try:
+            torch.backends.cuda.matmul.fp32_precision = mode
+            torch.backends.cudnn.conv.fp32_precision = mode
+            torch.backends.cudnn.rnn.fp32_precision = mode
+            return f"fp32_precision={mode}"
+        except (AttributeError, RuntimeError):
+            pass
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    return f"allow_tf32={on}"
+
+
+FLOPS_FORMULA = "6*(P_act - engram_table_active + C*V) + 6*L*T*Hq*hd (causal attention)"
+PEAK_TFLOPS = {"bf16": 989.0, "tf32": 494.0, "f32": 67.0}  # H200 SXM datasheet, dense
+
+
+def train_flops(model, cfg, T):
+    """(flops_per_token, W) of engram::model::train_flops_per_token (param_count.h), from the
+    modules: W = every parameter but the embedding, the LM head and the Engram tables, routed
+    experts counted top_k / E, plus C * V (the LM head's multiply-adds)."""
+    m = cfg["model"]
+    w = 0
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        if name in ("embed", "head") or "multi_head_embedding" in name:
+            continue
+        if len(parts) >= 2 and parts[-2] == "moe" and parts[-1] in ("w1", "w2", "w3"):
+            w += p.numel() // p.shape[0] * cfg["moe"]["top_k"]   # top_k of E experts
+        else:
+            w += p.numel()
+    w += m["hidden_size"] * m["vocab_size"]
+    attention = 6 * m["num_layers"] * T * m["num_heads"] * m["head_dim"]
+    return 6 * w + attention, w
+
+
 def bench(argv):
     import statistics
     import time
@@ -533,11 +645,32 @@ def bench(argv):
     ap.add_argument("--config", required=True)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=None, help="default 3 with --compile, else 1")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["f32", "tf32", "bf16"], default="f32")
+    ap.add_argument("--compile", action="store_true", help="regional torch.compile")
+    ap.add_argument("--attention", choices=["auto", "naive", "sdpa"], default="auto")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="MFU denominator (default on CUDA: H200 SXM dense 989 bf16, 494 tf32, "
+                         "67 f32)")
     a = ap.parse_args(argv)
+    if a.compile and not hasattr(torch, "compile"):
+        sys.exit(f"model_ref.py bench: --compile needs torch >= 2.0 (this is {torch.__version__})")
+    if a.warmup is None:
+        a.warmup = 3 if a.compile else 1
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("model_ref.py bench: --device cuda but torch sees no GPU")
+    if not cuda and a.dtype == "tf32":
+        sys.exit("model_ref.py bench: --dtype tf32 needs --device cuda")
+    if not cuda and a.dtype == "bf16":
+        sys.exit("model_ref.py bench: --dtype bf16 needs --device cuda")
     torch.set_num_threads(a.threads)
     blas = blas_threads(a.threads)
+    tf32 = set_tf32(a.dtype != "f32") if cuda else None
+    sdpa = a.attention == "sdpa" or (a.attention == "auto" and cuda)
     with open(a.config, "rb") as f:
         cfg = apply_defaults(tomllib.load(f))
     tr = cfg.get("train", {})
@@ -550,6 +683,22 @@ def bench(argv):
     torch.manual_seed(a.seed)
     model = Transformer(cfg, head_sizes).to(dtype=torch.float32)
     init_params(model, a.seed)
+    model.to(dev)
+    for block in model.layers:
+        block.attn.sdpa = sdpa
+        if cuda and block.is_moe:
+            block.moe.grouped = True
+    if a.compile:
+        # Every block is compiled through the same code objects: their entries (three
+        # structures: dense, MoE, MoE + Engram; the first block's broadcast input) share one cache.
+        import importlib
+        dc = importlib.import_module("torch._dynamo").config
+        for limit in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dc, limit):
+                setattr(dc, limit, max(getattr(dc, limit), 64))
+        for block in model.layers:
+            block.compile()
+        model.head_loss = torch.compile(model.head_loss)
     decay, no_decay, tables = [], [], []
     for name, p in model.named_parameters():
         if "multi_head_embedding" in name:
@@ -561,8 +710,9 @@ def bench(argv):
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     if tables:
         groups.append({"params": tables, "weight_decay": 0.0, "lr": lr * engram_mult})
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), **({"fused": True} if cuda else {}))
     n_params = sum(p.numel() for p in model.parameters())
+    flops_per_token, flops_weights = train_flops(model, cfg, T)
 
     g = torch.Generator().manual_seed(a.seed + 1)
 
@@ -570,35 +720,69 @@ def bench(argv):
         x = torch.randint(0, V, (B, T + 1), generator=g)
         ids = [torch.stack([torch.randint(0, s, (B, T), generator=g) for s in sizes], dim=-1)
                for sizes in head_sizes]
+        if cuda:
+            return x[:, :-1].to(dev), x[:, 1:].to(dev), [i.to(dev) for i in ids]
         return x[:, :-1], x[:, 1:], ids
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if a.dtype == "bf16" \
+        else (lambda: contextlib.nullcontext())
 
     def step(inputs, targets, ids):
         opt.zero_grad(set_to_none=True)
-        _, loss = model(inputs, targets, ids)
+        with autocast():
+            _, loss = model(inputs, targets, ids)
         loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         return loss.item()
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     times, losses = [], []
+    t_first = time.perf_counter()
     for s in range(a.warmup + a.steps):
         inputs, targets, ids = batch()
+        sync()
         t0 = time.perf_counter()
         losses.append(step(inputs, targets, ids))
+        sync()
         if s >= a.warmup:
             times.append(time.perf_counter() - t0)
+    total_s = time.perf_counter() - t_first
     sec = statistics.median(times)
+    tokens_per_s = B * T / sec
+    peak = a.peak_tflops if a.peak_tflops is not None else (PEAK_TFLOPS[a.dtype] if cuda else None)
+    peak_source = "--peak-tflops" if a.peak_tflops is not None else \
+        (f"H200 SXM datasheet {'FP32' if a.dtype == 'f32' else a.dtype.upper() + ' dense'}"
+         if cuda else None)
+    tflops = tokens_per_s * flops_per_token / 1e12
     print(json.dumps({
         "bench": "train_torch", "config": a.config, "threads": a.threads,
         "torch": torch.__version__, "blas": blas, "steps": a.steps, "warmup": a.warmup,
-        "tokens_per_step": B * T, "tokens_per_s": round(B * T / sec, 1),
+        "tokens_per_step": B * T, "tokens_per_s": round(tokens_per_s, 1),
         "seconds_per_step": round(sec, 4), "step_seconds": [round(t, 4) for t in times],
         "params": n_params, "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
         "step": "forward + backward + clip_grad_norm_ + AdamW (weight decay on matrices)",
         "embeddings": "dense (sparse=False): embedding, LM head and Engram tables updated densely",
         "hash_ids": "uniform random id per head below the head's prime table size (not real "
-                    "n-gram hashes); no data loader or hashing timed" if head_sizes else None}))
+                    "n-gram hashes); no data loader or hashing timed" if head_sizes else None,
+        "device": a.device,
+        "gpu": torch.cuda.get_device_name(dev) if cuda else None,
+        "dtype": a.dtype, "tf32": tf32, "compile": a.compile,
+        "attention": "sdpa" if sdpa else "naive",
+        "moe_dispatch": ("argsort, one sync per layer" if cuda else "nonzero per expert")
+        if cfg.get("moe") else None,
+        "warmup_plus_timed_s": round(total_s, 1),
+        "max_memory_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if cuda else None,
+        "flops_weights": flops_weights, "flops_per_token": flops_per_token,
+        "flops_formula": FLOPS_FORMULA, "tflops": round(tflops, 3),
+        "peak_tflops": peak, "peak_source": peak_source,
+        "mfu": round(tflops / peak, 4) if peak else None}))
 
 
 def main():

@@ -51,6 +51,30 @@ struct ParamCount {
 // from the reference prime walk over engram.layer_ids, orders and heads, as hash::NgramHasher.
 ParamCount count_params(const ModelConfig& config);
 
+// Model FLOPs of training on one token (forward + backward = 3 x forward), the numerator of the
+// model FLOP utilisation (MFU) that bench/bench_train and tools/torch_ref/model_ref.py bench
+// report (the mirror computes the same sum from its modules: keep the two in step):
+//
+//   flops_per_token = 6 * (P_act - engram_table_active + C * V)  +  6 * L * T * Hq * hd
+//
+// First term: 2 FLOPs per multiply-add, x3 for forward + backward, of every weight one token
+// uses: P_act (attention, mHC, dense FFN or router + top_k routed + shared experts, Engram
+// projections; norms and biases, a rounding error, included) without the Engram table rows it
+// reads (gathers, not multiply-adds; the token embedding is outside P_act already), plus the
+// untied LM head (C x V). Second term: causal attention, per layer and query head QK^T and AV
+// over T/2 keys on average (2 x 2 x hd x T/2 forward), x3. (The non-causal convention,
+// 6N + 12 L T Hq hd, would count the second term twice.)
+struct TrainFlops {
+  int64_t weights_active = 0;  // P_act - engram_table_active + C * V
+  double weights = 0;          // 6 * weights_active
+  double attention = 0;        // 6 * L * T * Hq * hd
+  double per_token = 0;        // weights + attention
+};
+TrainFlops train_flops_per_token(const ModelConfig& config, int64_t seq_len);
+// The formula above in one line, for JSON output.
+inline constexpr const char* kTrainFlopsFormula =
+    "6*(P_act - engram_table_active + C*V) + 6*L*T*Hq*hd (causal attention)";
+
 // A human-readable table: one line per component (total and per-token), then the totals and rho.
 std::string render_param_table(const ParamCount& count);
 // A JSON object with every field of ParamCount under its name.

@@ -46,6 +46,9 @@ struct TrainOptions {
   bool resume = false;       // continue from out_dir's checkpoint
   std::string tokenizer;     // overrides the tokenizer named by the data manifest
   std::string device = "cpu";  // "cpu" or "cuda" (ConfigError otherwise, Error without a GPU)
+  // device "cuda": the GPU model's precision (default float32 with exact FP32 GEMMs;
+  // math = cuda::Math::kTf32 runs the dense GEMMs on TF32 tensor cores).
+  model::GpuTransformerOptions gpu;
   // Set from elsewhere (a signal handler) to stop after the current step with a checkpoint.
   const std::atomic<bool>* interrupt = nullptr;
   std::function<void(const StepReport&)> on_step;  // progress (e.g. the CLI's bar)
