@@ -321,8 +321,9 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
                                    "gradients are not sized for this layer's config"));
   }
   constexpr DType kA = dtype_of<A>();
-  ensure(partial_, detail::kColChunks *
-                       std::max({kvr, M * d * std::max<int64_t>(c.kernel_size, 1), int64_t{1}}));
+  const int64_t conv_cols = M * d * std::max<int64_t>(c.kernel_size, 1);
+  ensure(partial_, std::max({detail::kColChunks * std::max(kvr, conv_cols),
+                             detail::kMaxConvChunks * conv_cols, int64_t{1}}));
   // dVt = d_out + the short conv's input gradient (d_out itself without the conv).
   const A* dvt = d_dout;
   if (c.short_conv) {

@@ -404,26 +404,67 @@ __global__ void gate_backward_kernel(GateBwdArgs<A> a) {
   }
 }
 
-// The conv kernels below run on a 2-D grid: x covers the C = M*d channels, V per thread (V = 4
-// when C % 4 == 0), y the tokens (b*T + t), each block striding over tokens by gridDim.y (at
-// most 65535). A thread loads its channels' kernel taps (kernel <= kMaxTaps, checked by the
-// layer) into registers once. Measured on the H200 at the issue's shape (bf16), forward conv:
-// this kernel 0.43 ms; tokens on x instead, 0.65 ms; an earlier per-token kernel reading the
-// taps inside the loop (tokens on y, without the stride, so limited to 65,535 tokens) 0.21 ms.
-// Getting back to that figure at any token count is open work.
+// ---- the short conv ---------------------------------------------------------------------------
+//
+// Layout: channels c < C = M*d; tokens bt = b*T + t; the taps are conv_wt (kernel, C).
+//
+// Two sets of kernels. The shared-memory tile kernels (below, "on shared-memory tiles") run
+// when C % 4 == 0 and the conv's reach dilation * (kernel - 1) is at most kMaxTileHalo tokens:
+// every real Engram config. The chunk kernels here take any shape: a 2-D grid (conv_geometry)
+// whose x covers the channels, V per thread (V = 4 when C % 4 == 0), kConvThreads per block,
+// and whose y splits the tokens into chunks of `per` consecutive tokens that a thread walks
+// kChunkU tokens at a time; the rows a tap reads behind a token were read a few tokens earlier
+// by the same thread (L1/L2 hits).
+//
+// Chunk backward, two passes over the tokens:
+//   conv_du_wgrad_kernel   du = dy SiLU'(u) (u recomputed from xn), and the conv weight
+//                          gradient's per-chunk partial sums, dW[c, j] += du[bt, c] xn[bt-back_j, c];
+//   conv_dxn_norm_kernel   dxn = the transposed conv of du (one warp per (token, branch) row),
+//                          then the RMSNorm backward of that row: dx = dy + rstd w dxn - x k.
+// The norm weight's gradient is a column sum over dxn afterwards.
+//
+// Measured on the H200 at issue 5's shape (bf16, 16,384 tokens, C = 4096), forward: tiles
+// 0.19 ms; chunks of 8 tokens one token a step 0.24 ms, 2 or 4 tokens a step (chunks of 4 to
+// 128) 0.40-0.48 ms. Backward through the norm: tiles 0.49 + 0.18 ms, chunks 0.84 ms.
 constexpr int kMaxTaps = static_cast<int>(kMaxConvKernel);
+constexpr int kConvThreads = 128;
 
-dim3 conv_grid(int64_t tokens, int64_t C, int V) {
-  return dim3(static_cast<unsigned>((C / V + kThreads - 1) / kThreads),
-              static_cast<unsigned>(tokens < 65535 ? tokens : 65535));
+// The values an activation of type A stores for v (what a later kernel would read back).
+template <class A>
+__device__ __forceinline__ float as_stored(float v) {
+  if constexpr (std::is_same_v<A, float>) {
+    return v;
+  } else {
+    return __bfloat162float(__float2bfloat16_rn(v));
+  }
 }
 
-// w[j][e] = conv_wt[j, c + e] for j < kernel.
-template <int V>
+struct ConvGeometry {
+  dim3 grid;
+  int64_t per;  // tokens per y chunk
+};
+// `chunks` token chunks (clamped to [1, min(tokens, 65535)]); every chunk but the last holds
+// `per` tokens.
+ConvGeometry conv_geometry(int64_t tokens, int64_t C, int V, int64_t chunks) {
+  chunks = std::max<int64_t>(1, std::min<int64_t>({chunks, tokens, 65535}));
+  const int64_t per = (tokens + chunks - 1) / chunks;
+  chunks = (tokens + per - 1) / per;
+  return {dim3(static_cast<unsigned>((C / V + kConvThreads - 1) / kConvThreads),
+               static_cast<unsigned>(chunks)),
+          per};
+}
+
+// The chunk kernels' geometry (the measured best of the variants above).
+constexpr int64_t kFwdChunkTokens = 8;  // tokens per y chunk of the forward
+constexpr int64_t kDuChunks = 64;       // y chunks of conv_du_wgrad_kernel (<= kMaxConvChunks)
+constexpr int kChunkU = 1;              // tokens a thread loads before computing
+
+// w[j][e] = conv_wt[j, c + e] for j < kernel, else 0.
+template <int V, int KT = kMaxTaps>
 __device__ __forceinline__ void load_taps(const float* conv_wt, int64_t C, int64_t c,
-                                          int64_t kernel, float (&w)[kMaxTaps][V]) {
+                                          int64_t kernel, float (&w)[KT][V]) {
 #pragma unroll
-  for (int j = 0; j < kMaxTaps; ++j) {
+  for (int j = 0; j < KT; ++j) {
     if (j < kernel) {
       ldw<V>(conv_wt + j * C + c, w[j]);
     } else {
@@ -433,7 +474,7 @@ __device__ __forceinline__ void load_taps(const float* conv_wt, int64_t C, int64
   }
 }
 
-// u[e] = sum_j w[j][e] xn[bt - back_j, c + e] (causal within the sequence).
+// u[e] = sum_j w[j][e] xn[bt - back_j, c + e] (causal within the sequence; t = bt's position).
 template <class A, int V>
 __device__ __forceinline__ void conv_at(const ConvArgs<A>& a, const float (&w)[kMaxTaps][V],
                                         int64_t bt, int64_t t, int64_t C, int64_t c,
@@ -453,119 +494,157 @@ __device__ __forceinline__ void conv_at(const ConvArgs<A>& a, const float (&w)[k
 }
 
 // u = conv(xn) (causal, dilated), out = x + SiLU(u).
-template <class A, int V>
-__global__ void __launch_bounds__(kThreads) conv_fwd_kernel(ConvArgs<A> a, A* out) {
+template <class A, int V, int U>
+__global__ void __launch_bounds__(kConvThreads) conv_fwd_kernel(ConvArgs<A> a, A* out,
+                                                                int64_t per) {
   const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x) * V;
   if (c >= C) return;
   float w[kMaxTaps][V];
   load_taps<V>(a.conv_wt, C, c, a.kernel, w);
-  for (int64_t bt = blockIdx.y; bt < tokens; bt += gridDim.y) {
-    float u[V], x[V];
-    conv_at<A, V>(a, w, bt, bt % a.seq, C, c, u);
-    ldv<V>(a.x + bt * C + c, x);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * per;
+  const int64_t r1 = r0 + per < tokens ? r0 + per : tokens;
+  int64_t t = r0 % a.seq;
+  for (int64_t bt = r0; bt < r1; bt += U) {
+    float u[U][V], x[U][V];
 #pragma unroll
-    for (int e = 0; e < V; ++e) x[e] += u[e] * sigmoidf_(u[e]);
-    stv<V>(out + bt * C + c, x);
-  }
-}
-
-// du = dy * SiLU'(u), with u = conv(xn) recomputed as the forward computed it.
-template <class A, int V>
-__global__ void __launch_bounds__(kThreads) conv_du_kernel(ConvArgs<A> a, const A* dy, A* du) {
-  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
-  if (c >= C) return;
-  float w[kMaxTaps][V];
-  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
-  for (int64_t bt = blockIdx.y; bt < tokens; bt += gridDim.y) {
-    float u[V], g[V];
-    conv_at<A, V>(a, w, bt, bt % a.seq, C, c, u);
-    ldv<V>(dy + bt * C + c, g);
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const float sg = sigmoidf_(u[e]);
-      g[e] = g[e] * sg * (1.0f + u[e] * (1.0f - sg));
+    for (int k = 0; k < U; ++k) {
+      if (bt + k < r1) {
+        conv_at<A, V>(a, w, bt + k, t, C, c, u[k]);
+        ldv<V>(a.x + (bt + k) * C + c, x[k]);
+      }
+      if (++t == a.seq) t = 0;
     }
-    stv<V>(du + bt * C + c, g);
-  }
-}
-
-// dxn[t] = sum_j w[c, j] du[t + back_j] (the transpose of the causal conv).
-template <class A, int V>
-__global__ void __launch_bounds__(kThreads) conv_dxn_vec_kernel(ConvArgs<A> a, const A* du,
-                                                                 A* dxn) {
-  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
-  if (c >= C) return;
-  float w[kMaxTaps][V];
-  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
-  for (int64_t bt = blockIdx.y; bt < tokens; bt += gridDim.y) {
-    const int64_t t = bt % a.seq;
-    float s[V];
 #pragma unroll
-    for (int e = 0; e < V; ++e) s[e] = 0.0f;
+    for (int k = 0; k < U; ++k) {
+      if (bt + k >= r1) break;
 #pragma unroll
-    for (int j = kMaxTaps - 1; j >= 0; --j) {
-      if (j >= a.kernel) continue;
-      const int64_t back = a.dilation * (a.kernel - 1 - j);
-      if (t + back >= a.seq) continue;
-      float g[V];
-      ldv<V>(du + (bt + back) * C + c, g);
-#pragma unroll
-      for (int e = 0; e < V; ++e) s[e] += w[j][e] * g[e];
+      for (int e = 0; e < V; ++e) x[k][e] += u[k][e] * sigmoidf_(u[k][e]);
+      stv<V>(out + (bt + k) * C + c, x[k]);
     }
-    stv<V>(dxn + bt * C + c, s);
   }
 }
 
-// Partial sums of the conv weight gradient, dW[c, j] = sum_bt du[bt, c] xn[bt - back_j, c],
-// over chunk blockIdx.y of the tokens: partial[chunk, c * kernel + j]. Threads (32, 8): x covers
-// V channels each, y interleaves the chunk's rows; kernel <= kMaxTaps.
-template <class A, int V>
-__global__ void __launch_bounds__(256) conv_weight_partial_kernel(ConvArgs<A> a, const A* du,
-                                                                  float* partial) {
-  const int64_t C = a.M * a.d, rows = a.batch * a.seq, K = a.kernel;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * V;
-  const int64_t chunk = blockIdx.y;
-  const int64_t r0 = rows * chunk / kColChunks, r1 = rows * (chunk + 1) / kColChunks;
-  float acc[kMaxTaps][V];
+// du = dy * SiLU'(u), u = conv(xn) recomputed as the forward computed it, and chunk blockIdx.y's
+// partial sums of the conv weight gradient, partial[chunk, j, c] = sum_bt du[bt, c] xn[bt -
+// back_j, c] (du as stored).
+template <class A, int V, int U>
+__global__ void __launch_bounds__(kConvThreads) conv_du_wgrad_kernel(ConvArgs<A> a, const A* dy,
+                                                                     A* du, float* partial,
+                                                                     int64_t per) {
+  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x) * V;
+  if (c >= C) return;
+  float w[kMaxTaps][V], acc[kMaxTaps][V];
+  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
 #pragma unroll
   for (int j = 0; j < kMaxTaps; ++j)
 #pragma unroll
     for (int e = 0; e < V; ++e) acc[j][e] = 0.0f;
-  if (c < C) {
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
-      const int64_t t = r % a.seq;
-      float g[V];
-      ldv<V>(du + r * C + c, g);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * per;
+  const int64_t r1 = r0 + per < tokens ? r0 + per : tokens;
+  int64_t t = r0 % a.seq;
+  for (int64_t bt = r0; bt < r1; bt += U) {
+    float u[U][V], g[U][V];
+    int64_t tk[U];
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      tk[k] = t;
+      if (bt + k < r1) {
+        conv_at<A, V>(a, w, bt + k, t, C, c, u[k]);
+        ldv<V>(dy + (bt + k) * C + c, g[k]);
+      }
+      if (++t == a.seq) t = 0;
+    }
+#pragma unroll
+    for (int k = 0; k < U; ++k) {
+      if (bt + k >= r1) break;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const float sg = sigmoidf_(u[k][e]);
+        g[k][e] = as_stored<A>(g[k][e] * sg * (1.0f + u[k][e] * (1.0f - sg)));
+      }
+      stv<V>(du + (bt + k) * C + c, g[k]);
 #pragma unroll
       for (int j = 0; j < kMaxTaps; ++j) {
-        if (j >= K) break;
-        const int64_t back = a.dilation * (K - 1 - j);
-        if (t < back) continue;
+        if (j >= a.kernel) break;
+        const int64_t back = a.dilation * (a.kernel - 1 - j);
+        if (tk[k] < back) continue;
         float xn[V];
-        ldv<V>(a.xn + (r - back) * C + c, xn);
+        ldv<V>(a.xn + (bt + k - back) * C + c, xn);
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[j][e] += g[e] * xn[e];
+        for (int e = 0; e < V; ++e) acc[j][e] += g[k][e] * xn[e];
       }
     }
   }
-  // Sum the 8 row-interleaved threads in y order, one tap at a time, through shared memory.
-  __shared__ float red[8][32 * V + 1];
-  for (int j = 0; j < K; ++j) {
+  float* p = partial + static_cast<int64_t>(blockIdx.y) * a.kernel * C;
 #pragma unroll
-    for (int e = 0; e < V; ++e) red[threadIdx.y][threadIdx.x * V + e] = acc[j][e];
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
+  for (int j = 0; j < kMaxTaps; ++j) {
+    if (j >= a.kernel) break;
+    stv<V>(p + j * C + c, acc[j]);
+  }
+}
+
+// d_conv_w[c, j] += sum over chunks (in order) of partial[chunk, j, c].
+__global__ void conv_wgrad_finish(const float* partial, int64_t chunks, int64_t C, int64_t K,
+                                  float* out) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= C * K) return;
+  const int64_t c = o / K, j = o - c * K;
+  float s = 0.0f;
+  for (int64_t ch = 0; ch < chunks; ++ch) s += partial[(ch * K + j) * C + c];
+  out[o] += s;
+}
+
+// One warp per (token, branch) row i = bt*M + m:
+//   dxn[bt, c] = sum_j w[c, j] du[bt + back_j, c]   (the transpose of the causal conv; stored)
+//   dx = dy + rstd * norm_w * dxn - x * k,  k = rstd^3 / d * sum_c dxn norm_w x.
+template <class A, int V>
+__global__ void __launch_bounds__(kThreads) conv_dxn_norm_kernel(ConvArgs<A> a, const A* du,
+                                                                 const A* dy, A* dxn, A* dx) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= a.batch * a.seq * a.M) return;
+  const int64_t d = a.d, C = a.M * d, bt = i / a.M, m = i - bt * a.M, t = bt % a.seq;
+  const int64_t row = bt * C + m * d;  // this row's offset in (tokens, C)
+  const float* nw = a.norm_w + m * d;
+  const float r = a.rstd[i];
+  float s[1] = {0.0f};
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
+    float acc[V];
 #pragma unroll
-      for (int e = 0; e < V; ++e) {
-        float sum = 0.0f;
-        for (int y = 0; y < 8; ++y) sum += red[y][threadIdx.x * V + e];
-        partial[chunk * C * K + (c + e) * K + j] = sum;
-      }
+    for (int e = 0; e < V; ++e) acc[e] = 0.0f;
+#pragma unroll
+    for (int jj = kMaxTaps - 1; jj >= 0; --jj) {
+      if (jj >= a.kernel) continue;
+      const int64_t back = a.dilation * (a.kernel - 1 - jj);
+      if (t + back >= a.seq) continue;
+      float wv[V], g[V];
+      ldw<V>(a.conv_wt + jj * C + m * d + j, wv);
+      ldv<V>(du + row + back * C + j, g);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] += wv[e] * g[e];
     }
-    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[e] = as_stored<A>(acc[e]);
+    stv<V>(dxn + row + j, acc);
+    float ww[V], xx[V];
+    ldw<V>(nw + j, ww);
+    ldv<V>(a.x + row + j, xx);
+#pragma unroll
+    for (int e = 0; e < V; ++e) s[0] += acc[e] * ww[e] * xx[e];
+  }
+  warp_sum<1>(s);
+  const float k = s[0] * r * r * r / static_cast<float>(d);
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
+    float gg[V], ww[V], xx[V], oo[V];
+    ldv<V>(dxn + row + j, gg);  // this lane's own stores above
+    ldw<V>(nw + j, ww);
+    ldv<V>(a.x + row + j, xx);
+    ldv<V>(dy + row + j, oo);
+#pragma unroll
+    for (int e = 0; e < V; ++e) oo[e] += r * ww[e] * gg[e] - xx[e] * k;
+    stv<V>(dx + row + j, oo);
   }
 }
 
@@ -604,6 +683,194 @@ __global__ void __launch_bounds__(kThreads) conv_norm_backward_kernel(ConvArgs<A
 #pragma unroll
     for (int e = 0; e < V; ++e) oo[e] += r * ww[e] * gg[e] - xx[e] * k;
     stv<V>(o + j, oo);
+  }
+}
+
+// ---- the short conv on shared-memory tiles (C % 4 == 0, halo <= kMaxTileHalo) ----------------
+//
+// A block of (32, 8) threads owns kTileC = 128 channels (4 a thread) and walks tiles of
+// consecutive tokens (tile blockIdx.y, then + gridDim.y, ...). It first copies the tile's xn rows
+// and the `halo` = dilation * (kernel - 1) rows before them into shared memory (every load of
+// the tile in flight at once), then computes from shared memory; the rows a tap reads behind a
+// token are never fetched twice from global memory. Tokens of the previous sequence in the halo
+// are masked by position (t >= back), as in conv_at.
+constexpr int kTileC = 128;
+constexpr int kTileRowsY = 8;
+constexpr int kFwdTile = 64;
+constexpr int kBwdTile = 32;
+constexpr int64_t kMaxTileHalo = 32;
+
+// The tile kernels apply: 4-channel rows and a halo that fits their shared memory.
+bool tile_path(int64_t C, int64_t halo) { return C % 4 == 0 && halo <= kMaxTileHalo; }
+
+size_t fwd_tile_smem(int64_t halo) {
+  return static_cast<size_t>(kFwdTile + halo) * kTileC * sizeof(float);
+}
+size_t bwd_tile_smem(int64_t halo) {
+  return static_cast<size_t>((kBwdTile + 2 * halo) + (kBwdTile + halo)) * kTileC * sizeof(float);
+}
+
+// rows [first, first + n) of src (tokens, C), channels c .. c+3, into s (n, kTileC) at column
+// 4 * threadIdx.x; rows outside [0, tokens) (or a dead column) are zeros.
+template <class A>
+__device__ __forceinline__ void tile_load(const A* src, int64_t first, int n, int64_t tokens,
+                                          int64_t C, int64_t c, bool live, float* s) {
+#pragma unroll 4
+  for (int r = threadIdx.y; r < n; r += kTileRowsY) {
+    const int64_t bt = first + r;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (live && bt >= 0 && bt < tokens) ldv<4>(src + bt * C + c, v);
+    *reinterpret_cast<float4*>(s + r * kTileC + 4 * threadIdx.x) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+__device__ __forceinline__ void tile_row(const float* s, int r, float (&v)[4]) {
+  const float4 x = *reinterpret_cast<const float4*>(s + r * kTileC + 4 * threadIdx.x);
+  v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+}
+
+// out = x + SiLU(conv(xn)), kFwdTile tokens a tile.
+template <class A, int KT>
+__global__ void __launch_bounds__(256) conv_fwd_tile_kernel(ConvArgs<A> a, A* out, int64_t halo) {
+  extern __shared__ float xs[];  // (kFwdTile + halo, kTileC): xn rows b0 - halo ..
+  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileC + 4 * threadIdx.x;
+  const bool live = c < C;
+  float w[KT][4];
+  load_taps<4, KT>(a.conv_wt, C, live ? c : 0, a.kernel, w);
+  const int h = static_cast<int>(halo);
+  for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kFwdTile; b0 < tokens;
+       b0 += static_cast<int64_t>(gridDim.y) * kFwdTile) {
+    tile_load<A>(a.xn, b0 - h, kFwdTile + h, tokens, C, c, live, xs);
+    __syncthreads();
+#pragma unroll 4
+    for (int r = threadIdx.y; r < kFwdTile; r += kTileRowsY) {
+      const int64_t bt = b0 + r;
+      if (!live || bt >= tokens) continue;
+      const int64_t t = bt % a.seq;
+      float u[4] = {0.0f, 0.0f, 0.0f, 0.0f}, x[4];
+#pragma unroll
+      for (int j = 0; j < KT; ++j) {
+        if (j >= a.kernel) break;
+        const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
+        if (t < back) continue;
+        float v[4];
+        tile_row(xs, r + h - back, v);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
+      }
+      ldv<4>(a.x + bt * C + c, x);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[e] += u[e] * sigmoidf_(u[e]);
+      stv<4>(out + bt * C + c, x);
+    }
+    __syncthreads();
+  }
+}
+
+// One pass of the conv backward over kBwdTile-token tiles: du = dy SiLU'(u) (u recomputed; du
+// as stored in A, kept in shared memory only, computed also for the `halo` rows after the tile),
+// dxn[bt] = sum_j w_j du[bt + back_j] (the transposed conv; stored), and this block's partial
+// sums of the weight gradient, partial[blockIdx.y, j, c] = sum over its tiles' tokens of
+// du[bt, c] xn[bt - back_j, c] (summed over threadIdx.y in order).
+template <class A, int KT>
+__global__ void __launch_bounds__(256) conv_bwd_tile_kernel(ConvArgs<A> a, const A* dy, A* dxn,
+                                                            float* partial, int64_t halo) {
+  extern __shared__ float sm[];
+  const int h = static_cast<int>(halo);
+  float* xs = sm;                                 // (kBwdTile + 2h, kTileC): xn rows b0 - h ..
+  float* ds = sm + (kBwdTile + 2 * h) * kTileC;   // (kBwdTile + h, kTileC): du rows b0 ..
+  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileC + 4 * threadIdx.x;
+  const bool live = c < C;
+  float w[KT][4], acc[KT][4];
+  load_taps<4, KT>(a.conv_wt, C, live ? c : 0, a.kernel, w);
+#pragma unroll
+  for (int j = 0; j < KT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+  for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kBwdTile; b0 < tokens;
+       b0 += static_cast<int64_t>(gridDim.y) * kBwdTile) {
+    tile_load<A>(a.xn, b0 - h, kBwdTile + 2 * h, tokens, C, c, live, xs);
+    __syncthreads();
+    // du for rows b0 .. b0 + kBwdTile + h (the halo after the tile: for dxn only).
+#pragma unroll 2
+    for (int r = threadIdx.y; r < kBwdTile + h; r += kTileRowsY) {
+      const int64_t bt = b0 + r;
+      float g[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (live && bt < tokens) {
+        const int64_t t = bt % a.seq;
+        float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int j = 0; j < KT; ++j) {
+          if (j >= a.kernel) break;
+          const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
+          if (t < back) continue;
+          float v[4];
+          tile_row(xs, r + h - back, v);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
+        }
+        ldv<4>(dy + bt * C + c, g);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float sg = sigmoidf_(u[e]);
+          g[e] = as_stored<A>(g[e] * sg * (1.0f + u[e] * (1.0f - sg)));
+        }
+        if (r < kBwdTile) {
+#pragma unroll
+          for (int j = 0; j < KT; ++j) {
+            if (j >= a.kernel) break;
+            const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
+            if (t < back) continue;
+            float v[4];
+            tile_row(xs, r + h - back, v);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][e] += g[e] * v[e];
+          }
+        }
+      }
+      *reinterpret_cast<float4*>(ds + r * kTileC + 4 * threadIdx.x) =
+          make_float4(g[0], g[1], g[2], g[3]);
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int r = threadIdx.y; r < kBwdTile; r += kTileRowsY) {
+      const int64_t bt = b0 + r;
+      if (!live || bt >= tokens) continue;
+      const int64_t t = bt % a.seq;
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int j = KT - 1; j >= 0; --j) {
+        if (j >= a.kernel) continue;
+        const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
+        if (t + back >= a.seq) continue;
+        float v[4];
+        tile_row(ds, r + back, v);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[e] += w[j][e] * v[e];
+      }
+      stv<4>(dxn + bt * C + c, s);
+    }
+    __syncthreads();
+  }
+  // partial[blockIdx.y, j, c]: the 8 row threads' sums in threadIdx.y order, one tap at a time.
+  float* red = sm;  // (kTileRowsY, kTileC)
+  for (int j = 0; j < a.kernel; ++j) {
+    *reinterpret_cast<float4*>(red + threadIdx.y * kTileC + 4 * threadIdx.x) =
+        make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+    __syncthreads();
+    if (threadIdx.y == 0 && live) {
+      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int y = 0; y < kTileRowsY; ++y) {
+        float v[4];
+        tile_row(red, y, v);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[e] += v[e];
+      }
+      stv<4>(partial + (static_cast<int64_t>(blockIdx.y) * a.kernel + j) * C + c, s);
+    }
+    __syncthreads();
   }
 }
 
@@ -663,10 +930,26 @@ template <class A>
 void launch_conv_forward(const ConvArgs<A>& a, A* out) {
   const int64_t tokens = a.batch * a.seq, C = a.M * a.d;
   if (tokens * C == 0) return;
+  const int64_t halo = a.dilation * (a.kernel - 1);
+  if (tile_path(C, halo)) {
+    const dim3 grid(static_cast<unsigned>((C + kTileC - 1) / kTileC),
+                    static_cast<unsigned>(std::min<int64_t>((tokens + kFwdTile - 1) / kFwdTile, 65535)));
+    if (a.kernel <= 4) {
+      conv_fwd_tile_kernel<A, 4><<<grid, dim3(32, kTileRowsY), fwd_tile_smem(halo)>>>(a, out, halo);
+    } else {
+      conv_fwd_tile_kernel<A, kMaxTaps><<<grid, dim3(32, kTileRowsY), fwd_tile_smem(halo)>>>(a, out,
+                                                                                         halo);
+    }
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const int64_t chunks = (tokens + kFwdChunkTokens - 1) / kFwdChunkTokens;
   if (C % 4 == 0) {
-    conv_fwd_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, out);
+    const ConvGeometry g = conv_geometry(tokens, C, 4, chunks);
+    conv_fwd_kernel<A, 4, kChunkU><<<g.grid, kConvThreads>>>(a, out, g.per);
   } else {
-    conv_fwd_kernel<A, 1><<<conv_grid(tokens, C, 1), kThreads>>>(a, out);
+    const ConvGeometry g = conv_geometry(tokens, C, 1, chunks);
+    conv_fwd_kernel<A, 1, kChunkU><<<g.grid, kConvThreads>>>(a, out, g.per);
   }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
@@ -677,41 +960,65 @@ void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_con
   const auto phase = [&](const char* name) {
     if (hook.fn != nullptr) hook.fn(hook.ctx, name);
   };
-  const int64_t tokens = a.batch * a.seq, C = a.M * a.d, n = tokens * C;
-  if (n == 0) return;
-  const bool v4 = C % 4 == 0;
-  if (v4) {
-    conv_du_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, dy, du);
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-    conv_dxn_vec_kernel<A, 4><<<conv_grid(tokens, C, 4), kThreads>>>(a, du, dxn);
-  } else {
-    conv_du_kernel<A, 1><<<conv_grid(tokens, C, 1), kThreads>>>(a, dy, du);
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-    conv_dxn_vec_kernel<A, 1><<<conv_grid(tokens, C, 1), kThreads>>>(a, du, dxn);
-  }
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
-  phase("bwd: conv du, dxn");
-  {
-    const int V = v4 ? 4 : 1;
-    const dim3 grid(static_cast<unsigned>((C / V + 31) / 32), kColChunks);
-    if (v4) {
-      conv_weight_partial_kernel<A, 4><<<grid, dim3(32, 8)>>>(a, du, partial);
+  const int64_t tokens = a.batch * a.seq, C = a.M * a.d, K = a.kernel;
+  if (tokens * C == 0) return;
+  const int64_t halo = a.dilation * (a.kernel - 1);
+  if (tile_path(C, halo)) {
+    static const bool attr = [] {
+      const int bytes = static_cast<int>(bwd_tile_smem(kMaxTileHalo));
+      ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, 4>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, kMaxTaps>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      return true;
+    }();
+    (void)attr;
+    const int64_t tiles = (tokens + kBwdTile - 1) / kBwdTile;
+    const auto chunks = static_cast<unsigned>(std::min<int64_t>(tiles, kMaxConvChunks));
+    const dim3 grid(static_cast<unsigned>((C + kTileC - 1) / kTileC), chunks);
+    if (a.kernel <= 4) {
+      conv_bwd_tile_kernel<A, 4><<<grid, dim3(32, kTileRowsY), bwd_tile_smem(halo)>>>(
+          a, dy, dxn, partial, halo);
     } else {
-      conv_weight_partial_kernel<A, 1><<<grid, dim3(32, 8)>>>(a, du, partial);
+      conv_bwd_tile_kernel<A, kMaxTaps><<<grid, dim3(32, kTileRowsY), bwd_tile_smem(halo)>>>(
+          a, dy, dxn, partial, halo);
     }
     ENGRAM_CUDA_CHECK(cudaGetLastError());
-    colsum_finish<<<blocks_for(C * a.kernel), kThreads>>>(partial, C * a.kernel, d_conv_w);
+    conv_wgrad_finish<<<blocks_for(C * K), kThreads>>>(partial, chunks, C, K, d_conv_w);
     ENGRAM_CUDA_CHECK(cudaGetLastError());
+    phase("bwd: conv du, dxn, weight grad");
+    const auto row_blocks = static_cast<unsigned>((tokens * a.M + kWarps - 1) / kWarps);
+    if (vec4(a.d)) {
+      conv_norm_backward_kernel<A, 4><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
+    } else {
+      conv_norm_backward_kernel<A, 1><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
+    }
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+    phase("bwd: conv norm backward");
+    column_sum(ConvNormTerm<A>{dxn, a.x, a.rstd, a.M, a.d}, tokens, C, partial, d_norm_w,
+               vec4(a.d));
+    return;
   }
-  phase("bwd: conv weight grad");
-  const auto row_blocks = static_cast<unsigned>((tokens * a.M + kWarps - 1) / kWarps);
-  if (vec4(a.d)) {
-    conv_norm_backward_kernel<A, 4><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
+  static_assert(kDuChunks <= kMaxConvChunks);
+  const int V = C % 4 == 0 ? 4 : 1;
+  const ConvGeometry g = conv_geometry(tokens, C, V, kDuChunks);
+  if (V == 4) {
+    conv_du_wgrad_kernel<A, 4, kChunkU><<<g.grid, kConvThreads>>>(a, dy, du, partial, g.per);
   } else {
-    conv_norm_backward_kernel<A, 1><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
+    conv_du_wgrad_kernel<A, 1, kChunkU><<<g.grid, kConvThreads>>>(a, dy, du, partial, g.per);
   }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  phase("bwd: conv norm backward");
+  conv_wgrad_finish<<<blocks_for(C * K), kThreads>>>(partial, g.grid.y, C, K, d_conv_w);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  phase("bwd: conv du + weight grad");
+  const auto row_blocks = static_cast<unsigned>((tokens * a.M + kWarps - 1) / kWarps);
+  if (vec4(a.d)) {
+    conv_dxn_norm_kernel<A, 4><<<row_blocks, kThreads>>>(a, du, dy, dxn, dx);
+  } else {
+    conv_dxn_norm_kernel<A, 1><<<row_blocks, kThreads>>>(a, du, dy, dxn, dx);
+  }
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  phase("bwd: conv dxn + norm backward");
   column_sum(ConvNormTerm<A>{dxn, a.x, a.rstd, a.M, a.d}, tokens, C, partial, d_norm_w,
              vec4(a.d));
 }

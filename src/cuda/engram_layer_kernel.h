@@ -21,6 +21,9 @@ inline constexpr int kColChunks = 64;
 
 // The short conv's widest kernel the GPU layer runs (its taps are held in registers).
 inline constexpr int64_t kMaxConvKernel = 8;
+// The most token chunks of the conv backward's weight-gradient partial sums: its scratch needs
+// kMaxConvChunks * C * kernel floats.
+inline constexpr int64_t kMaxConvChunks = 256;
 
 // rows[i] = offsets[i % heads] + ids[i], slots[i] = i, for i < tokens*heads.
 void launch_table_rows(int64_t* rows, int32_t* slots, const int32_t* ids, const int64_t* offsets,
@@ -90,7 +93,7 @@ void launch_conv_forward(const ConvArgs<A>& a, A* out);
 
 // dx = dy + the input gradient through the norm and conv (written, not +=; dx may not alias
 // dy), d_conv_w (+=), d_norm_w (+=) from dy; du, dxn (tokens, C) and partial
-// (kColChunks * C * kernel) are scratch.
+// (max(kColChunks, kMaxConvChunks) * C * kernel floats) are scratch.
 // Called between the launches of a multi-kernel step with the name of the part just enqueued
 // (GpuEngramLayer's profiling); fn == nullptr: nothing.
 struct PhaseHook {

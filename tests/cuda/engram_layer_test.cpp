@@ -37,6 +37,8 @@ struct Case {
   int64_t batch, seq, hidden;
   DType table_dtype;
   Prec prec = Prec::kF32;
+  int64_t kernel = 4;  // the short conv's taps
+  int64_t ngram = 3;   // max_ngram_size: the conv's dilation
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
@@ -45,7 +47,10 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
          (c.short_conv ? "_conv" : "_noconv") + "_B" + std::to_string(c.batch) + "_T" +
          std::to_string(c.seq) + "_d" + std::to_string(c.hidden) +
          (c.table_dtype == DType::kBF16 ? "_bf16" : "_f32") +
-         (c.prec == Prec::kTf32 ? "_tf32" : c.prec == Prec::kBf16 ? "_actbf16" : "");
+         (c.prec == Prec::kTf32 ? "_tf32" : c.prec == Prec::kBf16 ? "_actbf16" : "") +
+         (c.kernel != 4 || c.ngram != 3
+              ? "_K" + std::to_string(c.kernel) + "_dil" + std::to_string(c.ngram)
+              : "");
 }
 
 std::vector<float> normal_vector(size_t n, uint64_t seed, float mean = 0.0f, float sd = 1.0f) {
@@ -89,6 +94,13 @@ constexpr double kTolF32 = 1e-3;
 constexpr double kTolTf32 = 1e-2;
 constexpr double kTolBf16 = 1.5e-1;
 constexpr double kRmsTolBf16 = 6e-2;
+// bf16 activations round every stored per-token tensor to 8 bits, and the gate gradients (d_hidden,
+// the norm weights, the projections, the table) are sums with cancellation, so their error
+// scales with the case's conditioning. The float32 CPU layer's error against float64 (e_ref)
+// measures that conditioning: on the H200 every bf16 case's gradient error was 3,000-4,300x its
+// e_ref (bf16 keeps 16 fewer mantissa bits than float32; the arithmetic itself is float32), in
+// cases with e_ref from 3e-6 to 2e-4. The bf16 bound is max(the fixed tolerance, 8192 e_ref).
+constexpr double kBf16PerF32 = 8192.0;
 
 // sqrt(sum (gpu - ref)^2 / sum ref^2).
 double rms_error(const std::vector<float>& gpu, const std::vector<double>& ref) {
@@ -123,15 +135,19 @@ TEST_P(GpuEngramLayerMatchesCpu, ForwardAndBackward) {
   nn::EngramLayerConfig c;
   c.hidden_size = p.hidden;
   c.hc_mult = p.hc_mult;
-  c.max_ngram_size = 3;  // the conv's dilation
+  c.max_ngram_size = p.ngram;  // the conv's dilation
   c.n_head_per_ngram = 2;
   c.n_embed_per_ngram = 12;  // rows of 6 values
-  c.kernel_size = 4;
+  c.kernel_size = p.kernel;
   c.bias = p.bias;
   c.short_conv = p.short_conv;
   const int64_t B = p.batch, T = p.seq, H = c.heads(), D = c.row_width(), M = c.hc_mult,
                 d = c.hidden_size, tokens = B * T;
-  const std::vector<int64_t> sizes = {13, 17, 19, 23};  // small heads: rows are read repeatedly
+  // Small heads: rows are read repeatedly.
+  const std::vector<int64_t> primes = {13, 17, 19, 23, 29, 31, 37, 41,
+                                             43, 47, 53, 59, 61, 67, 71, 73};
+  ASSERT_LE(H, static_cast<int64_t>(primes.size()));
+  const std::vector<int64_t> sizes(primes.begin(), primes.begin() + H);
   ASSERT_EQ(static_cast<int64_t>(sizes.size()), H);
   nn::EngramLayer<float> layer(c, sizes);
   nn::EngramParams<float>& P = layer.params();
@@ -266,8 +282,13 @@ TEST_P(GpuEngramLayerMatchesCpu, ForwardAndBackward) {
     } else if (p.prec == Prec::kTf32) {
       EXPECT_LE(e64, kTolTf32) << it.name << " against the float64 CPU layer";
     } else {
-      EXPECT_LE(e64, kTolBf16) << it.name << " against the float64 CPU layer";
-      EXPECT_LE(rms_error(it.gpu, it.f64), kRmsTolBf16) << it.name << " RMS, float64 CPU layer";
+      // The bound grows with the case's conditioning, measured by the float32 CPU layer's own
+      // error: see kBf16PerF32.
+      const double rms_ref = rms_error(it.f32, it.f64);
+      EXPECT_LE(e64, std::max(kTolBf16, kBf16PerF32 * e_ref))
+          << it.name << " against the float64 CPU layer";
+      EXPECT_LE(rms_error(it.gpu, it.f64), std::max(kRmsTolBf16, kBf16PerF32 * rms_ref))
+          << it.name << " RMS, float64 CPU layer";
       if (std::string(it.name) == "out") {
         EXPECT_LE(e64, 1e-2) << "bf16 forward output";
       }
@@ -321,6 +342,16 @@ std::vector<Case> cases() {
   out.push_back({4, true, true, 2, 33, 256, DType::kBF16, Prec::kBf16});
   out.push_back({2, false, true, 3, 20, 42, DType::kF32, Prec::kBf16});
   out.push_back({1, true, false, 2, 16, 64, DType::kF32, Prec::kBf16});
+  // Other conv shapes. The shared-memory tile kernels take C % 4 == 0 and a reach
+  // (dilation * (kernel - 1)) of at most 32 tokens; the others run the chunk kernels.
+  out.push_back({2, true, true, 2, 70, 40, DType::kF32, Prec::kF32, 8, 4});   // tiles, 8 taps
+  out.push_back({1, false, true, 3, 45, 16, DType::kF32, Prec::kF32, 2, 2});  // tiles, 2 taps
+  out.push_back({2, true, true, 2, 90, 40, DType::kF32, Prec::kF32, 5, 8});   // reach 32
+  out.push_back({2, true, true, 2, 90, 40, DType::kF32, Prec::kF32, 5, 9});   // reach 36: chunks
+  out.push_back({1, true, true, 2, 50, 7, DType::kF32});                      // C % 4 != 0: chunks
+  out.push_back({4, true, true, 2, 80, 64, DType::kF32, Prec::kF32, 7, 5});   // 7 taps
+  out.push_back({4, true, true, 2, 70, 256, DType::kBF16, Prec::kBf16, 6, 4}); // bf16, 6 taps
+  out.push_back({4, true, true, 2, 80, 64, DType::kBF16, Prec::kBf16, 7, 5});  // bf16, 7 taps
   // More tokens than a grid's y dimension holds (65,535): the conv kernels stride over tokens.
   out.push_back({1, true, true, 1, 66000, 8, DType::kF32});
   return out;

@@ -153,7 +153,10 @@ StepGrads random_grads(HostOptimizers& host, GpuOptimizer& opt, model::GpuTransf
   const auto dense = gpu.dense_params();
   for (size_t i = 0; i < dense.size(); ++i) device_grad.emplace(dense[i].name, s.device.dense[i]);
   for (size_t i = 0; i < host.grads.size(); ++i) {
-    host.grads[i] = random_vec(host.grads[i].size(), seed * 1000 + i);
+    // Copied into the existing buffer: AdamW holds its address (assigning the vector would
+    // move a new buffer in and leave AdamW reading the freed one).
+    const std::vector<float> g = random_vec(host.grads[i].size(), seed * 1000 + i);
+    std::copy(g.begin(), g.end(), host.grads[i].begin());
     cuda::copy_to_device(device_grad.at(host.dense_names[i]), host.grads[i].data(),
                          host.grads[i].size() * sizeof(float));
   }
