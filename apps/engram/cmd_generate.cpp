@@ -1,7 +1,9 @@
 // engram generate: continues a prompt with a checkpoint (KV-cached decoding, infer::Decoder) and
 // prints the prompt and its continuation; one line of figures on stderr. With --engram-tables,
 // the Engram tables are read from .engt files (memory tier: host or file) instead of the
-// checkpoint, with per-step table statistics (--table-stats FILE, JSON lines) and a summary line.
+// checkpoint, whose tables are then left on disk (infer::load_model without tables); the file
+// tier prefetches every step's rows (Decoder::set_prefetched_table_stores), with per-step table
+// statistics (--table-stats FILE, JSON lines) and a summary line.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,17 +13,20 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include "args.h"
 #include "commands.h"
 #include "engram/infer/decoder.h"
+#include "engram/infer/model_loader.h"
 #include "engram/infer/sampler.h"
 #include "engram/memory/engt_file.h"
 #include "engram/memory/tiered_store.h"
-#include "engram/util/file.h"
-#include "util/json.h"
 #include "engram/train/run.h"
 #include "engram/util/error.h"
+#include "engram/util/file.h"
 #include "engram/util/parallel.h"
+#include "util/json.h"
 
 namespace engram::cli {
 namespace {
@@ -58,18 +63,12 @@ std::vector<std::string> split_commas(const std::string& s) {
 struct ExternalTables {
   std::string tier;  // "host" or "file"
   std::vector<std::unique_ptr<memory::RowStore>> stores;
-  std::vector<memory::TieredRowStore*> tiered;  // the file tier's stores (statistics)
+  std::vector<const memory::TieredRowStore*> tiered;  // the file tier's stores (prefetched)
 
   std::vector<const memory::RowStore*> pointers() const {
     std::vector<const memory::RowStore*> p;
     for (const auto& s : stores) p.push_back(s.get());
     return p;
-  }
-  // The statistics of the last gather of every layer, summed.
-  memory::TierStats last_step() const {
-    memory::TierStats t;
-    for (const auto* s : tiered) t += s->last_call_stats();
-    return t;
   }
   memory::TierStats total() const {
     memory::TierStats t;
@@ -78,10 +77,78 @@ struct ExternalTables {
   }
 };
 
-json::Json stats_json(const memory::TierStats& s, int64_t step) {
-  return {{"step", step},           {"requested", s.requested},     {"unique", s.unique},
-          {"hits", s.hits},         {"hit_rate", s.hit_rate()},     {"blocks_read", s.blocks_read},
-          {"bytes_read", s.bytes_read}, {"io_ms", s.io_seconds * 1e3}, {"ms", s.seconds * 1e3}};
+// Opens the .engt files (checking each header against the model's Engram layer before a host
+// tier loads it) and hands them to the decoder; the file tier is prefetched.
+ExternalTables open_tables(const std::vector<std::string>& paths, const std::string& tier,
+                           int64_t cache_rows, const model::Transformer<float>& model,
+                           infer::Decoder& decoder) {
+  const model::ModelConfig& config = model.config();
+  const std::vector<int> ids = config.engram ? config.engram->hash.layer_ids : std::vector<int>{};
+  if (paths.size() != ids.size()) {
+    std::string list;
+    for (const int l : ids) list += (list.empty() ? "" : ", ") + std::to_string(l);
+    throw ConfigError(error_message(
+        "--engram-tables", std::to_string(paths.size()) + " file(s) given, the model has " +
+                               std::to_string(ids.size()) + " Engram layer(s) (layer_ids [" + list +
+                               "]): one .engt file per layer, in that order"));
+  }
+  ExternalTables tables;
+  tables.tier = tier;
+  for (size_t e = 0; e < paths.size(); ++e) {
+    const int layer = ids[e];
+    const nn::EngramLayer<float>& el = *model.params().layers[static_cast<size_t>(layer)].engram;
+    const memory::EngtFile header = memory::EngtFile::open(paths[e]);
+    const auto check = [&](const char* field, int64_t value, int64_t expected) {
+      if (value == expected) return;
+      throw ConfigError(error_message(
+          paths[e], std::string(field) + ": " + std::to_string(value) + ", but Engram layer " +
+                        std::to_string(layer) + "'s table (param.layers." + std::to_string(layer) +
+                        ".engram.table) has " + std::to_string(expected) + " " + field));
+    };
+    check("rows", header.rows(), el.table_rows());
+    check("width", header.width(), el.config().row_width());
+    if (tier == "host") {
+      tables.stores.push_back(
+          std::make_unique<memory::EngtRowStore>(paths[e], memory::EngtTier::kHost));
+    } else {
+      memory::TieredStoreOptions to;
+      to.cache_rows = cache_rows;
+      auto store = std::make_unique<memory::TieredRowStore>(paths[e], to);
+      tables.tiered.push_back(store.get());
+      tables.stores.push_back(std::move(store));
+    }
+  }
+  if (tables.tiered.empty()) {
+    decoder.set_table_stores(tables.pointers());
+  } else {
+    decoder.set_prefetched_table_stores(tables.tiered);
+  }
+  return tables;
+}
+
+json::Json stats_json(const memory::StepPrefetchStats& s, int64_t step) {
+  double io = 0, fetch = 0;
+  for (const auto& l : s.layers) {
+    io += l.io_seconds;
+    fetch += l.fetch_seconds;
+  }
+  return {{"step", step},
+          {"requested", s.requested},
+          {"unique", s.unique},
+          {"hits", s.hits},
+          {"hit_rate", s.hit_rate()},
+          {"blocks_read", s.blocks_read},
+          {"bytes_read", s.bytes_read},
+          {"io_ms", io * 1e3},
+          {"ms", fetch * 1e3},
+          {"stall_ms", s.stall_seconds * 1e3}};
+}
+
+// The process's peak resident set so far, in MiB.
+double peak_rss_mib() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -112,8 +179,21 @@ int run_generate(int argc, char** argv) {
     throw UsageError("--top-p: " + *args.optional("top-p") + " must lie in (0, 1]");
   set_default_threads(static_cast<int>(args.integer("threads", 0, 0, 4096)));
 
+  const std::optional<std::string> table_paths = args.optional("engram-tables");
+  const std::string tier = args.optional("tier").value_or("file");
+  if (!table_paths && (args.has("tier") || args.has("cache-rows") || args.has("table-stats")))
+    throw UsageError("--tier, --cache-rows and --table-stats need --engram-tables");
+  if (tier != "host" && tier != "file")
+    throw UsageError("--tier: \"" + tier + "\" (expected host or file)");
+  if (tier == "host" && args.has("table-stats"))
+    throw UsageError("--table-stats: the host tier reads no files; use --tier file");
+  const int64_t cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
+
+  // With .engt tables, the checkpoint's own tables stay on disk: memory holds the dense weights.
+  infer::LoadOptions load_options;
+  load_options.engram_tables = !table_paths;
   const train::LoadedModel loaded =
-      train::load_model(ckpt, args.optional("tokenizer").value_or(""));
+      infer::load_model(ckpt, args.optional("tokenizer").value_or(""), load_options);
   const text::Tokenizer& tok = *loaded.text.tokenizer;
   std::vector<int64_t> ids;
   if (const auto bos = tok.token_to_id(kBosToken)) ids.push_back(*bos);
@@ -137,33 +217,18 @@ int run_generate(int argc, char** argv) {
     if (t.special && !(eos && t.id == *eos)) o.banned.push_back(t.id);
   }
 
+  ExternalTables tables;  // before the decoder: its prefetcher reads the stores until it is gone
   infer::Decoder decoder(*loaded.model, loaded.text.hasher.get());
-  ExternalTables tables;
-  if (const auto paths = args.optional("engram-tables")) {
-    tables.tier = args.optional("tier").value_or("file");
-    if (tables.tier != "host" && tables.tier != "file")
-      throw UsageError("--tier: \"" + tables.tier + "\" (expected host or file)");
-    const int64_t cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
-    for (const std::string& path : split_commas(*paths)) {
-      if (tables.tier == "host") {
-        tables.stores.push_back(
-            std::make_unique<memory::EngtRowStore>(path, memory::EngtTier::kHost));
-      } else {
-        memory::TieredStoreOptions to;
-        to.cache_rows = cache_rows;
-        auto store = std::make_unique<memory::TieredRowStore>(path, to);
-        tables.tiered.push_back(store.get());
-        tables.stores.push_back(std::move(store));
-      }
-    }
-    decoder.set_table_stores(tables.pointers());
-  } else if (args.has("tier") || args.has("cache-rows") || args.has("table-stats")) {
-    throw UsageError("--tier, --cache-rows and --table-stats need --engram-tables");
-  }
+  if (table_paths)
+    tables = open_tables(split_commas(*table_paths), tier, cache_rows, *loaded.model, decoder);
   std::string stats_lines;  // --table-stats: one JSON line per push (0 = the prefill)
-  const bool want_stats = args.has("table-stats") && !tables.tiered.empty();
+  const bool want_stats = args.has("table-stats");
+  double stall_s = 0;  // the model's time waiting for prefetched rows, all steps
   auto record_step = [&](int64_t step) {
-    if (want_stats) stats_lines += stats_json(tables.last_step(), step).dump() + "\n";
+    if (decoder.prefetcher() == nullptr) return;
+    const memory::StepPrefetchStats s = decoder.prefetcher()->step_stats();
+    stall_s += s.stall_seconds;
+    if (want_stats) stats_lines += stats_json(s, step).dump() + "\n";
   };
   infer::Sampler sampler(o);
   const auto t0 = std::chrono::steady_clock::now();
@@ -204,23 +269,24 @@ int run_generate(int argc, char** argv) {
   write_stdout((prefix ? prompt + text.substr(prompt_text.size()) : text) + "\n");
   std::fprintf(stderr,
                "[generate] %zu tokens (stop: %s) | prefill %zu tokens in %.1f ms | decode %.1f "
-               "tokens/s\n",
+               "tokens/s | peak RSS %.1f MiB\n",
                generated.size(), stop, ids.size(), prefill_s * 1e3,
-               steps > 0 ? static_cast<double>(steps) / decode_s : 0.0);
+               steps > 0 ? static_cast<double>(steps) / decode_s : 0.0, peak_rss_mib());
   if (!tables.stores.empty()) {
     if (tables.tiered.empty()) {
       std::fprintf(stderr, "[generate] engram tables: %zu .engt files, host tier\n",
                    tables.stores.size());
     } else {
       const memory::TierStats t = tables.total();
-      std::fprintf(stderr,
-                   "[generate] engram tables: %zu .engt files, file tier (%s) | %lld rows "
-                   "requested, %lld unique, %.1f %% from the cache | %lld blocks, %.2f MiB read "
-                   "| waiting on reads %.1f ms\n",
-                   tables.stores.size(), std::string(tables.tiered.front()->reader().backend_name()).c_str(),
-                   static_cast<long long>(t.requested), static_cast<long long>(t.unique),
-                   100.0 * t.hit_rate(), static_cast<long long>(t.blocks_read),
-                   static_cast<double>(t.bytes_read) / (1 << 20), t.io_seconds * 1e3);
+      std::fprintf(
+          stderr,
+          "[generate] engram tables: %zu .engt files, file tier (%s), prefetched | "
+          "%lld rows requested, %lld unique, %.1f %% from the cache | %lld blocks, "
+          "%.2f MiB read | waiting on reads %.1f ms | layers stalled %.1f ms\n",
+          tables.stores.size(), std::string(tables.tiered.front()->reader().backend_name()).c_str(),
+          static_cast<long long>(t.requested), static_cast<long long>(t.unique),
+          100.0 * t.hit_rate(), static_cast<long long>(t.blocks_read),
+          static_cast<double>(t.bytes_read) / (1 << 20), t.io_seconds * 1e3, stall_s * 1e3);
     }
     if (want_stats) write_file_atomic(*args.optional("table-stats"), stats_lines);
   }

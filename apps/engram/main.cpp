@@ -87,9 +87,14 @@ Commands:
            [--top-p P] [--tokenizer DIR] [--threads N]
            [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N] [--table-stats FILE]]
       Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
-      --engram-tables reads the Engram tables (one .engt per Engram layer, layer_ids order)
-      from the memory tier instead of the checkpoint; --table-stats writes one JSON line of
-      table statistics (rows, unique, hits, blocks and bytes read, I/O wait) per step.
+      --engram-tables reads the Engram tables (one .engt per Engram layer, layer_ids order,
+      each with the model's table rows and width) from the memory tier instead of the
+      checkpoint, whose tables then stay on disk (memory holds the dense weights only).
+      --tier file (default) prefetches each step's rows on a background thread as soon as
+      the step's tokens are hashed; each Engram layer waits only for its own rows. --tier host
+      loads the tables into memory. --table-stats (file tier) writes one JSON line per step:
+      rows, unique, hits, blocks and bytes read, I/O wait, and stall_ms (time the layers
+      waited for their rows).
   plot --out FILE.svg [--title T] RUN_DIR...
       One SVG of the loss curves of several runs (their metrics.jsonl).
   table convert --in FILE.safetensors --tensor NAME --format f32|bf16|fp8|int8 --out FILE.engt

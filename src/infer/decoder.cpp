@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "engram/memory/fetch_plan.h"
 #include "engram/memory/row_store.h"
 #include "engram/nn/embedding.h"
 #include "engram/nn/rmsnorm.h"
@@ -23,6 +24,27 @@ size_t sz(int64_t n) {
 ConfigError hasher_error(const std::string& what) {
   return ConfigError(error_message("decoder: hasher", what));
 }
+
+// Engram layer `layer`'s rows of the current push, read from the prefetcher's staging (the layer
+// has waited for them). Gathers come from the layer's worker threads at once.
+class PrefetchedRows final : public memory::RowStore {
+ public:
+  PrefetchedRows(memory::Prefetcher& prefetcher, size_t layer, const memory::RowStore& store)
+      : prefetcher_(&prefetcher), layer_(layer), rows_(store.num_rows()), width_(store.width()) {}
+  int64_t num_rows() const override { return rows_; }
+  int64_t width() const override { return width_; }
+  void gather(std::span<const int64_t> rows, float* out, int64_t stride) const override {
+    prefetcher_->gather(layer_, rows, out, stride);
+  }
+  void gather(std::span<const int64_t> rows, double* out, int64_t stride) const override {
+    prefetcher_->gather(layer_, rows, out, stride);
+  }
+
+ private:
+  memory::Prefetcher* prefetcher_;
+  size_t layer_;
+  int64_t rows_, width_;
+};
 
 }  // namespace
 
@@ -107,9 +129,17 @@ std::span<const float> Decoder::push(std::span<const int64_t> tokens) {
     }
   }
 
+  for (size_t e = 0; e < hash_layers(); ++e)
+    check_table(e, table_stores_.empty() ? nullptr : table_stores_[e]);
+
   if (stream_) {
     hash_ids_.resize(hasher_->num_layers() * sz(N) * static_cast<size_t>(hasher_->ids_per_token()));
     stream_->push(tokens, hash_ids_);
+  }
+  // Every Engram layer's rows are known now: fetching starts before the first block.
+  if (prefetcher_) {
+    prefetcher_->begin_step(
+        memory::FetchPlan::build(hash_ids_, sz(N), config_->engram->hash.layer_ids, head_offsets_));
   }
   e_.resize(sz(N * C));
   nn::embedding_forward(e_.data(), tokens.data(), P.embed.data(), N, C, V);
@@ -251,7 +281,22 @@ void Decoder::rope(float* x, int64_t count, int64_t heads) const {
   }
 }
 
+size_t Decoder::hash_layers() const {
+  return config_->engram ? config_->engram->hash.layer_ids.size() : 0;
+}
+
+void Decoder::check_table(size_t e, const memory::RowStore* store) const {
+  const int64_t layer = config_->engram->hash.layer_ids[e];
+  if (store == nullptr && model_->params().layers[sz(layer)].engram_table.empty()) {
+    throw ConfigError(
+        error_message("decoder: Engram layer " + std::to_string(layer),
+                      "no table store given, and the model was loaded without its Engram tables"));
+  }
+}
+
 void Decoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
+  prefetcher_.reset();
+  head_offsets_.clear();
   if (stores.empty()) {
     table_stores_.clear();
     return;
@@ -263,20 +308,39 @@ void Decoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
                                         std::to_string(n) + " Engram layers"));
   }
   for (size_t e = 0; e < n; ++e) {
+    check_table(e, stores[e]);
     if (stores[e] == nullptr) continue;
     const int64_t layer = config_->engram->hash.layer_ids[e];
     const nn::EngramLayer<float>& el = *model_->params().layers[sz(layer)].engram;
-    if (stores[e]->num_rows() != el.table_rows() ||
-        stores[e]->width() != el.config().row_width()) {
+    if (stores[e]->num_rows() != el.table_rows() || stores[e]->width() != el.config().row_width()) {
       throw ConfigError(error_message(
           "decoder: table store of Engram layer " + std::to_string(layer),
-          std::to_string(stores[e]->num_rows()) + " rows of " +
-              std::to_string(stores[e]->width()) + ", the model's table " +
-              std::to_string(el.table_rows()) + " rows of " +
+          std::to_string(stores[e]->num_rows()) + " rows of " + std::to_string(stores[e]->width()) +
+              ", the model's table " + std::to_string(el.table_rows()) + " rows of " +
               std::to_string(el.config().row_width())));
     }
   }
   table_stores_ = std::move(stores);
+}
+
+void Decoder::set_prefetched_table_stores(std::vector<const memory::TieredRowStore*> stores,
+                                          memory::PrefetcherOptions options) {
+  std::vector<const memory::RowStore*> plain;
+  for (size_t e = 0; e < stores.size(); ++e) {
+    if (stores[e] == nullptr) {
+      throw ConfigError(error_message("decoder: prefetched table stores",
+                                      "store " + std::to_string(e) + " is null"));
+    }
+    plain.push_back(stores[e]);
+  }
+  if (plain.empty()) {
+    throw ConfigError(error_message("decoder: prefetched table stores", "none given"));
+  }
+  set_table_stores(std::move(plain));
+  auto prefetcher = std::make_unique<memory::Prefetcher>(std::move(stores), std::move(options));
+  for (const int layer : config_->engram->hash.layer_ids)
+    head_offsets_.push_back(model_->params().layers[sz(layer)].engram->head_offsets());
+  prefetcher_ = std::move(prefetcher);
 }
 
 void Decoder::engram(int64_t layer, const int32_t* hash_ids, int64_t count) {
@@ -285,8 +349,14 @@ void Decoder::engram(int64_t layer, const int32_t* hash_ids, int64_t count) {
   const nn::EngramLayerConfig& ec = el.config();
   const int64_t N = count, width = ec.hc_mult * ec.hidden_size;  // M*d per token
   const memory::VectorRowStore<float> own(&L.engram_table, ec.row_width());
-  const memory::RowStore* external =
-      table_stores_.empty() ? nullptr : table_stores_[sz(engram_index_[sz(layer)])];
+  const auto e = sz(engram_index_[sz(layer)]);
+  const memory::RowStore* external = table_stores_.empty() ? nullptr : table_stores_[e];
+  std::optional<PrefetchedRows> prefetched;
+  if (prefetcher_) {
+    prefetcher_->wait_layer(e);  // this layer's rows only; later layers may still be fetching
+    prefetched.emplace(*prefetcher_, e, *external);
+    external = &*prefetched;
+  }
   const memory::RowStore& store = external != nullptr ? *external : own;
   engram_out_.resize(sz(N * width));
   el.forward(x_.data(), hash_ids, 1, N, store, engram_out_.data(), engram_saved_);

@@ -205,13 +205,16 @@ void Prefetcher::gather_as(size_t layer, std::span<const int64_t> rows, Out* out
     decode_rows(st.format(), staged + (it - planned.begin()) * rb, 1, st.width(),
                 out + static_cast<int64_t>(i) * stride, 0);
   }
-  if (unplanned.empty()) return;
-  std::vector<Out> tmp(unplanned.size() * static_cast<size_t>(st.width()));
-  st.gather(unplanned, tmp.data(), st.width());
-  for (size_t k = 0; k < unplanned.size(); ++k) {
-    std::copy_n(tmp.data() + k * static_cast<size_t>(st.width()), st.width(),
-                out + static_cast<int64_t>(unplanned_at[k]) * stride);
+  if (!unplanned.empty()) {
+    std::vector<Out> tmp(unplanned.size() * static_cast<size_t>(st.width()));
+    st.gather(unplanned, tmp.data(), st.width());
+    for (size_t k = 0; k < unplanned.size(); ++k) {
+      std::copy_n(tmp.data() + k * static_cast<size_t>(st.width()), st.width(),
+                  out + static_cast<int64_t>(unplanned_at[k]) * stride);
+    }
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_[layer].gathered += static_cast<int64_t>(rows.size());
 }
 
 template <class Out>
@@ -225,6 +228,8 @@ void Prefetcher::gather_layer_as(size_t layer, Out* out, int64_t stride) {
     decode_rows(st.format(), staged + index[i] * rb, 1, st.width(),
                 out + static_cast<int64_t>(i) * stride, 0);
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_[layer].gathered += static_cast<int64_t>(index.size());
 }
 
 void Prefetcher::gather(size_t layer, std::span<const int64_t> rows, float* out, int64_t stride) {

@@ -119,10 +119,12 @@ void TransformerParams<T>::zeros(const ModelConfig& config,
 
 template <class T>
 void TransformerParams<T>::init(const ModelConfig& config,
-                                const std::vector<std::vector<int64_t>>& head_sizes,
-                                uint64_t seed) {
-  zeros(config, head_sizes, true);
+                                const std::vector<std::vector<int64_t>>& head_sizes, uint64_t seed,
+                                bool with_tables) {
+  zeros(config, head_sizes, with_tables);
   const BackboneConfig& m = config.model;
+  // zeros() without tables is the gradients' layout, which has no dense embedding either.
+  if (!with_tables) embed.assign(sz(m.vocab_size * m.hidden_size), T(0));
   const int64_t n = m.hc_mult, C = m.hidden_size;
   std::mt19937_64 rng(seed);
   const double s = 0.02;
@@ -228,7 +230,7 @@ std::vector<nn::NamedParam<T>> TransformerParams<T>::named_buffers() {
 
 template <class T>
 Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes,
-                            uint64_t seed)
+                            uint64_t seed, bool with_engram_tables)
     : config_(std::move(config)), head_sizes_(std::move(head_sizes)) {
   config_.validate("transformer");
   engram_index_.assign(sz(config_.model.num_layers), -1);
@@ -237,7 +239,7 @@ Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>
     for (size_t e = 0; e < ids.size(); ++e) engram_index_[sz(ids[e])] = static_cast<int>(e);
     table_grads_.resize(ids.size());
   }
-  params_.init(config_, head_sizes_, seed);
+  params_.init(config_, head_sizes_, seed, with_engram_tables);
   grads_.zeros(config_, head_sizes_, false);
 }
 

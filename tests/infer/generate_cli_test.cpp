@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -206,6 +207,8 @@ TEST(GenerateCli, ReadsEngramTablesFromEngtFiles) {
   ASSERT_EQ(file.status, 0) << file.err;
   EXPECT_EQ(file.out, own.out);
   EXPECT_NE(file.err.find("file tier"), std::string::npos) << file.err;
+  EXPECT_NE(file.err.find("prefetched"), std::string::npos) << file.err;
+  EXPECT_NE(file.err.find("layers stalled"), std::string::npos) << file.err;
   const Result host = run(greedy + " --engram-tables " + f32 + " --tier host");
   ASSERT_EQ(host.status, 0) << host.err;
   EXPECT_EQ(host.out, own.out);
@@ -228,6 +231,9 @@ TEST(GenerateCli, ReadsEngramTablesFromEngtFiles) {
       EXPECT_EQ(l["requested"], 4) << "step " << i;
     }
     EXPECT_LE(l["unique"].get<int64_t>(), l["requested"].get<int64_t>()) << "step " << i;
+    // The layers' time waiting for their prefetched rows.
+    ASSERT_TRUE(l.contains("stall_ms")) << l.dump();
+    EXPECT_GE(l["stall_ms"].get<double>(), 0.0) << "step " << i;
     EXPECT_EQ(l["bytes_read"].get<int64_t>(), 4096 * l["blocks_read"].get<int64_t>());
     if (l["hits"] == l["unique"]) {
       EXPECT_EQ(l["blocks_read"], 0) << "step " << i;
@@ -248,7 +254,10 @@ TEST(GenerateCli, EngramTableErrorsNameTheProblem) {
   const std::string wrong = convert("param.head", "f32", "head.engt");
   Result r = run(base_args() + " --max-tokens 3 --engram-tables " + wrong);
   EXPECT_EQ(r.status, 1);
-  EXPECT_NE(r.err.find("Engram layer 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(wrong + ": rows: 2005, but Engram layer 1's table "
+                               "(param.layers.1.engram.table) has "),
+            std::string::npos)
+      << r.err;
 
   r = run(base_args() + " --max-tokens 3 --engram-tables " + temp_dir() + "/missing.engt");
   EXPECT_NE(r.status, 0);
@@ -262,6 +271,69 @@ TEST(GenerateCli, EngramTableErrorsNameTheProblem) {
   r = run(base_args() + " --max-tokens 3 --cache-rows 8");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--engram-tables"), std::string::npos) << r.err;
+
+  // One file per Engram layer: this model has one.
+  r = run(base_args() + " --max-tokens 3 --engram-tables " + f32 + "," + f32);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("--engram-tables: 2 file(s) given, the model has 1 Engram layer(s) "
+                       "(layer_ids [1])"),
+            std::string::npos)
+      << r.err;
+
+  // The host tier reads no files: there are no table statistics to write.
+  r = run(base_args() + " --max-tokens 3 --engram-tables " + f32 + " --tier host --table-stats " +
+          temp_dir() + "/host_stats.jsonl");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--table-stats"), std::string::npos) << r.err;
+}
+
+// The figure "peak RSS X MiB" of a run's stderr.
+double peak_rss_mib(const std::string& err) {
+  const std::string key = "peak RSS ";
+  const size_t at = err.find(key);
+  EXPECT_NE(at, std::string::npos) << err;
+  return at == std::string::npos ? 0.0 : std::stod(err.substr(at + key.size()));
+}
+
+TEST(GenerateCli, EngramTablesFromFilesLeaveTheCheckpointsTablesOutOfMemory) {
+  // A table of 64 MiB (4 heads of about 1 M rows of 4 floats): with .engt files (file tier, a
+  // small cache), the checkpoint's copy is never read, so the peak resident memory drops by at
+  // least the table (a full load holds it twice: the model's copy and the mapped file's pages).
+  std::string config = kConfig;
+  const std::string small = "engram_vocab_size = [101, 103]";
+  config.replace(config.find(small), small.size(), "engram_vocab_size = [1000003, 1000033]");
+  const std::string ckpt = temp_dir() + "/big_table.safetensors";
+  int64_t table_bytes = 0;
+  {
+    const model::ModelConfig c = model::ModelConfig::from_toml(config, "generate_test");
+    const train::TextContext text = train::make_text_context(c, tokenizer_path());
+    model::Transformer<float> m(c, text.head_sizes, 5);
+    table_bytes = static_cast<int64_t>(m.params().layers[1].engram_table.size() * sizeof(float));
+    train::CheckpointState state;
+    state.config_toml = c.to_toml();
+    train::save_checkpoint(ckpt, m.params(), {}, state);
+  }
+  ASSERT_GT(table_bytes, 60 << 20);
+  const std::string table = temp_dir() + "/big_table.engt";
+  const std::string cmd = test::cli_path() + " table convert --in " + ckpt +
+                          " --tensor param.layers.1.engram.table --format f32 --out " + table +
+                          " >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+
+  const std::string args = "--ckpt " + ckpt + " --tokenizer " + tokenizer_path() + " --prompt '" +
+                           kPrompt + "' --max-tokens 4 --temperature 0";
+  const Result full = run(args),
+               lean = run(args + " --engram-tables " + table + " --tier file --cache-rows 1024");
+  ASSERT_EQ(full.status, 0) << full.err;
+  ASSERT_EQ(lean.status, 0) << lean.err;
+  EXPECT_EQ(lean.out, full.out);
+  const double saved = peak_rss_mib(full.err) - peak_rss_mib(lean.err);
+  std::printf("peak RSS: checkpoint tables %.1f MiB, .engt file tier %.1f MiB (table %.1f MiB)\n",
+              peak_rss_mib(full.err), peak_rss_mib(lean.err),
+              static_cast<double>(table_bytes) / (1 << 20));
+  EXPECT_GE(saved, static_cast<double>(table_bytes) / (1 << 20)) << full.err << lean.err;
+  std::remove(ckpt.c_str());
+  std::remove(table.c_str());
 }
 
 }  // namespace

@@ -2,17 +2,20 @@
 // resident, before the next layer's first read: seen in the reader's request log), wait_layer
 // returns only once the layer is resident, gathers after it do no I/O and give the right rows, a
 // damaged block fails its layer only with the store's FormatError, cancellation and destruction
-// mid-step join cleanly, and the step statistics add up.
+// mid-step join cleanly, gathers from several threads at once are right and counted, and the
+// step statistics add up.
 #include "engram/memory/prefetcher.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <future>
 #include <mutex>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -115,6 +118,43 @@ TEST_F(PrefetcherTest, LayersAreFetchedInConsumptionOrder) {
     ++at;
   }
   EXPECT_EQ(at, seq.size());
+}
+
+TEST_F(PrefetcherTest, GathersFromSeveralThreadsAtOnceGiveTheRightRows) {
+  // As an Engram layer gathers its rows: pieces of the layer's reads from the thread pool.
+  write_table();
+  const TieredRowStore store(path_);
+  Prefetcher pf({&store});
+  pf.begin_step(make_plan({1, 2}, 256, 4, 5));
+  for (size_t layer = 0; layer < 2; ++layer) {
+    const LayerFetch& lf = pf.plan().layers()[layer];
+    std::vector<int64_t> reads;  // the layer's (token, head) rows, repeats included
+    for (const int32_t i : lf.index) reads.push_back(lf.rows[static_cast<size_t>(i)]);
+    reads.push_back(3 * kRegion + 5);  // a row the plan does not list: read through the store
+    std::vector<float> out(reads.size() * kWidth, -1.0f);
+    constexpr size_t kThreads = 4;
+    const size_t piece = (reads.size() + kThreads - 1) / kThreads;
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        const size_t b = t * piece, e = std::min(reads.size(), b + piece);
+        pf.gather(layer, std::span<const int64_t>(reads).subspan(b, e - b), out.data() + b * kWidth,
+                  kWidth);
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (size_t i = 0; i < reads.size(); ++i) {
+      ASSERT_EQ(
+          std::memcmp(out.data() + i * kWidth, values_.data() + reads[i] * kWidth, kWidth * 4), 0)
+          << "layer " << layer << " read " << i;
+    }
+    EXPECT_EQ(pf.step_stats().layers[layer].gathered, static_cast<int64_t>(reads.size()));
+  }
+  // gather_layer counts its reads too.
+  std::vector<float> all(pf.plan().layers()[0].index.size() * kWidth);
+  pf.gather_layer(0, all.data(), kWidth);
+  EXPECT_EQ(pf.step_stats().layers[0].gathered,
+            static_cast<int64_t>(2 * pf.plan().layers()[0].index.size() + 1));
 }
 
 TEST_F(PrefetcherTest, WaitLayerReturnsOnlyWhenTheLayerIsResident) {

@@ -19,18 +19,30 @@
 //   while (...) logits = dec.push({&next, 1});              // (V) for `next`
 //   dec.reset();                                            // a new sequence
 //
+// The Engram tables come from the model's params (engram_table) or from table stores
+// (set_table_stores; a model loaded without its tables, infer::load_model with
+// LoadOptions::engram_tables = false, needs a store for every Engram layer). File-tier stores can
+// be prefetched (set_prefetched_table_stores): hashing needs only token ids, so at the start of
+// every push (the prompt's prefill and each decode step) all Engram layers' rows are known; a
+// memory::Prefetcher fetches them on a background thread, layer by layer in layer order, while
+// the embedding and the blocks before each Engram layer run, and each Engram layer waits only for
+// its own rows (Prefetcher::wait_layer). The logits are the same as without prefetching.
+//
 // The model (its parameters and buffers) and the hasher are read in place, never copied: both
 // must outlive the Decoder and stay unchanged while a sequence is decoded. Not thread-safe; the
 // primitives it calls use the process-wide thread pool (engram::set_default_threads).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include "engram/hash/ngram_hasher.h"
+#include "engram/memory/prefetcher.h"
 #include "engram/memory/row_store.h"
+#include "engram/memory/tiered_store.h"
 #include "engram/model/transformer.h"
 #include "engram/nn/engram_layer.h"
 #include "engram/nn/hyper_connection.h"
@@ -52,14 +64,27 @@ class Decoder {
   // Appends tokens (ids in [0, vocab_size())) to the sequence and returns the logits (V) of the
   // last one, valid until the next push or reset. Throws InputError, leaving the sequence as it
   // was, when tokens is empty, an id is out of range (also of the hasher's tokenizer
-  // vocabulary), or the sequence would exceed max_seq_len().
+  // vocabulary), or the sequence would exceed max_seq_len(); ConfigError, the same way, when an
+  // Engram layer has neither a table store nor its table in the model. An error reading a table
+  // store (FormatError for a damaged block, IoError) comes out of the middle of the push and
+  // leaves the sequence unusable: reset() before pushing again.
   std::span<const float> push(std::span<const int64_t> tokens);
 
   // Reads the Engram tables from these stores instead of the model's own (e.g. .engt files
   // through memory::TieredRowStore): one per Engram layer in layer_ids order, null for "the
-  // model's table". Each store must have the model's table rows and row width (ConfigError
-  // naming the layer otherwise); stores must outlive the Decoder. Empty: the model's tables.
+  // model's table". Each store must have the model's table rows and row width, and a null one
+  // needs the model's table loaded (ConfigError naming the layer otherwise); stores must outlive
+  // the Decoder. Empty: the model's tables. Drops any prefetching.
   void set_table_stores(std::vector<const memory::RowStore*> stores);
+
+  // As set_table_stores (none null), with every push's rows prefetched (see the file comment)
+  // by a memory::Prefetcher that the Decoder owns (options: its chunk size and test hook).
+  void set_prefetched_table_stores(std::vector<const memory::TieredRowStore*> stores,
+                                   memory::PrefetcherOptions options = {});
+  // The prefetcher, null without set_prefetched_table_stores. Its step_stats() are those of the
+  // last push: per Engram layer the rows, cache hits, blocks and bytes read, fetch and ready
+  // times, and the seconds the layer stalled in wait_layer.
+  const memory::Prefetcher* prefetcher() const { return prefetcher_.get(); }
 
   // Tokens in the sequence so far.
   int64_t position() const { return position_; }
@@ -81,13 +106,18 @@ class Decoder {
   void engram(int64_t layer, const int32_t* hash_ids, int64_t count);
   // RoPE in place on x (N, heads, hd) for positions position_ .. position_ + N - 1.
   void rope(float* x, int64_t count, int64_t heads) const;
+  size_t hash_layers() const;  // Engram layers (0 without [engram])
+  // Throws ConfigError when Engram layer `e` (layer_ids order) would have no table to read.
+  void check_table(size_t e, const memory::RowStore* store) const;
 
   const model::Transformer<float>* model_;
   const model::ModelConfig* config_;
   const hash::NgramHasher* hasher_;
   std::optional<hash::StreamingHasher> stream_;
-  std::vector<int> engram_index_;           // per layer: index into layer_ids, or -1
+  std::vector<int> engram_index_;                      // per layer: index into layer_ids, or -1
   std::vector<const memory::RowStore*> table_stores_;  // per Engram layer, or empty
+  std::unique_ptr<memory::Prefetcher> prefetcher_;     // over table_stores_, or null
+  std::vector<std::vector<int64_t>> head_offsets_;     // per Engram layer (the fetch plans')
   int64_t token_limit_ = 0;                 // ids must be < this: vocab_size, or less (hasher)
   int64_t conv_lookback_ = 0;               // R = max_ngram_size * (kernel_size - 1)
   std::vector<float> rope_cos_, rope_sin_;  // (max_seq_len, hd/2)

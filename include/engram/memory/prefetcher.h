@@ -30,6 +30,10 @@
 // cancels it (the worker stops after the chunk it is reading; unfetched layers of the old step
 // are dropped); cancel() does the same; wait_layer on a layer that was cancelled throws
 // InputError. The destructor cancels and joins the worker: no thread outlives the Prefetcher.
+//
+// Threads: begin_step and cancel are for one thread (the model's). wait_layer, gather,
+// gather_layer and step_stats may be called from several threads at once between two
+// begin_steps (an Engram layer gathers its rows from the thread pool's workers).
 #pragma once
 
 #include <condition_variable>
@@ -65,6 +69,7 @@ struct LayerPrefetchStats {
   double fetch_seconds = 0;  // from the layer's first read to resident
   double ready_seconds = 0;  // from begin_step to resident
   double stall_seconds = 0;  // time wait_layer (and gather) blocked waiting for it
+  int64_t gathered = 0;      // rows handed out by gather and gather_layer
   bool done = false;         // fetched (or failed)
   bool failed = false;
 

@@ -67,8 +67,10 @@ struct TransformerParams {
              bool with_tables = true);
   // Small normal init (std 0.02), norms 1, Engram via EngramParams::init (conv zero), tables
   // N(0, 0.02), mHC via hc_init / hc_head_init, MoE biases 0. Deterministic in seed.
+  // with_tables = false leaves the tables empty (for loading weights into: the other values then
+  // differ from a with-tables init, which draws the tables from the same generator).
   void init(const ModelConfig& config, const std::vector<std::vector<int64_t>>& head_sizes,
-            uint64_t seed);
+            uint64_t seed, bool with_tables = true);
   // Trained parameters (stable names, see the file comment). Empty buffers are left out.
   std::vector<nn::NamedParam<T>> named();
   // Non-trained buffers (the MoE selection biases).
@@ -78,9 +80,12 @@ struct TransformerParams {
 template <class T>
 class Transformer {
  public:
-  // Validates the config. head_sizes as for TransformerParams::init.
+  // Validates the config. head_sizes as for TransformerParams::init. with_engram_tables = false
+  // leaves every params().layers[l].engram_table empty (never allocated): for inference that
+  // reads the tables from memory::RowStores (infer::Decoder::set_table_stores); forward()
+  // then throws InputError at the first Engram layer.
   Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes = {},
-              uint64_t seed = 0);
+              uint64_t seed = 0, bool with_engram_tables = true);
 
   const ModelConfig& config() const { return config_; }
   TransformerParams<T>& params() { return params_; }
