@@ -729,6 +729,29 @@ __device__ __forceinline__ void tile_row(const float* s, int r, float (&v)[4]) {
   v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
 }
 
+// The taps' reach behind a token, back[j] = dilation * (kernel - 1 - j), for j < kernel (KT
+// entries; those past the kernel are never read). int: the reach is at most kMaxTileHalo.
+template <int KT>
+__device__ __forceinline__ void tap_backs(const int64_t kernel, const int64_t dilation,
+                                          int (&back)[KT]) {
+#pragma unroll
+  for (int j = 0; j < KT; ++j) back[j] = static_cast<int>(dilation * (kernel - 1 - j));
+}
+
+// Position in its sequence of token b0 + r, given t0 = b0 % seq (r >= 0): no 64-bit division
+// per token.
+__device__ __forceinline__ int position(int t0, int r, int seq) {
+  int t = t0 + r;
+  while (t >= seq) t -= seq;
+  return t;
+}
+
+// SiLU's sigmoid with the fast exponential and division (about 2 ulp; the tile kernels are
+// bound by instruction issue, not memory).
+__device__ __forceinline__ float fast_sigmoid(float v) {
+  return __fdividef(1.0f, 1.0f + __expf(-v));
+}
+
 // out = x + SiLU(conv(xn)), kFwdTile tokens a tile.
 template <class A, int KT>
 __global__ void __launch_bounds__(256) conv_fwd_tile_kernel(ConvArgs<A> a, A* out, int64_t halo) {
@@ -738,30 +761,33 @@ __global__ void __launch_bounds__(256) conv_fwd_tile_kernel(ConvArgs<A> a, A* ou
   const bool live = c < C;
   float w[KT][4];
   load_taps<4, KT>(a.conv_wt, C, live ? c : 0, a.kernel, w);
-  const int h = static_cast<int>(halo);
+  int back[KT];
+  tap_backs<KT>(a.kernel, a.dilation, back);
+  const int h = static_cast<int>(halo), K = static_cast<int>(a.kernel);
+  const int seq = static_cast<int>(a.seq);
   for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kFwdTile; b0 < tokens;
        b0 += static_cast<int64_t>(gridDim.y) * kFwdTile) {
     tile_load<A>(a.xn, b0 - h, kFwdTile + h, tokens, C, c, live, xs);
+    const int t0 = static_cast<int>(b0 % a.seq);
     __syncthreads();
 #pragma unroll 4
     for (int r = threadIdx.y; r < kFwdTile; r += kTileRowsY) {
       const int64_t bt = b0 + r;
       if (!live || bt >= tokens) continue;
-      const int64_t t = bt % a.seq;
+      const int t = position(t0, r, seq);
       float u[4] = {0.0f, 0.0f, 0.0f, 0.0f}, x[4];
 #pragma unroll
       for (int j = 0; j < KT; ++j) {
-        if (j >= a.kernel) break;
-        const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
-        if (t < back) continue;
+        if (j >= K) break;
+        if (t < back[j]) continue;
         float v[4];
-        tile_row(xs, r + h - back, v);
+        tile_row(xs, r + h - back[j], v);
 #pragma unroll
         for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
       }
       ldv<4>(a.x + bt * C + c, x);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] += u[e] * sigmoidf_(u[e]);
+      for (int e = 0; e < 4; ++e) x[e] += u[e] * fast_sigmoid(u[e]);
       stv<4>(out + bt * C + c, x);
     }
     __syncthreads();
@@ -785,6 +811,9 @@ __global__ void __launch_bounds__(256) conv_bwd_tile_kernel(ConvArgs<A> a, const
   const bool live = c < C;
   float w[KT][4], acc[KT][4];
   load_taps<4, KT>(a.conv_wt, C, live ? c : 0, a.kernel, w);
+  int back[KT];
+  tap_backs<KT>(a.kernel, a.dilation, back);
+  const int K = static_cast<int>(a.kernel), seq = static_cast<int>(a.seq);
 #pragma unroll
   for (int j = 0; j < KT; ++j)
 #pragma unroll
@@ -792,6 +821,7 @@ __global__ void __launch_bounds__(256) conv_bwd_tile_kernel(ConvArgs<A> a, const
   for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kBwdTile; b0 < tokens;
        b0 += static_cast<int64_t>(gridDim.y) * kBwdTile) {
     tile_load<A>(a.xn, b0 - h, kBwdTile + 2 * h, tokens, C, c, live, xs);
+    const int t0 = static_cast<int>(b0 % a.seq);
     __syncthreads();
     // du for rows b0 .. b0 + kBwdTile + h (the halo after the tile: for dxn only).
 #pragma unroll 2
@@ -799,32 +829,30 @@ __global__ void __launch_bounds__(256) conv_bwd_tile_kernel(ConvArgs<A> a, const
       const int64_t bt = b0 + r;
       float g[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       if (live && bt < tokens) {
-        const int64_t t = bt % a.seq;
+        const int t = position(t0, r, seq);
         float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int j = 0; j < KT; ++j) {
-          if (j >= a.kernel) break;
-          const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
-          if (t < back) continue;
+          if (j >= K) break;
+          if (t < back[j]) continue;
           float v[4];
-          tile_row(xs, r + h - back, v);
+          tile_row(xs, r + h - back[j], v);
 #pragma unroll
           for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
         }
         ldv<4>(dy + bt * C + c, g);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float sg = sigmoidf_(u[e]);
+          const float sg = fast_sigmoid(u[e]);
           g[e] = as_stored<A>(g[e] * sg * (1.0f + u[e] * (1.0f - sg)));
         }
         if (r < kBwdTile) {
 #pragma unroll
           for (int j = 0; j < KT; ++j) {
-            if (j >= a.kernel) break;
-            const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
-            if (t < back) continue;
+            if (j >= K) break;
+            if (t < back[j]) continue;
             float v[4];
-            tile_row(xs, r + h - back, v);
+            tile_row(xs, r + h - back[j], v);
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][e] += g[e] * v[e];
           }
@@ -838,15 +866,14 @@ __global__ void __launch_bounds__(256) conv_bwd_tile_kernel(ConvArgs<A> a, const
     for (int r = threadIdx.y; r < kBwdTile; r += kTileRowsY) {
       const int64_t bt = b0 + r;
       if (!live || bt >= tokens) continue;
-      const int64_t t = bt % a.seq;
+      const int t = position(t0, r, seq);
       float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int j = KT - 1; j >= 0; --j) {
-        if (j >= a.kernel) continue;
-        const int back = static_cast<int>(a.dilation * (a.kernel - 1 - j));
-        if (t + back >= a.seq) continue;
+        if (j >= K) continue;
+        if (t + back[j] >= seq) continue;
         float v[4];
-        tile_row(ds, r + back, v);
+        tile_row(ds, r + back[j], v);
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[e] += w[j][e] * v[e];
       }
