@@ -11,7 +11,12 @@ architecture from the config in the dump's metadata, loads the parameters under 
 runs forward and backward with torch autograd in the dump's dtype (float32 or float64) and
 compares. Per tensor: max relative error = max|a - b| / max(max|b|, tiny), b = torch. PASS iff
 every error is <= 1e-4 (float32) or <= 1e-9 (float64). Prints a table per dump and a final JSON
-line; exits 1 on any failure.
+line; exits 1 on any failure. TF32 stays off in torch (the reference is exact FP32/FP64).
+A dump made with `engram_dump_model --device cuda` (model::GpuTransformer, float32 only) carries
+"device": "cuda" and "math": "exact" | "tf32" in its metadata: the check reports them (per dump
+and as dump_device / dump_math in the JSON) and applies the same float32 limit. A tf32 dump's
+C++ GEMMs ran on TF32 tensor cores while torch stays exact, so its errors include TF32 rounding
+(~1e-3) and are expected to exceed 1e-4. Dumps without the key are CPU dumps.
 
   model_ref.py bench --config FILE.toml [--threads N] [--steps S] [--warmup W]
                      [--device cpu|cuda] [--dtype f32|tf32|bf16] [--compile]
@@ -464,6 +469,8 @@ def check(path, device, verbose):
     head_sizes = json.loads(meta.get("engram_head_sizes", "[]"))
     dtype = {"f32": torch.float32, "f64": torch.float64}[meta["dtype"]]
     tol = 1e-4 if dtype == torch.float32 else 1e-9
+    dump_device = meta.get("device", "cpu")  # CPU dumps have no key
+    dump_math = meta.get("math")
 
     model = Transformer(cfg, head_sizes).to(device=device, dtype=dtype)
     state = {torch_name(k[len("param."):]): v for k, v in t.items() if k.startswith("param.")}
@@ -494,6 +501,9 @@ def check(path, device, verbose):
     assert not not_dumped, f"{path}: no C++ gradient for {not_dumped}"
 
     notes = []
+    if dump_math == "tf32":
+        notes.append("math tf32: the C++ GEMMs ran on TF32 tensor cores, torch stays exact FP32, "
+                     "so the errors include TF32 rounding (the 1e-4 limit is for exact FP32)")
     for l, block in enumerate(model.layers):
         if block.is_moe:
             st = block.moe.stats
@@ -511,7 +521,9 @@ def check(path, device, verbose):
     worst_grad = max(grad_rows, key=lambda r: r[1])
     ok = all(e <= tol for _, e in rows)
     name = os.path.basename(path)
-    print(f"\n== {name}: {meta['dtype']}, B={meta['batch']} T={meta['seq']}, "
+    where = dump_device + (f" {dump_math}" if dump_math else "") + \
+        (f" ({meta['gpu']})" if meta.get("gpu") else "")
+    print(f"\n== {name}: {meta['dtype']}, dumped on {where}, B={meta['batch']} T={meta['seq']}, "
           f"{len(grad_rows)} gradients, tol {tol:g}: {'PASS' if ok else 'FAIL'}")
     print(f"   loss C++ {t['loss_f64'].item():.12g}  torch {loss.item():.12g}")
     for note in notes:
@@ -521,7 +533,8 @@ def check(path, device, verbose):
         if verbose or e > tol or not r.startswith("grad."):
             print(f"   {r:<{width}}  {e:.3e}{'  FAIL' if e > tol else ''}")
     print(f"   {'max over gradients':<{width}}  {worst_grad[1]:.3e}  ({worst_grad[0]})")
-    return {"dump": name, "dtype": meta["dtype"], "pass": ok, "tol": tol,
+    return {"dump": name, "dtype": meta["dtype"], "dump_device": dump_device,
+            "dump_math": dump_math, "pass": ok, "tol": tol,
             "logits": rows[0][1], "loss": rows[1][1], "max_grad": worst_grad[1],
             "max_grad_tensor": worst_grad[0], "worst": worst[1], "worst_tensor": worst[0],
             "gradients": len(grad_rows), "moe": notes,
@@ -809,7 +822,8 @@ def main():
         with open(a.json, "w") as f:
             json.dump({"torch": torch.__version__, "device": where, "mutate": sorted(MUTATE),
                        "pass": ok, "results": results}, f, indent=1)
-    summary = [{k: r[k] for k in ("dump", "pass", "logits", "loss", "max_grad", "max_grad_tensor")}
+    summary = [{k: r[k] for k in ("dump", "dump_device", "dump_math", "pass", "logits", "loss",
+                                  "max_grad", "max_grad_tensor")}
                for r in results]
     print(json.dumps({"torch": torch.__version__, "device": where, "mutate": sorted(MUTATE),
                       "pass": ok, "results": summary}))
