@@ -752,6 +752,25 @@ __device__ __forceinline__ float fast_sigmoid(float v) {
   return __fdividef(1.0f, 1.0f + __expf(-v));
 }
 
+// u = sum_j w[j] xs[row - back[j]] over the taps whose reach stays in the sequence (t >= back[j]);
+// row: the token's row in the tile xs, t: its position in its sequence.
+template <int KT>
+__device__ __forceinline__ void tile_conv(const float* xs, int row, int t, int K,
+                                          const int (&back)[KT], const float (&w)[KT][4],
+                                          float (&u)[4]) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) u[e] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < KT; ++j) {
+    if (j >= K) break;
+    if (t < back[j]) continue;
+    float v[4];
+    tile_row(xs, row - back[j], v);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
+  }
+}
+
 // out = x + SiLU(conv(xn)), kFwdTile tokens a tile.
 template <class A, int KT>
 __global__ void __launch_bounds__(256) conv_fwd_tile_kernel(ConvArgs<A> a, A* out, int64_t halo) {
@@ -775,16 +794,8 @@ __global__ void __launch_bounds__(256) conv_fwd_tile_kernel(ConvArgs<A> a, A* ou
       const int64_t bt = b0 + r;
       if (!live || bt >= tokens) continue;
       const int t = position(t0, r, seq);
-      float u[4] = {0.0f, 0.0f, 0.0f, 0.0f}, x[4];
-#pragma unroll
-      for (int j = 0; j < KT; ++j) {
-        if (j >= K) break;
-        if (t < back[j]) continue;
-        float v[4];
-        tile_row(xs, r + h - back[j], v);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
-      }
+      float u[4], x[4];
+      tile_conv<KT>(xs, r + h, t, K, back, w, u);
       ldv<4>(a.x + bt * C + c, x);
 #pragma unroll
       for (int e = 0; e < 4; ++e) x[e] += u[e] * fast_sigmoid(u[e]);
@@ -830,16 +841,8 @@ __global__ void __launch_bounds__(256) conv_bwd_tile_kernel(ConvArgs<A> a, const
       float g[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       if (live && bt < tokens) {
         const int t = position(t0, r, seq);
-        float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int j = 0; j < KT; ++j) {
-          if (j >= K) break;
-          if (t < back[j]) continue;
-          float v[4];
-          tile_row(xs, r + h - back[j], v);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
-        }
+        float u[4];
+        tile_conv<KT>(xs, r + h, t, K, back, w, u);
         ldv<4>(dy + bt * C + c, g);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {

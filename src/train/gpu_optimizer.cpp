@@ -61,6 +61,21 @@ void append(cuda::DeviceBuffer<T>& buf, int64_t used, const T* src, int64_t n) {
   cuda::copy_bytes(buf.data() + used, src, n, sizeof(T));
 }
 
+// Calls fn(group, exp_avg, exp_avg_sq) for each of AdamW's groups with elements (its state()
+// lists exp_avg then exp_avg_sq per group), paired by name with `groups`.
+template <class Group, class Fn>
+void for_each_dense_state(const std::vector<Group>& groups, AdamW& dense, Fn fn) {
+  std::map<std::string, const Group*> by_name;
+  for (const Group& g : groups) by_name.emplace(g.name, &g);
+  std::vector<NamedState<float>> st = dense.state();
+  for (size_t k = 0; k < st.size(); k += 2) {
+    const std::string& n = st[k].name;
+    const Group& g = *by_name.at(n.substr(0, n.size() - std::string(".exp_avg").size()));
+    if (g.size == 0) continue;
+    fn(g, st[k], st[k + 1]);
+  }
+}
+
 }  // namespace
 
 // ---- GpuOptimizer -----------------------------------------------------------------------------
@@ -241,16 +256,11 @@ void GpuOptimizer::match(AdamW& dense, std::span<SparseRowAdam* const> sparse,
 
 void GpuOptimizer::download_state(AdamW& dense, std::span<SparseRowAdam* const> sparse) const {
   match(dense, sparse, "GpuOptimizer::download_state");
-  std::map<std::string, const DenseGroup*> by_name;
-  for (const DenseGroup& g : dense_) by_name.emplace(g.name, &g);
-  std::vector<NamedState<float>> st = dense.state();
-  for (size_t k = 0; k < st.size(); k += 2) {
-    const std::string& n = st[k].name;
-    const DenseGroup& g = *by_name.at(n.substr(0, n.size() - std::string(".exp_avg").size()));
-    if (g.size == 0) continue;
-    cuda::copy_to_host(st[k].values.data(), m_.data() + g.offset, sz(g.size) * sizeof(float));
-    cuda::copy_to_host(st[k + 1].values.data(), v_.data() + g.offset, sz(g.size) * sizeof(float));
-  }
+  for_each_dense_state(dense_, dense, [&](const DenseGroup& g, NamedState<float>& m,
+                                          NamedState<float>& v) {
+    cuda::copy_to_host(m.values.data(), m_.data() + g.offset, sz(g.size) * sizeof(float));
+    cuda::copy_to_host(v.values.data(), v_.data() + g.offset, sz(g.size) * sizeof(float));
+  });
   dense.set_steps(dense_steps_);
   for (size_t i = 0; i < sparse_.size(); ++i) {
     const SparseGroup& s = sparse_[i];
@@ -266,16 +276,11 @@ void GpuOptimizer::download_state(AdamW& dense, std::span<SparseRowAdam* const> 
 
 void GpuOptimizer::upload_state(AdamW& dense, std::span<SparseRowAdam* const> sparse) {
   match(dense, sparse, "GpuOptimizer::upload_state");
-  std::map<std::string, const DenseGroup*> by_name;
-  for (const DenseGroup& g : dense_) by_name.emplace(g.name, &g);
-  std::vector<NamedState<float>> st = dense.state();
-  for (size_t k = 0; k < st.size(); k += 2) {
-    const std::string& n = st[k].name;
-    const DenseGroup& g = *by_name.at(n.substr(0, n.size() - std::string(".exp_avg").size()));
-    if (g.size == 0) continue;
-    cuda::copy_to_device(m_.data() + g.offset, st[k].values.data(), sz(g.size) * sizeof(float));
-    cuda::copy_to_device(v_.data() + g.offset, st[k + 1].values.data(), sz(g.size) * sizeof(float));
-  }
+  for_each_dense_state(dense_, dense, [&](const DenseGroup& g, NamedState<float>& m,
+                                          NamedState<float>& v) {
+    cuda::copy_to_device(m_.data() + g.offset, m.values.data(), sz(g.size) * sizeof(float));
+    cuda::copy_to_device(v_.data() + g.offset, v.values.data(), sz(g.size) * sizeof(float));
+  });
   dense_steps_ = dense.steps();
   for (size_t i = 0; i < sparse_.size(); ++i) {
     SparseGroup& s = sparse_[i];
