@@ -9,6 +9,8 @@
 //   zero_copy_mapped      the same kernel on the table in pinned, mapped host memory
 //                         (cudaHostAlloc Mapped|Portable, cudaHostGetDevicePointer): every row
 //                         is read by the GPU across PCIe
+//   gpu_resident_copy_rows, zero_copy_copy_rows
+//                         cuda::copy_rows (16-byte pieces, 4 in flight a thread) on each
 //   host_gather_pinned    --threads CPU threads memcpy the rows from the pinned host table into
 //   host_gather_pageable  a pinned staging buffer, then one cudaMemcpyAsync to the device
 //                         (the pageable table is an ordinary heap copy of the same bytes);
@@ -456,11 +458,17 @@ int run(const Options& opt) {
             std::exit(3);
           }
         };
-        auto time_kernel = [&](const DeviceTable& table, void* out) {
+        auto time_kernel = [&](const DeviceTable& table, void* out, bool copy = false) {
           std::vector<double> ms;
           for (int r = 0; r < batches; ++r) {
             check(cudaEventRecord(ev_start.e, stream.s), "cudaEventRecord");
-            gather(out, table, d_ids.data() + static_cast<size_t>(n) * r);
+            const int32_t* batch_ids = d_ids.data() + static_cast<size_t>(n) * r;
+            if (copy) {
+              engram::cuda::copy_rows(out, table, batch_ids, d_offsets.data(), tokens, kHeads,
+                                      stream.s);
+            } else {
+              gather(out, table, batch_ids);
+            }
             check(cudaEventRecord(ev_stop.e, stream.s), "cudaEventRecord");
             check(cudaStreamSynchronize(stream.s), "cudaStreamSynchronize");
             if (r >= kWarmups) ms.push_back(event_ms(ev_start, ev_stop));
@@ -475,6 +483,14 @@ int run(const Options& opt) {
         check(cudaMemset(d_out.data(), 0xff, out_bytes), "cudaMemset");
         report("zero_copy_mapped", time_kernel(mapped, d_out.data()), "", kPeakPcieGBs);
         verify("zero_copy_mapped");
+        // cuda::copy_rows: 16-byte pieces, several in flight a thread.
+        check(cudaMemset(d_out.data(), 0xff, out_bytes), "cudaMemset");
+        report("gpu_resident_copy_rows", time_kernel(resident, d_out.data(), true), "",
+               kPeakHbmGBs);
+        verify("gpu_resident_copy_rows");
+        check(cudaMemset(d_out.data(), 0xff, out_bytes), "cudaMemset");
+        report("zero_copy_copy_rows", time_kernel(mapped, d_out.data(), true), "", kPeakPcieGBs);
+        verify("zero_copy_copy_rows");
 
         for (const bool from_pinned : {true, false}) {
           const char* tier = from_pinned ? "host_gather_pinned" : "host_gather_pageable";

@@ -33,4 +33,21 @@ void device_synchronize() {
   ENGRAM_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+void* mapped_host_alloc(size_t bytes, void** device) {
+  *device = nullptr;
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  ENGRAM_CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+  const cudaError_t e = cudaHostGetDevicePointer(device, p, 0);
+  if (e != cudaSuccess) {
+    (void)cudaFreeHost(p);
+    ENGRAM_CUDA_CHECK(e);
+  }
+  return p;
+}
+
+void mapped_host_free(void* host) noexcept {
+  if (host != nullptr) (void)cudaFreeHost(host);
+}
+
 }  // namespace engram::cuda

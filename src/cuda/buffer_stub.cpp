@@ -21,5 +21,9 @@ void copy_to_host(void*, const void*, size_t) {
 void device_synchronize() {
   no_cuda("device_synchronize");
 }
+void* mapped_host_alloc(size_t, void**) {
+  no_cuda("mapped_host_alloc");
+}
+void mapped_host_free(void*) noexcept {}
 
 }  // namespace engram::cuda

@@ -122,7 +122,87 @@ void gather_any(O* d_out, const DeviceTable& table, const int32_t* d_ids,
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
+// ---- copy_rows: 16-byte pieces, kCopyUnroll in flight a thread --------------------------
+
+constexpr int kCopyUnroll = 4;
+
+struct CopyArgs {
+  uint4* out;             // (tokens * heads * pieces) pieces
+  const uint4* table;     // (rows * pieces) pieces
+  const int32_t* ids;     // (tokens, heads)
+  const int64_t* offsets; // (heads)
+  int64_t rows, pieces, tokens, heads;
+  uint4 nan;              // a piece of quiet NaNs of the table's dtype
+};
+
+// Piece p of the output: row-of-output th = p / pieces (t * heads + h), piece q = p % pieces.
+// Consecutive threads take consecutive pieces (a row's pieces are read together); a thread
+// takes kCopyUnroll pieces a grid apart, issuing all their loads before its stores.
+__global__ void __launch_bounds__(kThreads) copy_rows_kernel(CopyArgs a) {
+  const int64_t n = a.tokens * a.heads * a.pieces;
+  const int64_t grid = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; base < n;
+       base += grid * kCopyUnroll) {
+    uint4 v[kCopyUnroll];
+#pragma unroll
+    for (int k = 0; k < kCopyUnroll; ++k) {
+      const int64_t p = base + k * grid;
+      if (p >= n) break;
+      const int64_t th = p / a.pieces, q = p - th * a.pieces;
+      const int32_t id = __ldg(a.ids + th);
+      const int64_t row = id + __ldg(a.offsets + th % a.heads);
+      v[k] = (id < 0 || row < 0 || row >= a.rows) ? a.nan : a.table[row * a.pieces + q];
+    }
+#pragma unroll
+    for (int k = 0; k < kCopyUnroll; ++k) {
+      const int64_t p = base + k * grid;
+      if (p >= n) break;
+      a.out[p] = v[k];
+    }
+  }
+}
+
 }  // namespace
+
+void copy_rows(void* d_out, const DeviceTable& table, const int32_t* d_ids,
+               const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
+  const char* where = "copy_rows";
+  if (table.dtype != DType::kF32 && table.dtype != DType::kBF16) {
+    throw InputError(error_message(
+        where, "table dtype " + std::string(dtype_name(table.dtype)) + " is not F32 or BF16"));
+  }
+  if (tokens < 0 || heads < 0 || table.rows < 0 || table.width < 0) {
+    throw InputError(error_message(
+        where, "tokens " + std::to_string(tokens) + ", heads " + std::to_string(heads) +
+                   ", table rows " + std::to_string(table.rows) + " and width " +
+                   std::to_string(table.width) + " must be >= 0"));
+  }
+  const bool bf16 = table.dtype == DType::kBF16;
+  const int64_t row_bytes = table.width * (bf16 ? 2 : 4);
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  if (row_bytes % 16 != 0 || addr(d_out) % 16 != 0 || addr(table.data) % 16 != 0) {
+    throw InputError(error_message(
+        where, "rows of " + std::to_string(row_bytes) +
+                   " bytes and the output and table pointers must lie on 16-byte boundaries"));
+  }
+  if (tokens == 0 || heads == 0 || table.width == 0) return;
+  const uint32_t nan_word = bf16 ? 0x7fc07fc0u : 0x7fc00000u;
+  const CopyArgs args{static_cast<uint4*>(d_out),
+                      static_cast<const uint4*>(table.data),
+                      d_ids,
+                      d_head_offsets,
+                      table.rows,
+                      row_bytes / 16,
+                      tokens,
+                      heads,
+                      make_uint4(nan_word, nan_word, nan_word, nan_word)};
+  const int64_t n = tokens * heads * (row_bytes / 16);
+  const int64_t per_block = int64_t{kThreads} * kCopyUnroll;
+  const auto blocks = static_cast<unsigned>(
+      std::min<int64_t>((n + per_block - 1) / per_block, INT32_MAX));
+  copy_rows_kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(args);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
 
 void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
                  const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {

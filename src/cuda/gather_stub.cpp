@@ -15,4 +15,9 @@ void gather_rows(bf16*, const DeviceTable&, const int32_t*, const int64_t*, int6
   throw Error(error_message("gather_rows", "built without CUDA"));
 }
 
+void copy_rows(void*, const DeviceTable&, const int32_t*, const int64_t*, int64_t, int64_t,
+               void*) {
+  throw Error(error_message("copy_rows", "built without CUDA"));
+}
+
 }  // namespace engram::cuda

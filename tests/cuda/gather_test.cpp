@@ -174,5 +174,88 @@ TEST(GpuGather, OutOfTableIdsGiveNanRowsAndBadArgumentsThrow) {
   EXPECT_THROW(gather_rows(static_cast<float*>(nullptr), DeviceTable{}, nullptr, nullptr, -1, 1), InputError);
 }
 
+// copy_rows: the table's raw rows, bit for bit (the output has the table's dtype), from a table in
+// device memory or in pinned host memory mapped for the GPU.
+std::vector<uint8_t> gpu_copy(const Case& c, const Tensor& table, bool mapped_host) {
+  const auto* raw = static_cast<const uint8_t*>(table.raw());
+  DeviceBuffer<uint8_t> d_table;
+  MappedHostBuffer<uint8_t> h_table;
+  const void* data = nullptr;
+  if (mapped_host) {
+    h_table = MappedHostBuffer<uint8_t>(table.nbytes());
+    std::memcpy(h_table.host().data(), raw, table.nbytes());
+    data = h_table.device();
+  } else {
+    d_table = DeviceBuffer<uint8_t>(std::span<const uint8_t>(raw, table.nbytes()));
+    data = d_table.data();
+  }
+  const DeviceBuffer<int32_t> d_ids{std::span<const int32_t>(c.ids)};
+  const DeviceBuffer<int64_t> d_offsets{std::span<const int64_t>(c.offsets)};
+  const size_t bytes = static_cast<size_t>(c.tokens * c.heads * c.width) * dtype_size(table.dtype());
+  DeviceBuffer<uint8_t> d_out(bytes);
+  copy_rows(d_out.data(), DeviceTable{data, table.dtype(), c.rows, c.width}, d_ids.data(),
+            d_offsets.data(), c.tokens, c.heads);
+  std::vector<uint8_t> out(bytes);
+  d_out.download(out);
+  return out;
+}
+
+// The expected bytes: the rows offsets[h] + ids[t, h] of the table, concatenated per token.
+std::vector<uint8_t> cpu_copy(const Case& c, const Tensor& table) {
+  const size_t row_bytes = static_cast<size_t>(c.width) * dtype_size(table.dtype());
+  const auto* raw = static_cast<const uint8_t*>(table.raw());
+  std::vector<uint8_t> out;
+  for (int64_t t = 0; t < c.tokens; ++t) {
+    for (int64_t h = 0; h < c.heads; ++h) {
+      const int64_t id = c.ids[static_cast<size_t>(t * c.heads + h)];
+      const int64_t row = c.offsets[static_cast<size_t>(h)] + id;
+      if (id < 0 || row >= c.rows) {  // a row of quiet NaNs
+        for (int64_t j = 0; j < c.width; ++j) {
+          if (table.dtype() == DType::kBF16) {
+            out.insert(out.end(), {0xc0, 0x7f});
+          } else {
+            out.insert(out.end(), {0x00, 0x00, 0xc0, 0x7f});
+          }
+        }
+        continue;
+      }
+      out.insert(out.end(), raw + row * row_bytes, raw + (row + 1) * row_bytes);
+    }
+  }
+  return out;
+}
+
+TEST(GpuCopyRows, RawRowsFromDeviceAndMappedHostTables) {
+  SKIP_WITHOUT_GPU();
+  for (const DType dt : {DType::kF32, DType::kBF16}) {
+    for (const int64_t width : {8, 64}) {  // f32 8: 2 pieces a row; bf16 8: 1 piece
+      Case c = make_case(5, width, 777, 21 + static_cast<uint64_t>(width));
+      c.ids[3] = -1;                            // invalid ids: rows of NaN
+      c.ids[11] = static_cast<int32_t>(c.rows);
+      const Tensor table = random_table(dt, c.rows, width, 22);
+      const std::vector<uint8_t> want = cpu_copy(c, table);
+      for (const bool mapped : {false, true}) {
+        EXPECT_EQ(gpu_copy(c, table, mapped), want)
+            << dtype_name(dt) << " width " << width << (mapped ? " mapped host" : " device");
+      }
+    }
+  }
+}
+
+TEST(GpuCopyRows, RejectsRowsOffTheSixteenByteGrid) {
+  SKIP_WITHOUT_GPU();
+  DeviceBuffer<float> buf(64);
+  // 12 bf16 values = 24 bytes a row.
+  EXPECT_THROW(copy_rows(buf.data(), DeviceTable{buf.data(), DType::kBF16, 4, 12}, nullptr,
+                         nullptr, 1, 1),
+               InputError);
+  EXPECT_THROW(copy_rows(buf.data() + 1, DeviceTable{buf.data(), DType::kF32, 4, 8}, nullptr,
+                         nullptr, 1, 1),
+               InputError);
+  EXPECT_THROW(copy_rows(buf.data(), DeviceTable{buf.data(), DType::kF64, 4, 8}, nullptr,
+                         nullptr, 1, 1),
+               InputError);
+}
+
 }  // namespace
 }  // namespace engram::cuda

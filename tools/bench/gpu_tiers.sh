@@ -24,7 +24,7 @@ big = next((l for l in lines if l.get("tier") == "pcie_h2d" and "rows" not in l)
 if big:
     print(f"PCIe h2d 256 MiB: {big['gb_per_s']:.1f} GB/s (peak {head['peak_pcie_gb_per_s']:.0f}), "
           f"table upload {big['table_upload_gb_per_s']:.1f} GB/s")
-print(f"\n{'tier':<22}{'dtype':<6}{'ids':<9}{'rows':>8}{'ms':>10}{'GB/s':>9}{'Mrows/s':>10}"
+print(f"\n{'tier':<24}{'dtype':<6}{'ids':<9}{'rows':>8}{'ms':>10}{'GB/s':>9}{'Mrows/s':>10}"
       f"{'gather_ms':>11}{'copy_ms':>9}")
 for l in lines:
     if "tier" not in l or "rows" not in l:
@@ -32,6 +32,6 @@ for l in lines:
     g = f"{l['gather_ms']:.4f}" if "gather_ms" in l else ""
     c = f"{l['copy_ms']:.4f}" if "copy_ms" in l else ""
     rps = f"{l['rows_per_s'] / 1e6:.1f}" if "rows_per_s" in l else ""
-    print(f"{l['tier']:<22}{l['dtype']:<6}{l.get('ids', ''):<9}{l['rows']:>8}{l['ms']:>10.4f}"
+    print(f"{l['tier']:<24}{l['dtype']:<6}{l.get('ids', ''):<9}{l['rows']:>8}{l['ms']:>10.4f}"
           f"{l['gb_per_s']:>9.1f}{rps:>10}{g:>11}{c:>9}")
 PY

@@ -26,6 +26,11 @@ void device_free(void* ptr) noexcept;                           // nullptr is fi
 void copy_to_device(void* dst, const void* src, size_t bytes);  // synchronous
 void copy_to_host(void* dst, const void* src, size_t bytes);    // synchronous
 void device_synchronize();                                      // waits for all streams
+// Pinned host memory mapped into the device's address space (cudaHostAlloc with
+// cudaHostAllocMapped | cudaHostAllocPortable): *device receives the pointer kernels read it
+// through (zero-copy over PCIe). nullptr (and *device = nullptr) for 0 bytes.
+void* mapped_host_alloc(size_t bytes, void** device);
+void mapped_host_free(void* host) noexcept;  // nullptr is fine
 
 // A device array of `size()` elements of a trivially copyable T. Move-only.
 template <class T>
@@ -77,6 +82,47 @@ class DeviceBuffer {
   }
 
   T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Host memory the GPU reads directly: `size()` elements of T at host() for the CPU and at
+// device() for kernels (the same bytes, over PCIe; e.g. a DeviceTable over an Engram table that
+// stays in host memory). Pinned: the pages never swap. Move-only.
+template <class T>
+class MappedHostBuffer {
+ public:
+  MappedHostBuffer() = default;
+  explicit MappedHostBuffer(size_t size) : size_(size) {
+    void* device = nullptr;
+    host_ = static_cast<T*>(mapped_host_alloc(size * sizeof(T), &device));
+    device_ = static_cast<T*>(device);
+  }
+  ~MappedHostBuffer() { mapped_host_free(host_); }
+  MappedHostBuffer(MappedHostBuffer&& other) noexcept
+      : host_(std::exchange(other.host_, nullptr)),
+        device_(std::exchange(other.device_, nullptr)),
+        size_(std::exchange(other.size_, 0)) {}
+  MappedHostBuffer& operator=(MappedHostBuffer&& other) noexcept {
+    if (this != &other) {
+      mapped_host_free(host_);
+      host_ = std::exchange(other.host_, nullptr);
+      device_ = std::exchange(other.device_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+  MappedHostBuffer(const MappedHostBuffer&) = delete;
+  MappedHostBuffer& operator=(const MappedHostBuffer&) = delete;
+
+  size_t size() const { return size_; }
+  size_t bytes() const { return size_ * sizeof(T); }
+  std::span<T> host() { return {host_, size_}; }
+  std::span<const T> host() const { return {host_, size_}; }
+  const T* device() const { return device_; }
+
+ private:
+  T* host_ = nullptr;
+  T* device_ = nullptr;
   size_t size_ = 0;
 };
 

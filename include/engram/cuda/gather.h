@@ -38,4 +38,17 @@ void gather_rows(bf16* d_out, const DeviceTable& table, const int32_t* d_ids,
                  const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
                  void* stream = nullptr);
 
+// The same rows copied bit for bit into an output of the table's own dtype (f32 rows to f32,
+// bf16 rows to bf16): out[t, h*w .. h*w + w) = table[offsets[h] + ids[t, h]]. Rows move as
+// 16-byte pieces with plain loads, several pieces in flight a thread: the gather for a table in
+// pinned, mapped host memory read over PCIe (DeviceTable.data = MappedHostBuffer::device(),
+// include/engram/cuda/buffer.h), and as good as gather_rows in device memory.
+// Requires row bytes (width * element size) % 16 == 0 and 16-byte-aligned d_out and table data;
+// an id < 0 or a row >= table.rows gives a row of NaN, as gather_rows. Throws InputError for
+// another dtype, a negative size, or rows and pointers off the 16-byte grid; engram::Error on a
+// launch failure.
+void copy_rows(void* d_out, const DeviceTable& table, const int32_t* d_ids,
+               const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
+               void* stream = nullptr);
+
 }  // namespace engram::cuda
