@@ -158,27 +158,89 @@ void check_against_cpu(int64_t accum) {
     const double la = ma[i]["train_loss"], lb = mb[i]["train_loss"];
     EXPECT_NEAR(lb, la, 1e-4 * std::max(1.0, std::abs(la))) << "train_loss, step " << i + 1;
     const double ga = ma[i]["grad_norm"], gb = mb[i]["grad_norm"];
-    EXPECT_NEAR(gb, ga, 1e-3 * std::max(1.0, std::abs(ga))) << "grad_norm, step " << i + 1;
+    EXPECT_NEAR(gb, ga, 1e-2 * std::max(1.0, std::abs(ga))) << "grad_norm, step " << i + 1;
     if (ma[i].contains("val_loss")) {
       ASSERT_TRUE(mb[i].contains("val_loss")) << "step " << i + 1;
       const double va = ma[i]["val_loss"], vb = mb[i]["val_loss"];
       EXPECT_NEAR(vb, va, 1e-4 * std::max(1.0, std::abs(va))) << "val_loss, step " << i + 1;
     }
   }
-  // Parameters (and Adam moments) after 6 Adam steps of lr <= 3e-3: float rounding in the
-  // gradients moves an update by far less than lr. The line printed says where the largest
-  // difference is and how many elements are off.
+  // Parameters and Adam moments after 6 steps. The arithmetic of each batch is held to float
+  // rounding by TrainingBatchesGiveTheCpuGradients (every gradient <= 1e-4 on the batches these
+  // runs read); here what is checked is the loop around it (accumulation, clipping, the
+  // optimizers, the MoE bias updates), whose mistakes move every parameter. Over a trajectory
+  // rounding differences grow: Adam scales each element's step by its own gradient size, so an
+  // element whose gradient is near rounding level takes a step of up to lr (the tables: 5 lr) of
+  // either sign. With grad_accum 2 on this corpus, a few hundred of 2.2 M elements (Engram table
+  // rows) end up to ~4e-3 apart while the losses agree to 2e-5 (with grad_accum 1: none beyond
+  // 1e-4). Hence a bound on the relative RMS of the differences (1e-3; measured 1.7e-4) and a
+  // looser one per element (1e-2, under one table step), and the grad norms to 1e-2: a wrong
+  // loop (a micro-batch lost, a wrong scale or learning rate) moves the norms by a factor or
+  // every touched element by steps of lr. The line printed says where the largest difference is
+  // and how many elements are off.
   const CheckpointDifference d =
       checkpoint_difference(cpu + "/checkpoint.safetensors", gpu + "/checkpoint.safetensors");
   std::printf("[ params ] accum %lld: max |gpu - cpu| %.1e (%s), %lld of %lld elements beyond "
               "1e-4, relative RMS %.1e\n",
               static_cast<long long>(accum), d.max_abs, d.max_tensor.c_str(),
               static_cast<long long>(d.over), static_cast<long long>(d.total), d.relative_rms);
-  EXPECT_LT(d.max_abs, 1e-3) << d.max_tensor;
+  EXPECT_LT(d.relative_rms, 1e-3);
+  EXPECT_LT(d.max_abs, 1e-2) << d.max_tensor;
 }
 
 TEST(GpuTrain, MatchesCpuTraining) { check_against_cpu(1); }
 TEST(GpuTrain, MatchesCpuTrainingWithAccumulation) { check_against_cpu(2); }
+
+// The first 12 training batches (what 6 steps with grad_accum 2 read), each through the CPU and
+// the GPU model from the same parameters (no update in between): the same loss and gradients to
+// float rounding. This separates the per-batch arithmetic from the training trajectory that
+// MatchesCpuTraining* compares.
+TEST(GpuTrain, TrainingBatchesGiveTheCpuGradients) {
+  SKIP_WITHOUT_GPU();
+  const model::ModelConfig c = config();
+  const TextContext text = make_text_context(c);
+  const DataLoader loader =
+      open_data_loader(c.train.data, "train.bin", c, text.hasher.get(), DataLoader::Mode::kRandom);
+  model::Transformer<float> cpu(c, text.head_sizes, c.train.seed);
+  model::GpuTransformer gpu(cpu);
+  model::TransformerParams<float> grads;
+  nn::SparseRowGrad<float> embed;
+  std::vector<nn::SparseRowGrad<float>> tables;
+  double worst = 0;
+  std::string worst_at;
+  auto compare = [&](const std::vector<float>& got, const std::vector<float>& want,
+                     const std::string& what) {
+    const double e = cuda::test_util::normalised_error(got, want);
+    if (e > worst) worst = e, worst_at = what;
+    EXPECT_LE(e, 1e-4) << what;
+  };
+  for (int64_t k = 0; k < 12; ++k) {
+    const Batch b = loader.batch_at(k);
+    const double lc = cpu.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids);
+    cpu.backward();
+    const double lg = gpu.forward(b.inputs.data(), b.targets.data(), b.batch, b.seq, b.hash_ids);
+    gpu.backward();
+    EXPECT_NEAR(lg, lc, 1e-5 * std::max(1.0, std::abs(lc))) << "loss, batch " << k;
+    gpu.download_grads(grads, embed, tables);
+    const std::string at = "batch " + std::to_string(k) + ": ";
+    auto got = grads.named();
+    auto want = cpu.grads().named();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      compare(std::vector<float>(got[i].data, got[i].data + got[i].size),
+              std::vector<float>(want[i].data, want[i].data + want[i].size), at + want[i].name);
+    }
+    EXPECT_EQ(embed.rows, cpu.embed_grad().rows) << at << "embedding rows";
+    compare(embed.values, cpu.embed_grad().values, at + "embedding");
+    ASSERT_EQ(tables.size(), cpu.engram_table_grads().size());
+    for (size_t t = 0; t < tables.size(); ++t) {
+      EXPECT_EQ(tables[t].rows, cpu.engram_table_grads()[t].rows) << at << "table rows";
+      compare(tables[t].values, cpu.engram_table_grads()[t].values, at + "table");
+    }
+  }
+  std::printf("[ batches ] 12 training batches: worst normalised gradient error %.1e (%s)\n",
+              worst, worst_at.c_str());
+}
 
 TEST(GpuTrain, ResumeIsBitIdenticalOnTheGpu) {
   SKIP_WITHOUT_GPU();
