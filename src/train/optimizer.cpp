@@ -281,4 +281,34 @@ double clip_grad_norm(std::span<const std::span<float>> dense,
   return norm;
 }
 
+void add_sparse_grad(nn::SparseRowGrad<float>& acc, const nn::SparseRowGrad<float>& g) {
+  if (acc.rows.empty()) {
+    acc = g;
+    return;
+  }
+  const auto w = static_cast<size_t>(g.width);
+  nn::SparseRowGrad<float> out;
+  out.width = g.width;
+  out.rows.reserve(acc.rows.size() + g.rows.size());
+  out.values.reserve((acc.rows.size() + g.rows.size()) * w);
+  size_t i = 0, j = 0;
+  while (i < acc.rows.size() || j < g.rows.size()) {
+    const bool take_a = j == g.rows.size() || (i < acc.rows.size() && acc.rows[i] <= g.rows[j]);
+    const bool take_b = i == acc.rows.size() || (j < g.rows.size() && g.rows[j] <= acc.rows[i]);
+    const int64_t row = take_a ? acc.rows[i] : g.rows[j];
+    out.rows.push_back(row);
+    const size_t at = out.values.size();
+    out.values.resize(at + w, 0.0f);
+    if (take_a) {
+      for (size_t c = 0; c < w; ++c) out.values[at + c] += acc.values[i * w + c];
+      ++i;
+    }
+    if (take_b) {
+      for (size_t c = 0; c < w; ++c) out.values[at + c] += g.values[j * w + c];
+      ++j;
+    }
+  }
+  acc = std::move(out);
+}
+
 }  // namespace engram::train

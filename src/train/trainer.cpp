@@ -21,37 +21,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// acc += g over sorted row lists (the union of rows, values added).
-void add_sparse(nn::SparseRowGrad<float>& acc, const nn::SparseRowGrad<float>& g) {
-  if (acc.rows.empty()) {
-    acc = g;
-    return;
-  }
-  const auto w = static_cast<size_t>(g.width);
-  nn::SparseRowGrad<float> out;
-  out.width = g.width;
-  out.rows.reserve(acc.rows.size() + g.rows.size());
-  out.values.reserve((acc.rows.size() + g.rows.size()) * w);
-  size_t i = 0, j = 0;
-  while (i < acc.rows.size() || j < g.rows.size()) {
-    const bool take_a = j == g.rows.size() || (i < acc.rows.size() && acc.rows[i] <= g.rows[j]);
-    const bool take_b = i == acc.rows.size() || (j < g.rows.size() && g.rows[j] <= acc.rows[i]);
-    const int64_t row = take_a ? acc.rows[i] : g.rows[j];
-    out.rows.push_back(row);
-    const size_t at = out.values.size();
-    out.values.resize(at + w, 0.0f);
-    if (take_a) {
-      for (size_t c = 0; c < w; ++c) out.values[at + c] += acc.values[i * w + c];
-      ++i;
-    }
-    if (take_b) {
-      for (size_t c = 0; c < w; ++c) out.values[at + c] += g.values[j * w + c];
-      ++j;
-    }
-  }
-  acc = std::move(out);
-}
-
 void scale_sparse(nn::SparseRowGrad<float>& g, float s) {
   for (auto& v : g.values) v *= s;
 }
@@ -379,9 +348,9 @@ TrainResult train(const model::ModelConfig& config_in, const TrainOptions& opt) 
         for (const auto& [dst, src] : accum_pairs) {
           for (size_t j = 0; j < dst.size(); ++j) dst[j] += src[j];
         }
-        add_sparse(embed_acc, model.embed_grad());
+        add_sparse_grad(embed_acc, model.embed_grad());
         for (size_t i = 0; i < table_acc.size(); ++i) {
-          add_sparse(table_acc[i], model.engram_table_grads()[i]);
+          add_sparse_grad(table_acc[i], model.engram_table_grads()[i]);
         }
       }
     }

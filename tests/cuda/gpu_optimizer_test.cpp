@@ -370,34 +370,6 @@ TEST(GpuOptimizer, RejectsBadArguments) {
 
 // ---- GpuGradAccumulator -----------------------------------------------------------------------
 
-// The CPU trainer's add_sparse: acc += g over sorted row lists (the union, values added).
-void add_sparse(nn::SparseRowGrad<float>& acc, const nn::SparseRowGrad<float>& g) {
-  if (acc.rows.empty()) {
-    acc = g;
-    return;
-  }
-  const auto w = static_cast<size_t>(g.width);
-  nn::SparseRowGrad<float> out;
-  out.width = g.width;
-  size_t i = 0, j = 0;
-  while (i < acc.rows.size() || j < g.rows.size()) {
-    const bool take_a = j == g.rows.size() || (i < acc.rows.size() && acc.rows[i] <= g.rows[j]);
-    const bool take_b = i == acc.rows.size() || (j < g.rows.size() && g.rows[j] <= acc.rows[i]);
-    out.rows.push_back(take_a ? acc.rows[i] : g.rows[j]);
-    const size_t at = out.values.size();
-    out.values.resize(at + w, 0.0f);
-    if (take_a) {
-      for (size_t c = 0; c < w; ++c) out.values[at + c] += acc.values[i * w + c];
-      ++i;
-    }
-    if (take_b) {
-      for (size_t c = 0; c < w; ++c) out.values[at + c] += g.values[j * w + c];
-      ++j;
-    }
-  }
-  acc = std::move(out);
-}
-
 TEST(GpuGradAccumulator, MeanMatchesTheCpuTrainersSums) {
   SKIP_WITHOUT_GPU();
   ModelPair s;
@@ -430,8 +402,8 @@ TEST(GpuGradAccumulator, MeanMatchesTheCpuTrainersSums) {
         for (int64_t i = 0; i < g.size; ++i) it->second[static_cast<size_t>(i)] += g.data[i];
       }
       sparse_sum.resize(1 + tables.size());
-      add_sparse(sparse_sum[0], embed);
-      for (size_t t = 0; t < tables.size(); ++t) add_sparse(sparse_sum[t + 1], tables[t]);
+      add_sparse_grad(sparse_sum[0], embed);
+      for (size_t t = 0; t < tables.size(); ++t) add_sparse_grad(sparse_sum[t + 1], tables[t]);
     }
     const float scale = 1.0f / static_cast<float>(micro);
     const GpuGradients mean = acc.mean();

@@ -4,6 +4,7 @@
 //   AdamW          dense weights, torch.optim.AdamW semantics, per-group "no weight decay"
 //   SparseRowAdam  Engram tables: Adam on the rows a step touched, lazily exact moments
 //   clip_grad_norm global-norm clipping over dense buffers and sparse row gradients
+//   add_sparse_grad  the sum of two sparse row gradients (gradient accumulation)
 //
 // The recipe (issue): dense weights with AdamW under the schedule; Engram tables with Adam at
 // kEngramLrMultiplier x the scheduled rate and no weight decay; gradients clipped first.
@@ -145,6 +146,11 @@ class SparseRowAdam {
   std::vector<int64_t> last_step_;
   int64_t step_ = 0;
 };
+
+// acc += g for sparse row gradients whose rows are ascending: the union of the rows, ascending,
+// each row's values summed (acc's first). An empty acc becomes g. Gradient accumulation over
+// micro-batches uses it (train(), and the GPU path's tests as the reference).
+void add_sparse_grad(nn::SparseRowGrad<float>& acc, const nn::SparseRowGrad<float>& g);
 
 // Global-norm clipping: norm = sqrt(sum of g^2 over every dense buffer and every sparse
 // gradient's values), accumulated in double in a fixed order (independent of threads). When
