@@ -21,6 +21,7 @@
 #include "engram/infer/model_loader.h"
 #include "engram/infer/sampler.h"
 #include "engram/memory/engt_file.h"
+#include "engt_tables.h"
 #include "engram/memory/tiered_store.h"
 #include "engram/train/run.h"
 #include "engram/util/error.h"
@@ -47,18 +48,6 @@ double number(const Args& args, const std::string& name, double fallback) {
   }
 }
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    const size_t comma = s.find(',', start);
-    out.push_back(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return out;
-}
-
 // The Engram tables from .engt files, one per Engram layer (layer_ids order).
 struct ExternalTables {
   std::string tier;  // "host" or "file"
@@ -82,31 +71,10 @@ struct ExternalTables {
 ExternalTables open_tables(const std::vector<std::string>& paths, const std::string& tier,
                            int64_t cache_rows, const model::Transformer<float>& model,
                            infer::Decoder& decoder) {
-  const model::ModelConfig& config = model.config();
-  const std::vector<int> ids = config.engram ? config.engram->hash.layer_ids : std::vector<int>{};
-  if (paths.size() != ids.size()) {
-    std::string list;
-    for (const int l : ids) list += (list.empty() ? "" : ", ") + std::to_string(l);
-    throw ConfigError(error_message(
-        "--engram-tables", std::to_string(paths.size()) + " file(s) given, the model has " +
-                               std::to_string(ids.size()) + " Engram layer(s) (layer_ids [" + list +
-                               "]): one .engt file per layer, in that order"));
-  }
+  check_engt_tables(paths, model);
   ExternalTables tables;
   tables.tier = tier;
   for (size_t e = 0; e < paths.size(); ++e) {
-    const int layer = ids[e];
-    const nn::EngramLayer<float>& el = *model.params().layers[static_cast<size_t>(layer)].engram;
-    const memory::EngtFile header = memory::EngtFile::open(paths[e]);
-    const auto check = [&](const char* field, int64_t value, int64_t expected) {
-      if (value == expected) return;
-      throw ConfigError(error_message(
-          paths[e], std::string(field) + ": " + std::to_string(value) + ", but Engram layer " +
-                        std::to_string(layer) + "'s table (param.layers." + std::to_string(layer) +
-                        ".engram.table) has " + std::to_string(expected) + " " + field));
-    };
-    check("rows", header.rows(), el.table_rows());
-    check("width", header.width(), el.config().row_width());
     if (tier == "host") {
       tables.stores.push_back(
           std::make_unique<memory::EngtRowStore>(paths[e], memory::EngtTier::kHost));

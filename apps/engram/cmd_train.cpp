@@ -9,6 +9,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "engt_tables.h"
 #include "engram/train/run.h"
 #include "engram/train/trainer.h"
 #include "engram/util/file.h"
@@ -113,12 +114,21 @@ int run_train(int argc, char** argv) {
 
 int run_eval(int argc, char** argv) {
   const Args args(argc, argv, 2,
-                  {"ckpt", "tokens", "tokenizer", "threads", "data", "windows", "device"}, {});
+                  {"ckpt", "tokens", "tokenizer", "threads", "data", "windows", "device",
+                   "engram-tables"},
+                  {});
   set_default_threads(static_cast<int>(args.integer("threads", 0, 0, 4096)));
   const std::string device = args.optional("device").value_or("cpu");
   train::check_device(device);
   train::LoadedModel m =
       train::load_model(args.required("ckpt"), args.optional("tokenizer").value_or(""));
+  // --engram-tables: the Engram tables as stored in .engt files (any row format), in place of
+  // the checkpoint's: the loss of the model as it would run from those files.
+  std::vector<std::string> table_paths;
+  if (auto t = args.optional("engram-tables")) {
+    table_paths = split_commas(*t);
+    load_engt_tables(table_paths, *m.model);
+  }
   const std::string data = args.optional("data").value_or(m.config.train.data);
   if (data.empty()) throw UsageError("the checkpoint's config has no train.data: pass --data DIR");
   const int64_t tokens = args.integer("tokens", m.config.train.eval_tokens, 0, INT64_MAX);
@@ -134,8 +144,9 @@ int run_eval(int argc, char** argv) {
     r = train::evaluate(*m.model, loader, tokens, byte_lengths, &windows);
   }
   if (auto w = args.optional("windows")) write_file_atomic(*w, json::Json(windows).dump() + "\n");
-  const json::Json out = {{"val_loss", r.loss},  {"ppl", r.ppl},     {"bits_per_byte", r.bits_per_byte},
-                          {"tokens", r.tokens}, {"bytes", r.bytes}, {"step", m.state.step}};
+  json::Json out = {{"val_loss", r.loss},  {"ppl", r.ppl},     {"bits_per_byte", r.bits_per_byte},
+                    {"tokens", r.tokens}, {"bytes", r.bytes}, {"step", m.state.step}};
+  if (!table_paths.empty()) out["engram_tables"] = json::Json(table_paths);
   write_stdout(out.dump() + "\n");
   return 0;
 }

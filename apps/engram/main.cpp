@@ -78,11 +78,13 @@ Commands:
       Trains a model on the prepared data named by the config's train.data (or --data);
       progress on stderr, DIR/metrics.jsonl, DIR/loss.svg, DIR/checkpoint.safetensors.
       Ctrl-C stops after the current step with a checkpoint; --resume continues exactly.
-      --device cuda: forward and backward on the GPU, the optimizer on the host.
+      --device cuda: forward, backward and the optimizer on the GPU.
   eval --ckpt DIR [--tokens N] [--data DIR] [--tokenizer DIR] [--threads N] [--windows FILE]
-       [--device cpu|cuda]
+       [--device cpu|cuda] [--engram-tables F.engt[,...]]
       Validation loss of a checkpoint: {"val_loss", "ppl", "bits_per_byte", "tokens"};
       --windows writes the mean loss of every window scored (a JSON array).
+      --engram-tables evaluates with the Engram tables of .engt files (one per Engram layer,
+      layer_ids order; any row format, e.g. from `engram table convert --format fp8`).
   generate --ckpt DIR --prompt TEXT --max-tokens N [--seed S] [--temperature T] [--top-k K]
            [--top-p P] [--tokenizer DIR] [--threads N]
            [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N] [--table-stats FILE]]

@@ -1,6 +1,6 @@
 // engram generate end to end on a tiny untrained checkpoint (mHC, MoE, Engram) and the synthetic
 // GPT-2-style tokenizer: output, reproducibility, agreement with an in-process greedy decode,
-// the max_seq_len stop, and errors with their exit status.
+// the max_seq_len stop, and errors with their exit status; engram eval --engram-tables.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -19,6 +20,7 @@
 #include "engram/train/checkpoint.h"
 #include "engram/train/run.h"
 #include "engram/util/file.h"
+#include "test_corpus.h"
 #include "test_paths.h"
 
 namespace engram {
@@ -334,6 +336,49 @@ TEST(GenerateCli, EngramTablesFromFilesLeaveTheCheckpointsTablesOutOfMemory) {
   EXPECT_GE(saved, static_cast<double>(table_bytes) / (1 << 20)) << full.err << lean.err;
   std::remove(ckpt.c_str());
   std::remove(table.c_str());
+}
+
+}  // namespace
+}  // namespace engram
+
+namespace engram {
+namespace {
+
+// `engram eval` of the same checkpoint on the synthetic corpus; returns (status, stdout JSON).
+std::pair<int, nlohmann::json> run_eval(const std::string& extra) {
+  static const std::string data = test::prepare_synthetic_corpus(temp_dir());
+  const std::string out = temp_dir() + "/eval_stdout", err = temp_dir() + "/eval_stderr";
+  const std::string cmd = test::cli_path() + " eval --ckpt " + checkpoint() + " --tokenizer " +
+                          tokenizer_path() + " --data " + data + " --tokens 64" + extra + " >" +
+                          out + " 2>" + err;
+  const int rc = std::system(cmd.c_str());
+  const int status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  const std::string text = read_file(out);
+  return {status, status == 0 ? nlohmann::json::parse(text) : nlohmann::json(read_file(err))};
+}
+
+TEST(EvalCli, EngramTablesFromEngtFiles) {
+  const auto [s_own, own] = run_eval("");
+  ASSERT_EQ(s_own, 0) << own;
+  EXPECT_FALSE(own.contains("engram_tables"));
+  // f32 rows are the checkpoint's values: the same loss to the last bit.
+  const std::string f32 = convert("param.layers.1.engram.table", "f32", "eval_f32.engt");
+  const auto [s_f32, with_f32] = run_eval(" --engram-tables " + f32);
+  ASSERT_EQ(s_f32, 0) << with_f32;
+  EXPECT_EQ(with_f32["val_loss"].get<double>(), own["val_loss"].get<double>());
+  EXPECT_EQ(with_f32["engram_tables"], nlohmann::json::array({f32}));
+  // bf16 rows: another table, so (almost surely) another loss, but close.
+  const std::string bf16 = convert("param.layers.1.engram.table", "bf16", "eval_bf16.engt");
+  const auto [s_bf16, with_bf16] = run_eval(" --engram-tables " + bf16);
+  ASSERT_EQ(s_bf16, 0) << with_bf16;
+  const double a = own["val_loss"].get<double>(), b = with_bf16["val_loss"].get<double>();
+  EXPECT_NE(a, b);
+  EXPECT_NEAR(b, a, 1e-2 * a);
+  // A table of the wrong shape: exit 1, the file and field named.
+  const std::string wrong = convert("param.head", "f32", "eval_head.engt");
+  const auto [s_wrong, err] = run_eval(" --engram-tables " + wrong);
+  EXPECT_EQ(s_wrong, 1);
+  EXPECT_NE(err.get<std::string>().find(wrong + ": rows: 2005"), std::string::npos) << err;
 }
 
 }  // namespace

@@ -1,0 +1,77 @@
+// .engt tables on the command line (apps/engram/engt_tables.h).
+#include "engt_tables.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+
+#include "engram/memory/engt_file.h"
+#include "engram/util/error.h"
+
+namespace engram::cli {
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = s.find(',', start);
+    out.push_back(s.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
+                                   const model::Transformer<float>& model) {
+  const model::ModelConfig& config = model.config();
+  const std::vector<int> ids = config.engram ? config.engram->hash.layer_ids : std::vector<int>{};
+  if (paths.size() != ids.size()) {
+    std::string list;
+    for (const int l : ids) list += (list.empty() ? "" : ", ") + std::to_string(l);
+    throw ConfigError(error_message(
+        "--engram-tables", std::to_string(paths.size()) + " file(s) given, the model has " +
+                               std::to_string(ids.size()) + " Engram layer(s) (layer_ids [" + list +
+                               "]): one .engt file per layer, in that order"));
+  }
+  for (size_t e = 0; e < paths.size(); ++e) {
+    const int layer = ids[e];
+    const nn::EngramLayer<float>& el = *model.params().layers[static_cast<size_t>(layer)].engram;
+    const memory::EngtFile header = memory::EngtFile::open(paths[e]);
+    const auto check = [&](const char* field, int64_t value, int64_t expected) {
+      if (value == expected) return;
+      throw ConfigError(error_message(
+          paths[e], std::string(field) + ": " + std::to_string(value) + ", but Engram layer " +
+                        std::to_string(layer) + "'s table (param.layers." + std::to_string(layer) +
+                        ".engram.table) has " + std::to_string(expected) + " " + field));
+    };
+    check("rows", header.rows(), el.table_rows());
+    check("width", header.width(), el.config().row_width());
+  }
+  return ids;
+}
+
+void load_engt_tables(const std::vector<std::string>& paths, model::Transformer<float>& model) {
+  const std::vector<int> ids = check_engt_tables(paths, model);
+  constexpr int64_t kChunk = 1 << 16;  // rows a gather
+  for (size_t e = 0; e < paths.size(); ++e) {
+    const auto l = static_cast<size_t>(ids[e]);
+    std::vector<float>& table = model.params().layers[l].engram_table;
+    const memory::EngtRowStore store(paths[e], memory::EngtTier::kHost);
+    const int64_t rows = store.num_rows(), width = store.width();
+    if (static_cast<int64_t>(table.size()) != rows * width) {
+      throw ConfigError(error_message(
+          paths[e], "the model's table param.layers." + std::to_string(ids[e]) +
+                        ".engram.table is not loaded (" + std::to_string(table.size()) +
+                        " values for " + std::to_string(rows * width) + ")"));
+    }
+    std::vector<int64_t> chunk;
+    for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
+      chunk.resize(static_cast<size_t>(std::min(kChunk, rows - r0)));
+      std::iota(chunk.begin(), chunk.end(), r0);
+      store.gather(chunk, table.data() + r0 * width, width);
+    }
+  }
+}
+
+}  // namespace engram::cli
