@@ -47,6 +47,23 @@ std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
     };
     check("rows", header.rows(), el.table_rows());
     check("width", header.width(), el.config().row_width());
+    // Tables of several Engram layers usually share their shape: a file converted from another
+    // layer's tensor (its name says which) is refused rather than read in the wrong place.
+    const std::string& name = header.name();
+    const std::string mark = "layers.", tail = ".engram.table";
+    const size_t at = name.rfind(mark);
+    if (at != std::string::npos && name.size() > tail.size() &&
+        name.compare(name.size() - tail.size(), tail.size(), tail) == 0) {
+      const std::string number =
+          name.substr(at + mark.size(), name.size() - tail.size() - at - mark.size());
+      if (!number.empty() && number.find_first_not_of("0123456789") == std::string::npos &&
+          number != std::to_string(layer)) {
+        throw ConfigError(error_message(
+            paths[e], "name: \"" + name + "\" is the table of layer " + number +
+                          ", but this file is given for Engram layer " + std::to_string(layer) +
+                          " (files in layer_ids order)"));
+      }
+    }
   }
   return ids;
 }

@@ -13,8 +13,10 @@ namespace engram::cli {
 std::vector<std::string> split_commas(const std::string& s);
 
 // Checks that there is one path per Engram layer of `model` and that each file's header has
-// that layer's table rows and row width; throws ConfigError naming the flag or the file, the
-// field and both values. Returns the Engram layer ids, in the order of the paths.
+// that layer's table rows and row width, and, when the header's tensor name is a layer's table
+// ("...layers.N.engram.table", as `engram table convert` records it), that N is this layer;
+// throws ConfigError naming the flag or the file, the field and both values. Returns the Engram
+// layer ids, in the order of the paths.
 std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
                                    const model::Transformer<float>& model);
 

@@ -994,15 +994,13 @@ void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_con
   if (tokens * C == 0) return;
   const int64_t halo = a.dilation * (a.kernel - 1);
   if (tile_path(C, halo)) {
-    static const bool attr = [] {
-      const int bytes = static_cast<int>(bwd_tile_smem(kMaxTileHalo));
-      ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, 4>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-      ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, kMaxTaps>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-      return true;
-    }();
-    (void)attr;
+    // More than the default 48 KiB of dynamic shared memory: opted in at every launch, since
+    // the attribute belongs to the current device (cheap next to the kernel).
+    const int smem_limit = static_cast<int>(bwd_tile_smem(kMaxTileHalo));
+    ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, 4>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit));
+    ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, kMaxTaps>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit));
     const int64_t tiles = (tokens + kBwdTile - 1) / kBwdTile;
     const auto chunks = static_cast<unsigned>(std::min<int64_t>(tiles, kMaxConvChunks));
     const dim3 grid(static_cast<unsigned>((C + kTileC - 1) / kTileC), chunks);

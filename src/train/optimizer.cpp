@@ -4,6 +4,7 @@
 #include <cassert>
 #include <cmath>
 #include <numbers>
+#include <string>
 #include <utility>
 
 #include "engram/util/error.h"
@@ -285,6 +286,12 @@ void add_sparse_grad(nn::SparseRowGrad<float>& acc, const nn::SparseRowGrad<floa
   if (acc.rows.empty()) {
     acc = g;
     return;
+  }
+  if (g.rows.empty()) return;
+  if (g.width != acc.width) {
+    throw InputError(error_message("add_sparse_grad", "rows of " + std::to_string(g.width) +
+                                                          " values added to rows of " +
+                                                          std::to_string(acc.width)));
   }
   const auto w = static_cast<size_t>(g.width);
   nn::SparseRowGrad<float> out;

@@ -352,7 +352,8 @@ std::vector<Case> cases() {
   out.push_back({4, true, true, 2, 80, 64, DType::kF32, Prec::kF32, 7, 5});   // 7 taps
   out.push_back({4, true, true, 2, 70, 256, DType::kBF16, Prec::kBf16, 6, 4}); // bf16, 6 taps
   out.push_back({4, true, true, 2, 80, 64, DType::kBF16, Prec::kBf16, 7, 5});  // bf16, 7 taps
-  // More tokens than a grid's y dimension holds (65,535): the conv kernels stride over tokens.
+  // More tokens than a grid's y dimension holds (65,535): the gate and norm kernels and the
+  // backward conv tiles (at most 256 blocks in y) stride over tokens.
   out.push_back({1, true, true, 1, 66000, 8, DType::kF32});
   return out;
 }

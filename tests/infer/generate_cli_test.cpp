@@ -15,8 +15,12 @@
 #include <nlohmann/json.hpp>
 
 #include "engram/infer/decoder.h"
+#include "engram/memory/engt_file.h"
+#include "engram/memory/row_format.h"
 #include "engram/model/config.h"
+#include "engram/model/safetensors.h"
 #include "engram/model/transformer.h"
+#include "engram/tensor/tensor.h"
 #include "engram/train/checkpoint.h"
 #include "engram/train/run.h"
 #include "engram/util/file.h"
@@ -379,6 +383,19 @@ TEST(EvalCli, EngramTablesFromEngtFiles) {
   const auto [s_wrong, err] = run_eval(" --engram-tables " + wrong);
   EXPECT_EQ(s_wrong, 1);
   EXPECT_NE(err.get<std::string>().find(wrong + ": rows: 2005"), std::string::npos) << err;
+  // The right shape, but the table of another layer (as its tensor name says): refused.
+  const SafetensorsFile ckpt = SafetensorsFile::open(checkpoint());
+  const Tensor table = ckpt.get("param.layers.1.engram.table").contiguous();
+  const std::string other = temp_dir() + "/eval_layer2.engt";
+  memory::write_engt(other, memory::RowFormat::kF32, table.data<float>(), table.shape()[0],
+                     table.shape()[1], "param.layers.2.engram.table");
+  const auto [s_other, err_other] = run_eval(" --engram-tables " + other);
+  EXPECT_EQ(s_other, 1);
+  EXPECT_NE(err_other.get<std::string>().find(other + ": name: \"param.layers.2.engram.table\" "
+                                              "is the table of layer 2, but this file is given "
+                                              "for Engram layer 1"),
+            std::string::npos)
+      << err_other;
 }
 
 }  // namespace

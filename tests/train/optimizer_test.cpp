@@ -409,5 +409,27 @@ TEST(ClipGradNormTest, BadInputThrows) {
   EXPECT_THROW(clip_grad_norm(dense, sparse, 1.0), InputError);
 }
 
+nn::SparseRowGrad<float> sparse(std::vector<int64_t> rows, std::vector<float> values,
+                                int64_t width) {
+  nn::SparseRowGrad<float> g;
+  g.rows = std::move(rows);
+  g.values = std::move(values);
+  g.width = width;
+  return g;
+}
+
+TEST(AddSparseGradTest, UnionOfRowsWithSharedRowsSummed) {
+  nn::SparseRowGrad<float> acc;
+  add_sparse_grad(acc, sparse({1, 4}, {1, 2, 3, 4}, 2));  // empty acc: becomes g
+  EXPECT_EQ(acc.rows, (std::vector<int64_t>{1, 4}));
+  add_sparse_grad(acc, sparse({0, 4, 7}, {10, 20, 30, 40, 50, 60}, 2));
+  EXPECT_EQ(acc.rows, (std::vector<int64_t>{0, 1, 4, 7}));
+  EXPECT_EQ(acc.values, (std::vector<float>{10, 20, 1, 2, 33, 44, 50, 60}));
+  EXPECT_EQ(acc.width, 2);
+  add_sparse_grad(acc, sparse({}, {}, 0));  // an empty gradient (any width) changes nothing
+  EXPECT_EQ(acc.rows, (std::vector<int64_t>{0, 1, 4, 7}));
+  EXPECT_THROW(add_sparse_grad(acc, sparse({2}, {1, 2, 3}, 3)), InputError);
+}
+
 }  // namespace
 }  // namespace engram::train

@@ -148,7 +148,8 @@ class SparseRowAdam {
 };
 
 // acc += g for sparse row gradients whose rows are ascending: the union of the rows, ascending,
-// each row's values summed (acc's first). An empty acc becomes g. Gradient accumulation over
+// each row's values summed (acc's first). An empty acc becomes g; an empty g changes nothing.
+// Throws InputError when both have rows of different widths. Gradient accumulation over
 // micro-batches uses it (train(), and the GPU path's tests as the reference).
 void add_sparse_grad(nn::SparseRowGrad<float>& acc, const nn::SparseRowGrad<float>& g);
 
