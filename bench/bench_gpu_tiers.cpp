@@ -78,18 +78,6 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Pinned host memory mapped into the device's address space (engram::cuda::MappedHostBuffer),
-// with a mutable host pointer.
-class PinnedBuffer {
- public:
-  explicit PinnedBuffer(size_t bytes) : buf_(bytes) {}
-  uint8_t* host() { return buf_.host().data(); }
-  const void* device() const { return buf_.device(); }
-  size_t bytes() const { return buf_.bytes(); }
-
- private:
-  engram::cuda::MappedHostBuffer<uint8_t> buf_;
-};
 
 // Pieces of a pipelined host gather (host_gather_pipelined).
 constexpr int kPipelineChunks = 8;
@@ -322,11 +310,11 @@ int run(const Options& opt) {
   // f32 view (pairs of them) is finite too.
   std::fprintf(stderr, "[%6.1fs] cudaHostAlloc %.2f GiB pinned, mapped...\n",
                seconds_since(t_start), static_cast<double>(table_bytes) / 1073741824.0);
-  PinnedBuffer pinned(table_bytes);
+  engram::cuda::MappedHostBuffer<uint8_t> pinned(table_bytes);
   std::fprintf(stderr, "[%6.1fs] filling the pinned table (%d threads)...\n",
                seconds_since(t_start), pool.size());
   {
-    auto* words = reinterpret_cast<uint64_t*>(pinned.host());
+    auto* words = reinterpret_cast<uint64_t*>(pinned.host().data());
     const size_t n_words = table_bytes / 8;
     pool.run([&](int w) {
       const auto [begin, end] = share(n_words, w, pool.size());
@@ -336,13 +324,13 @@ int run(const Options& opt) {
   std::fprintf(stderr, "[%6.1fs] uploading to the device...\n", seconds_since(t_start));
   DeviceBuffer<uint8_t> d_table(table_bytes);
   const auto t_upload = Clock::now();
-  engram::cuda::copy_to_device(d_table.data(), pinned.host(), table_bytes);
+  engram::cuda::copy_to_device(d_table.data(), pinned.host().data(), table_bytes);
   const double upload_s = seconds_since(t_upload);
   std::fprintf(stderr, "[%6.1fs] pageable copy of the table...\n", seconds_since(t_start));
   std::unique_ptr<uint8_t[]> pageable(new uint8_t[table_bytes]);  // not zeroed: first touch below
   pool.run([&](int w) {
     const auto [begin, end] = share(table_bytes, w, pool.size());
-    std::memcpy(pageable.get() + begin, pinned.host() + begin, end - begin);
+    std::memcpy(pageable.get() + begin, pinned.host().data() + begin, end - begin);
   });
   std::fprintf(stderr, "[%6.1fs] tables ready; measuring\n", seconds_since(t_start));
 
@@ -351,7 +339,7 @@ int run(const Options& opt) {
   const int batches = kWarmups + opt.reps;
   const size_t max_rows = 262144;
   const size_t max_out_bytes = max_rows * static_cast<size_t>(kWidth) * 4;
-  PinnedBuffer staging(std::max(max_out_bytes, kBigCopyBytes));
+  engram::cuda::MappedHostBuffer<uint8_t> staging(std::max(max_out_bytes, kBigCopyBytes));
   DeviceBuffer<uint8_t> d_ref(max_out_bytes), d_out(max_out_bytes), d_big(kBigCopyBytes);
   std::vector<uint8_t> h_ref(max_out_bytes), h_out(max_out_bytes);
 
@@ -360,7 +348,7 @@ int run(const Options& opt) {
     std::vector<double> ms;
     for (int r = 0; r < batches; ++r) {
       check(cudaEventRecord(ev_start.e, stream.s), "cudaEventRecord");
-      check(cudaMemcpyAsync(dst, staging.host(), bytes, cudaMemcpyHostToDevice, stream.s),
+      check(cudaMemcpyAsync(dst, staging.host().data(), bytes, cudaMemcpyHostToDevice, stream.s),
             "cudaMemcpyAsync");
       check(cudaEventRecord(ev_stop.e, stream.s), "cudaEventRecord");
       check(cudaStreamSynchronize(stream.s), "cudaStreamSynchronize");
@@ -483,22 +471,29 @@ int run(const Options& opt) {
         report("zero_copy_copy_rows", time_kernel(mapped, d_out.data(), true), "", kPeakPcieGBs);
         verify("zero_copy_copy_rows");
 
+        // Rows [first, last) of a batch from the host table src into the staging buffer at the
+        // same positions, shared among the pool's threads.
+        auto host_gather = [&](const uint8_t* src, const int64_t* rows, size_t first, size_t last) {
+          uint8_t* dst = staging.host().data();
+          pool.run([&](int w) {
+            const auto [begin, end] = share(last - first, w, pool.size());
+            for (size_t i = first + begin; i < first + end; ++i) {
+              std::memcpy(dst + i * row_bytes, src + static_cast<size_t>(rows[i]) * row_bytes,
+                          row_bytes);
+            }
+          });
+        };
+
         for (const bool from_pinned : {true, false}) {
           const char* tier = from_pinned ? "host_gather_pinned" : "host_gather_pageable";
-          const uint8_t* src = from_pinned ? pinned.host() : pageable.get();
+          const uint8_t* src = from_pinned ? pinned.host().data() : pageable.get();
           check(cudaMemset(d_out.data(), 0xff, out_bytes), "cudaMemset");
           std::vector<double> gather_ms, copy_ms, total_ms;
           for (int r = 0; r < batches; ++r) {
             const int64_t* rows = ids.rows.data() + static_cast<size_t>(n) * r;
-            uint8_t* dst = staging.host();
+            uint8_t* dst = staging.host().data();
             const auto t0 = Clock::now();
-            pool.run([&](int w) {
-              const auto [begin, end] = share(static_cast<size_t>(n), w, pool.size());
-              for (size_t i = begin; i < end; ++i) {
-                std::memcpy(dst + i * row_bytes, src + static_cast<size_t>(rows[i]) * row_bytes,
-                            row_bytes);
-              }
-            });
+            host_gather(src, rows, 0, static_cast<size_t>(n));
             const auto t1 = Clock::now();
             check(cudaEventRecord(ev_start.e, stream.s), "cudaEventRecord");
             check(cudaMemcpyAsync(d_out.data(), dst, out_bytes, cudaMemcpyHostToDevice, stream.s),
@@ -528,17 +523,11 @@ int run(const Options& opt) {
           std::vector<double> total_ms;
           for (int r = 0; r < batches; ++r) {
             const int64_t* rows = ids.rows.data() + static_cast<size_t>(n) * r;
-            uint8_t* dst = staging.host();
+            uint8_t* dst = staging.host().data();
             const auto t0 = Clock::now();
             for (int k = 0; k < kPipelineChunks; ++k) {
               const auto [first, last] = share(static_cast<size_t>(n), k, kPipelineChunks);
-              pool.run([&, first = first, last = last](int w) {
-                const auto [begin, end] = share(last - first, w, pool.size());
-                for (size_t i = first + begin; i < first + end; ++i) {
-                  std::memcpy(dst + i * row_bytes,
-                              pinned.host() + static_cast<size_t>(rows[i]) * row_bytes, row_bytes);
-                }
-              });
+              host_gather(pinned.host().data(), rows, first, last);
               check(cudaMemcpyAsync(d_out.data() + first * row_bytes, dst + first * row_bytes,
                                     (last - first) * row_bytes, cudaMemcpyHostToDevice, stream.s),
                     "cudaMemcpyAsync");

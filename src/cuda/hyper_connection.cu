@@ -11,6 +11,7 @@
 
 #include "cuda/check.h"
 #include "cuda/hyper_connection_kernel.h"
+#include "cuda/reduce.h"
 
 namespace engram::cuda::detail {
 namespace {
@@ -73,21 +74,7 @@ __device__ __forceinline__ int alpha_slot(int j, int n) {
   return j < n ? 0 : (j < 2 * n ? 1 : 2);
 }
 
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
-// Block-wide sum over a block of kThreads; every thread gets the result. The tree is fixed.
-__device__ float block_sum(float x, float* scratch) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  x = warp_sum(x);
-  __syncthreads();  // scratch may still be read from a previous call
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = lane < kWarps ? scratch[lane] : 0.0f;
-  return warp_sum(x);
-}
+// warp_sum, block_sum (here over blocks of kThreads): src/cuda/reduce.h.
 
 // Block-wide sums of vals[0..N) over a block of kThreads: the totals land in out[0..N) (shared),
 // visible to every thread on return. red: shared, kWarps * N values. Warp sums, then the warps

@@ -13,6 +13,7 @@
 
 #include "cuda/check.h"
 #include "cuda/launch.h"
+#include "cuda/reduce.h"
 #include "cuda/moe_kernel.h"
 
 namespace engram::cuda::detail {
@@ -49,21 +50,7 @@ __device__ __forceinline__ float sigmoidf(float v) {
   return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-v)));
 }
 
-// Fixed-tree block sum for blocks of a multiple of 32 threads; every thread gets the result.
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ float block_sum(float x, float* scratch) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  x = warp_sum(x);
-  __syncthreads();  // scratch may still be read from a previous call
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = lane < warps ? scratch[lane] : 0.0f;
-  return warp_sum(x);
-}
+// block_sum: src/cuda/reduce.h.
 
 #define GRID_STRIDE(i, n)                                                                \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cuda/check.h"
+#include "cuda/reduce.h"
 #include "cuda/ops_kernel.h"
 
 namespace engram::cuda::detail {
@@ -18,41 +19,7 @@ unsigned grid_for(int64_t items, int threads, int64_t cap = 65535LL * 32) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((items + threads - 1) / threads, cap)));
 }
 
-// Block-wide reductions for blocks of a multiple of 32 threads (at most 1024). Every thread
-// gets the result. `scratch` holds 32 values; the tree (warp shuffles, then one warp over the
-// warp results) is fixed, so results do not depend on timing.
-template <class T>
-__device__ __forceinline__ T warp_sum(T x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = kWarp / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
-
-template <class T>
-__device__ T block_sum(T x, T* scratch) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  x = warp_sum(x);
-  __syncthreads();  // scratch may still be read from a previous call
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = lane < warps ? scratch[lane] : T(0);
-  return warp_sum(x);
-}
-
-__device__ float block_max(float x, float* scratch) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
-  x = warp_max(x);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = lane < warps ? scratch[lane] : -INFINITY;
-  return warp_max(x);
-}
+// Block reductions: src/cuda/reduce.h.
 
 // ---- RMSNorm ----------------------------------------------------------------------------------
 
