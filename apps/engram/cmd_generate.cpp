@@ -3,7 +3,9 @@
 // the Engram tables are read from .engt files (memory tier: host or file) instead of the
 // checkpoint, whose tables are then left on disk (infer::load_model without tables); the file
 // tier prefetches every step's rows (Decoder::set_prefetched_table_stores), with per-step table
-// statistics (--table-stats FILE, JSON lines) and a summary line.
+// statistics (--table-stats FILE, JSON lines) and a summary line. --device cuda decodes on the
+// GPU (infer::GpuDecoder over an inference-only model::GpuTransformer, float32, the checkpoint's
+// tables in GPU memory); sampling stays on the host, with the same sampler and seed.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +20,8 @@
 #include "args.h"
 #include "commands.h"
 #include "engram/infer/decoder.h"
+#include "engram/infer/gpu_decoder.h"
+#include "engram/model/gpu_transformer.h"
 #include "engram/infer/model_loader.h"
 #include "engram/infer/sampler.h"
 #include "engram/memory/engt_file.h"
@@ -128,7 +132,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 int run_generate(int argc, char** argv) {
   const Args args(argc, argv, 2,
                   {"ckpt", "prompt", "max-tokens", "seed", "temperature", "top-k", "top-p",
-                   "tokenizer", "threads", "engram-tables", "tier", "cache-rows", "table-stats"},
+                   "tokenizer", "threads", "engram-tables", "tier", "cache-rows", "table-stats",
+                   "device"},
                   {});
   if (!args.positional().empty())
     throw UsageError("unexpected argument \"" + args.positional().front() + "\"");
@@ -156,6 +161,13 @@ int run_generate(int argc, char** argv) {
   if (tier == "host" && args.has("table-stats"))
     throw UsageError("--table-stats: the host tier reads no files; use --tier file");
   const int64_t cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
+  const std::string device = args.optional("device").value_or("cpu");
+  if (device != "cpu" && device != "cuda")
+    throw UsageError("--device: \"" + device + "\" (expected cpu or cuda)");
+  const bool gpu = device == "cuda";
+  if (gpu && table_paths)
+    throw UsageError("--engram-tables: not supported with --device cuda yet (the GPU decoder "
+                     "reads the checkpoint's tables from GPU memory)");
 
   // With .engt tables, the checkpoint's own tables stay on disk: memory holds the dense weights.
   infer::LoadOptions load_options;
@@ -186,21 +198,39 @@ int run_generate(int argc, char** argv) {
   }
 
   ExternalTables tables;  // before the decoder: its prefetcher reads the stores until it is gone
-  infer::Decoder decoder(*loaded.model, loaded.text.hasher.get());
-  if (table_paths)
-    tables = open_tables(split_commas(*table_paths), tier, cache_rows, *loaded.model, decoder);
+  std::optional<infer::Decoder> decoder;
+  std::unique_ptr<model::GpuTransformer> gpu_model;
+  std::unique_ptr<infer::GpuDecoder> gpu_decoder;
+  if (gpu) {
+    model::GpuTransformerOptions go;
+    go.gradients = false;
+    gpu_model = std::make_unique<model::GpuTransformer>(*loaded.model, go);
+    infer::GpuDecoderOptions dopt;
+    dopt.max_rows_per_sequence = 128;
+    dopt.max_step_rows = 128;
+    gpu_decoder =
+        std::make_unique<infer::GpuDecoder>(*gpu_model, loaded.text.hasher.get(), dopt);
+  } else {
+    decoder.emplace(*loaded.model, loaded.text.hasher.get());
+    if (table_paths)
+      tables = open_tables(split_commas(*table_paths), tier, cache_rows, *loaded.model, *decoder);
+  }
+  auto push = [&](std::span<const int64_t> t) {
+    return gpu ? gpu_decoder->push(0, t) : decoder->push(t);
+  };
+  auto position = [&] { return gpu ? gpu_decoder->position(0) : decoder->position(); };
   std::string stats_lines;  // --table-stats: one JSON line per push (0 = the prefill)
   const bool want_stats = args.has("table-stats");
   double stall_s = 0;  // the model's time waiting for prefetched rows, all steps
   auto record_step = [&](int64_t step) {
-    if (decoder.prefetcher() == nullptr) return;
-    const memory::StepPrefetchStats s = decoder.prefetcher()->step_stats();
+    if (!decoder || decoder->prefetcher() == nullptr) return;
+    const memory::StepPrefetchStats s = decoder->prefetcher()->step_stats();
     stall_s += s.stall_seconds;
     if (want_stats) stats_lines += stats_json(s, step).dump() + "\n";
   };
   infer::Sampler sampler(o);
   const auto t0 = std::chrono::steady_clock::now();
-  std::span<const float> logits = decoder.push(ids);
+  std::span<const float> logits = push(ids);
   const double prefill_s = seconds_since(t0);
   record_step(0);
 
@@ -216,13 +246,13 @@ int run_generate(int argc, char** argv) {
     }
     generated.push_back(static_cast<uint32_t>(next));
     if (i + 1 == max_tokens) break;
-    if (decoder.position() == max_seq_len) {
+    if (position() == max_seq_len) {
       stop = "max_seq_len";
       std::fprintf(stderr, "[generate] note: stopped at model.max_seq_len = %lld tokens\n",
                    static_cast<long long>(max_seq_len));
       break;
     }
-    logits = decoder.push({&next, 1});
+    logits = push({&next, 1});
     ++steps;
     record_step(steps);
   }
@@ -236,9 +266,9 @@ int run_generate(int argc, char** argv) {
   const bool prefix = text.compare(0, prompt_text.size(), prompt_text) == 0;
   write_stdout((prefix ? prompt + text.substr(prompt_text.size()) : text) + "\n");
   std::fprintf(stderr,
-               "[generate] %zu tokens (stop: %s) | prefill %zu tokens in %.1f ms | decode %.1f "
-               "tokens/s | peak RSS %.1f MiB\n",
-               generated.size(), stop, ids.size(), prefill_s * 1e3,
+               "[generate] %zu tokens (stop: %s) | %s | prefill %zu tokens in %.1f ms | decode "
+               "%.1f tokens/s | peak RSS %.1f MiB\n",
+               generated.size(), stop, gpu ? "cuda" : "cpu", ids.size(), prefill_s * 1e3,
                steps > 0 ? static_cast<double>(steps) / decode_s : 0.0, peak_rss_mib());
   if (!tables.stores.empty()) {
     if (tables.tiered.empty()) {

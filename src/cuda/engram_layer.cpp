@@ -248,6 +248,7 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
   }
   batch_ = batch;
   seq_ = seq;
+  stepped_ = false;
   table_end_bit_ = std::bit_width(static_cast<uint64_t>(table.rows));
   if (tokens == 0) return;
   constexpr DType kA = dtype_of<A>();
@@ -288,6 +289,72 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
   mark("fwd: short conv");
 }
 
+void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_ids, int64_t rows,
+                                  const DeviceTable& table, const int64_t* d_head_offsets,
+                                  const GpuConvRing& ring, float* d_out) {
+  check_activations(DType::kF32, "GpuEngramLayer::forward_step");
+  const nn::EngramLayerConfig& c = config_;
+  const int64_t H = c.heads(), D = c.row_width(), dm = c.mem_dim();
+  const int64_t d = c.hidden_size, M = c.hc_mult, kvr = c.kv_rows();
+  const int64_t reach = c.short_conv ? c.max_ngram_size * (c.kernel_size - 1) : 0;
+  if (rows < 0) {
+    throw InputError(error_message("GpuEngramLayer::forward_step",
+                                   "rows " + std::to_string(rows) + " must be >= 0"));
+  }
+  if (table.width != D || table.rows < 1) {
+    throw InputError(error_message("GpuEngramLayer::forward_step",
+                                   "table has " + std::to_string(table.rows) + " rows of " +
+                                       std::to_string(table.width) + ", expected rows of " +
+                                       std::to_string(D)));
+  }
+  if (c.short_conv && (ring.data == nullptr || ring.length < reach + 1)) {
+    throw InputError(error_message("GpuEngramLayer::forward_step",
+                                   "conv ring of " + std::to_string(ring.length) +
+                                       " positions; the conv reaches " + std::to_string(reach) +
+                                       " back, so at least " + std::to_string(reach + 1) +
+                                       " are needed"));
+  }
+  if (rows * H > std::numeric_limits<int32_t>::max()) {
+    throw InputError(error_message("GpuEngramLayer::forward_step",
+                                   "rows * heads = " + std::to_string(rows * H) +
+                                       " exceeds 2^31 - 1"));
+  }
+  stepped_ = true;
+  batch_ = 0;
+  seq_ = 0;
+  if (rows == 0) return;
+  float* e = ensure_as<float>(e_, rows * dm);
+  float* kv = ensure_as<float>(kv_, rows * kvr);
+  for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, rows * M);
+  float* vt = ensure_as<float>(vt_, rows * M * d);
+  gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H);
+  blas_->gemm(false, true, rows, kvr, dm, 1.0f, {e, DType::kF32, dm},
+              {kv_weight_.data(), DType::kF32, dm}, 0.0f, {kv, DType::kF32, kvr}, options_.math);
+  detail::GateArgs<float> gate{kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
+                               key_norm_.data(), query_norm_.data(), key_rstd_.data(),
+                               query_rstd_.data(), score_.data(), alpha_.data(), vt, rows, M,
+                               d, std::numeric_limits<float>::epsilon()};
+  float* xn = nullptr;
+  if (c.short_conv) {
+    gate.conv_norm_w = conv_norm_.data();
+    xn = ensure_as<float>(xn_, rows * M * d);
+    gate.xn = xn;
+    ensure(conv_rstd_, rows * M);
+    gate.conv_rstd = conv_rstd_.data();
+    gate.conv_eps = static_cast<float>(c.conv_norm_eps);
+  }
+  detail::launch_gate_forward<float>(gate);
+  if (!c.short_conv) {
+    detail::launch_copy<float>(d_out, vt, rows * M * d);
+    return;
+  }
+  const detail::ConvStepArgs<float> a{rows, M * d, c.kernel_size, c.max_ngram_size, ring.length,
+                                      vt, xn, conv_weight_t_.data(),
+                                      static_cast<float*>(ring.data), ring.seq, ring.pos};
+  detail::launch_conv_ring_store<float>(a);
+  detail::launch_conv_step<float>(a, d_out);
+}
+
 template <class A>
 detail::ConvArgs<A> GpuEngramLayer::conv_args() {
   const nn::EngramLayerConfig& c = config_;
@@ -310,6 +377,10 @@ template <class A>
 void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhidden,
                                    GpuEngramGrads& grads) {
   const nn::EngramLayerConfig& c = config_;
+  if (stepped_) {
+    throw Error(error_message("GpuEngramLayer::backward",
+                              "the last forward was forward_step, which saves nothing"));
+  }
   const int64_t tokens = batch_ * seq_, H = c.heads(), D = c.row_width(), dm = c.mem_dim();
   const int64_t d = c.hidden_size, M = c.hc_mult, kvr = c.kv_rows(), n_out = tokens * M * d;
   grads.table_width = D;

@@ -1057,6 +1057,58 @@ void launch_bias_grad(float* d_bias, const A* dkv, int64_t tokens, int64_t cols,
 }
 
 template <class A>
+__global__ void conv_ring_store_kernel(ConvStepArgs<A> a) {
+  const int64_t n = a.rows * a.C;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / a.C, c = i - r * a.C;
+    const int64_t slot = static_cast<int64_t>(a.seq[r]) * a.ring_len + a.pos[r] % a.ring_len;
+    a.ring[slot * a.C + c] = a.xn[i];
+  }
+}
+
+template <class A>
+__global__ void conv_step_kernel(ConvStepArgs<A> a, A* out) {
+  const int64_t n = a.rows * a.C;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / a.C, c = i - r * a.C;
+    const int64_t p = a.pos[r];
+    const A* ring = a.ring + static_cast<int64_t>(a.seq[r]) * a.ring_len * a.C + c;
+    float u = 0.0f;
+    for (int64_t j = 0; j < a.kernel; ++j) {
+      const int64_t back = a.dilation * (a.kernel - 1 - j);
+      if (p < back) continue;
+      float xn[1];
+      ldv<1>(ring + ((p - back) % a.ring_len) * a.C, xn);
+      u += a.conv_wt[j * a.C + c] * xn[0];
+    }
+    float x[1];
+    ldv<1>(a.x + i, x);
+    x[0] += u * sigmoidf_(u);
+    stv<1>(out + i, x);
+  }
+}
+
+template <class A>
+void launch_conv_ring_store(const ConvStepArgs<A>& a) {
+  const int64_t n = a.rows * a.C;
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+  conv_ring_store_kernel<A><<<blocks, 256>>>(a);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class A>
+void launch_conv_step(const ConvStepArgs<A>& a, A* out) {
+  const int64_t n = a.rows * a.C;
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+  conv_step_kernel<A><<<blocks, 256>>>(a, out);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class A>
 void launch_copy(A* out, const A* in, int64_t n) {
   if (n == 0) return;
   ENGRAM_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n) * sizeof(A),
@@ -1070,7 +1122,9 @@ void launch_copy(A* out, const A* in, int64_t n) {
   template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*, A*, \
                                         A*, float*, PhaseHook);                                \
   template void launch_bias_grad<A>(float*, const A*, int64_t, int64_t, float*);               \
-  template void launch_copy<A>(A*, const A*, int64_t);
+  template void launch_copy<A>(A*, const A*, int64_t);                                         \
+  template void launch_conv_ring_store<A>(const ConvStepArgs<A>&);                             \
+  template void launch_conv_step<A>(const ConvStepArgs<A>&, A*);
 ENGRAM_INSTANTIATE(float)
 ENGRAM_INSTANTIATE(bf16)
 #undef ENGRAM_INSTANTIATE

@@ -108,6 +108,29 @@ void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_con
 template <class A>
 void launch_bias_grad(float* d_bias, const A* dkv, int64_t tokens, int64_t cols, float* partial);
 
+// The short conv of a decoding step (GpuEngramLayer::forward_step): rows of several sequences,
+// row r at position pos[r] of sequence seq[r], each sequence's earlier conv inputs xn in a ring
+// (sequences, ring_len, C). launch_conv_ring_store puts every row's xn into the ring at
+// (seq[r], pos[r] mod ring_len); launch_conv_step then computes, with back_j = dilation *
+// (kernel - 1 - j),
+//   u[r, c] = sum_j w[c, j] * ring[seq[r], (pos[r] - back_j) mod ring_len, c]   (pos[r] >= back_j)
+//   out[r, c] = x[r, c] + SiLU(u)
+// the conv of nn::short_conv_forward over the whole sequence (taps summed in j order).
+template <class A>
+struct ConvStepArgs {
+  int64_t rows, C, kernel, dilation, ring_len;
+  const A* x;            // (rows, C): Vt
+  const A* xn;           // (rows, C): RMSNorm(Vt), the gate forward's
+  const float* conv_wt;  // (kernel, C)
+  A* ring;               // (sequences, ring_len, C)
+  const int32_t* seq;    // (rows)
+  const int32_t* pos;    // (rows)
+};
+template <class A>
+void launch_conv_ring_store(const ConvStepArgs<A>& a);
+template <class A>
+void launch_conv_step(const ConvStepArgs<A>& a, A* out);
+
 // out (n) = in (n) of the same type (a device-to-device copy).
 template <class A>
 void launch_copy(A* out, const A* in, int64_t n);

@@ -32,6 +32,10 @@ void GpuEngramLayer::forward(const float*, const int32_t*, int64_t, int64_t, con
                              const int64_t*, float*) {
   fail("GpuEngramLayer::forward");
 }
+void GpuEngramLayer::forward_step(const float*, const int32_t*, int64_t, const DeviceTable&,
+                                  const int64_t*, const GpuConvRing&, float*) {
+  fail("GpuEngramLayer::forward_step");
+}
 void GpuEngramLayer::backward(const float*, const float*, float*, GpuEngramGrads&) {
   fail("GpuEngramLayer::backward");
 }

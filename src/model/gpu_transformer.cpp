@@ -235,6 +235,12 @@ struct GpuTransformer::Impl {
     return s.size > 0 && s.g_off >= 0 ? grads.data() + s.g_off : nullptr;
   }
 
+  void require_gradients(const char* what) const {
+    if (!options.gradients) {
+      throw Error(std::string("GpuTransformer::") + what +
+                  ": the model was built with options.gradients = false (inference only)");
+    }
+  }
   int64_t tokens() const { return batch * seq; }
   cuda::Math math() const { return options.math; }
   cuda::FlashAttentionShape attn_shape() const {
@@ -307,7 +313,7 @@ GpuTransformer::GpuTransformer(const Transformer<float>& cpu, const GpuTransform
     }
   });
   I.params = cuda::DeviceBuffer<float>(sz(p_total));
-  I.grads = cuda::DeviceBuffer<float>(sz(std::max<int64_t>(g_total, 1)));
+  I.grads = cuda::DeviceBuffer<float>(sz(options.gradients ? std::max<int64_t>(g_total, 1) : 1));
   cuda::zero(I.grads.data(), static_cast<int64_t>(I.grads.size()));
   upload_params(hp);
 
@@ -359,7 +365,7 @@ GpuTransformer::GpuTransformer(const Transformer<float>& cpu, const GpuTransform
       st.layer = l;
       st.config = cl.config();
       st.layer_obj = std::make_unique<cuda::GpuEngramLayer>(cl.config(), cl.params(), eo);
-      st.grads = cuda::GpuEngramGrads(cl.config());
+      if (options.gradients) st.grads = cuda::GpuEngramGrads(cl.config());
       st.head_offsets = cuda::DeviceBuffer<int64_t>(std::span<const int64_t>(cl.head_offsets()));
       st.table_rows = cl.table_rows();
       I.head_sizes.push_back(head_sizes_of(cl));
@@ -435,6 +441,7 @@ void GpuTransformer::download_grads(TransformerParams<float>& grads,
                                     nn::SparseRowGrad<float>& embed,
                                     std::vector<nn::SparseRowGrad<float>>& tables) const {
   const Impl& I = *impl_;
+  I.require_gradients("download_grads");
   // Laid out once: later calls overwrite the same buffers, so pointers into them (an
   // optimizer's gradient spans) stay valid.
   if (grads.layers.size() != sz(I.config.model.num_layers) ||
@@ -492,6 +499,7 @@ void GpuTransformer::update_moe_bias() {
 
 std::vector<GpuParam> GpuTransformer::dense_params() {
   Impl& I = *impl_;
+  I.require_gradients("dense_params");
   std::vector<GpuParam> out;
   for (const auto& n : I.named) {
     if (n.g_off < 0) continue;
@@ -503,6 +511,7 @@ std::vector<GpuParam> GpuTransformer::dense_params() {
 
 std::vector<GpuSparseGrad> GpuTransformer::sparse_grads() {
   Impl& I = *impl_;
+  I.require_gradients("sparse_grads");
   std::vector<GpuSparseGrad> out;
   const int64_t V = I.config.model.vocab_size, C = I.config.model.hidden_size;
   out.push_back({"embed", I.P(-1, kEmbed), V, C, I.embed_grad.rows.data(),
@@ -513,6 +522,45 @@ std::vector<GpuSparseGrad> GpuTransformer::sparse_grads() {
                    e.grads.table_values.data(), e.grads.table_unique});
   }
   return out;
+}
+
+GpuModelWeights GpuTransformer::weights() {
+  Impl& I = *impl_;
+  const BackboneConfig& m = I.config.model;
+  GpuModelWeights w;
+  w.embed = I.P(-1, kEmbed);
+  w.hc_head = {I.P(-1, kHcHeadPhi), I.P(-1, kHcHeadB), I.P(-1, kHcHeadAlpha)};
+  w.final_norm = I.P(-1, kFinalNorm);
+  w.head = I.P(-1, kHead);
+  for (int64_t l = 0; l < m.num_layers; ++l) {
+    GpuLayerWeights L{};
+    L.attn_norm = I.P(l, kAttnNorm);
+    L.wq = I.P(l, kWq);
+    L.wk = I.P(l, kWk);
+    L.wv = I.P(l, kWv);
+    L.wo = I.P(l, kWo);
+    L.ffn_norm = I.P(l, kFfnNorm);
+    L.w1 = I.P(l, kW1);
+    L.w3 = I.P(l, kW3);
+    L.w2 = I.P(l, kW2);
+    L.moe = I.moe_weights(l);
+    L.moe_bias = I.moe_bias[sz(l)].size() > 0 ? I.moe_bias[sz(l)].data() : nullptr;
+    L.hc_attn = {I.P(l, kHcAttnPhi), I.P(l, kHcAttnB), I.P(l, kHcAttnAlpha)};
+    L.hc_ffn = {I.P(l, kHcFfnPhi), I.P(l, kHcFfnB), I.P(l, kHcFfnAlpha)};
+    const int ei = I.engram_index[sz(l)];
+    if (ei >= 0) {
+      Impl::EngramState& e = I.engram[sz(ei)];
+      L.engram = e.layer_obj.get();
+      L.table = {I.P(l, kEgTable), DType::kF32, e.table_rows, e.config.row_width()};
+      L.head_offsets = e.head_offsets.data();
+    }
+    w.layers.push_back(L);
+  }
+  return w;
+}
+
+cuda::Blas& GpuTransformer::blas() {
+  return *impl_->blas;
 }
 
 // ---- sublayers -----------------------------------------------------------------------------
@@ -800,6 +848,7 @@ double GpuTransformer::forward(const int64_t* inputs, const int64_t* targets, in
 
 void GpuTransformer::backward() {
   Impl& I = *impl_;
+  I.require_gradients("backward");
   if (!I.have_forward) throw Error("GpuTransformer backward: no forward to differentiate");
   const BackboneConfig& m = I.config.model;
   const int64_t N = I.tokens(), n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engram/cuda/device.h"
 #include "engram/infer/decoder.h"
 #include "engram/memory/engt_file.h"
 #include "engram/memory/row_format.h"
@@ -183,6 +184,41 @@ TEST(GenerateCli, ErrorsNameTheProblem) {
   r = run(base_args());
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--max-tokens"), std::string::npos) << r.err;
+
+  r = run(base_args() + " --max-tokens 3 --device tpu");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--device: \"tpu\""), std::string::npos) << r.err;
+
+  r = run(base_args() + " --max-tokens 3 --device cuda --engram-tables a.engt");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("not supported with --device cuda"), std::string::npos) << r.err;
+}
+
+// --device cuda: the same greedy text and the same sampled text (same seed) as the CPU, from a
+// checkpoint with head_dim 64 (the GPU attention's size). Skipped without a GPU.
+TEST(GenerateCli, CudaDeviceGivesTheCpusText) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  static const std::string path = [] {
+    std::string toml = kConfig;
+    toml.replace(toml.find("num_kv_heads"), 0, "head_dim = 64\n");
+    const model::ModelConfig config = model::ModelConfig::from_toml(toml, "generate_test_hd64");
+    const train::TextContext text = train::make_text_context(config, tokenizer_path());
+    model::Transformer<float> model(config, text.head_sizes, 6);
+    train::CheckpointState state;
+    state.config_toml = config.to_toml();
+    const std::string file = temp_dir() + "/checkpoint_hd64.safetensors";
+    train::save_checkpoint(file, model.params(), {}, state);
+    return file;
+  }();
+  const std::string args = "--ckpt " + path + " --tokenizer " + tokenizer_path() + " --prompt '" +
+                           kPrompt + "' --max-tokens 10 ";
+  for (const std::string sampling : {"--temperature 0", "--temperature 1 --seed 4"}) {
+    const Result cpu = run(args + sampling), gpu = run(args + sampling + " --device cuda");
+    ASSERT_EQ(cpu.status, 0) << cpu.err;
+    ASSERT_EQ(gpu.status, 0) << gpu.err;
+    EXPECT_EQ(gpu.out, cpu.out) << sampling;
+    EXPECT_NE(gpu.err.find("| cuda |"), std::string::npos) << gpu.err;
+  }
 }
 
 }  // namespace

@@ -72,6 +72,18 @@ struct GpuEngramGrads {
   void download(nn::EngramParams<float>& dense, nn::SparseRowGrad<float>& table) const;
 };
 
+// The short conv's state in a decoding step (GpuEngramLayer::forward_step): the conv inputs
+// (RMSNorm'd Vt) of every sequence's recent positions in a ring, and where each row of the step
+// belongs. With R = max_ngram_size * (kernel_size - 1), the conv's reach, `length` must be at least
+// R + the most rows that one sequence has in a step, so that a step's rows never overwrite what an
+// earlier row of the same step still reads.
+struct GpuConvRing {
+  void* data = nullptr;          // (sequences, length, M*d) of the activation type, device
+  int64_t length = 0;            // ring positions per sequence
+  const int32_t* seq = nullptr;  // (rows) device: each row's sequence
+  const int32_t* pos = nullptr;  // (rows) device: each row's position in its sequence
+};
+
 class GpuEngramLayer {
  public:
   // Throws ConfigError for a bad config, a config beyond the kernels' limits (above), bad
@@ -95,6 +107,18 @@ class GpuEngramLayer {
                const DeviceTable& table, const int64_t* d_head_offsets, float* d_out);
   void forward(const bf16* d_hidden, const int32_t* d_hash_ids, int64_t batch, int64_t seq,
                const DeviceTable& table, const int64_t* d_head_offsets, bf16* d_out);
+
+  // Decoding: the layer's output for `rows` tokens that belong to several sequences, row r at
+  // position ring.pos[r] of sequence ring.seq[r] (a sequence's rows in a step take consecutive
+  // positions), as forward() over each whole sequence gives it at those positions: the short
+  // conv reads earlier positions from the ring and stores this step's (see GpuConvRing). d_hidden
+  // (rows, M, d), d_hash_ids (rows, H), d_out (rows, M, d). float32 activations only (InputError
+  // otherwise, or for a ring shorter than the conv's reach + 1). Leaves nothing for backward:
+  // backward() after forward_step throws engram::Error. Everything is enqueued on the default
+  // stream; nothing waits.
+  void forward_step(const float* d_hidden, const int32_t* d_hash_ids, int64_t rows,
+                    const DeviceTable& table, const int64_t* d_head_offsets,
+                    const GpuConvRing& ring, float* d_out);
 
   // After forward: from d_dout (B, T, M, d) and the same d_hidden, d_dhidden (+=), the dense
   // parameter gradients (+=) and the sparse table gradient (replaced). Waits for the device
@@ -130,6 +154,7 @@ class GpuEngramLayer {
   DeviceBuffer<float> conv_weight_t_;  // conv_weight (C, kernel) transposed to (kernel, C)
   // Saved by forward; per-token tensors are bytes holding the activation type.
   int64_t batch_ = 0, seq_ = 0, table_end_bit_ = 1;
+  bool stepped_ = false;  // the last forward was forward_step (nothing saved for backward)
   DeviceBuffer<int64_t> rows_;
   DeviceBuffer<int32_t> slots_;
   DeviceBuffer<uint8_t> e_, kv_, vt_, xn_;

@@ -43,6 +43,9 @@
 #include <vector>
 
 #include "engram/cuda/blas.h"
+#include "engram/cuda/engram_layer.h"
+#include "engram/cuda/gather.h"
+#include "engram/cuda/moe.h"
 #include "engram/model/transformer.h"
 #include "engram/tensor/dtype.h"
 
@@ -51,6 +54,36 @@ namespace engram::model {
 struct GpuTransformerOptions {
   DType activations = DType::kF32;  // kF32 (kBF16 is not implemented yet: ConfigError)
   cuda::Math math = cuda::Math::kExact;
+  // false: inference only (infer::GpuDecoder): no gradient arena and no Engram gradient buffers,
+  // so the device holds the parameters once; backward(), download_grads(), dense_params() and
+  // sparse_grads() then throw engram::Error.
+  bool gradients = true;
+};
+
+// Device views of the parameters for inference code (infer::GpuDecoder), valid while the
+// GpuTransformer lives. hc pointers are null when hc_mult == 1.
+struct GpuHcWeights {
+  const float* phi = nullptr;
+  const float* b = nullptr;
+  const float* alpha = nullptr;
+};
+struct GpuLayerWeights {
+  const float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;
+  const float *w1, *w3, *w2;              // the dense FFN (null in MoE layers)
+  cuda::GpuMoeWeights<float> moe;         // MoE layers (null pointers elsewhere)
+  const float* moe_bias;                  // (E) selection biases, or null
+  GpuHcWeights hc_attn, hc_ffn;
+  cuda::GpuEngramLayer* engram;           // null where the layer has no Engram
+  cuda::DeviceTable table;                // its table in the arena (data null when the CPU model
+                                          // had no table, e.g. loaded without tables)
+  const int64_t* head_offsets;            // (H) device: the first row of each hash head
+};
+struct GpuModelWeights {
+  const float* embed;  // (V, C)
+  GpuHcWeights hc_head;
+  const float* final_norm;  // (C)
+  const float* head;        // (V, C)
+  std::vector<GpuLayerWeights> layers;
 };
 
 // One dense parameter on the device, for a GPU optimizer: `size` floats at `param` and its
@@ -127,6 +160,11 @@ class GpuTransformer {
   // The Engram layers compute with their own copies of their dense parameters: call this after
   // changing those parameters in the arena (an optimizer step) so that the next forward sees them.
   void sync_engram_params();
+
+  // ---- Device access, for inference ----
+  GpuModelWeights weights();
+  // The cuBLAS handle the model's GEMMs run on (the default stream).
+  cuda::Blas& blas();
 
  private:
   struct Impl;

@@ -1,0 +1,99 @@
+// Incremental inference on the GPU, many sequences at once: the model::GpuTransformer's
+// parameters run over the new tokens of a step, each position computed once, with what later
+// positions need kept on the device per sequence (infer::Decoder's caches, batched):
+//
+//   attention   K (after RoPE) and V of every earlier position    (sequences, max_len, Hkv*hd)
+//   Engram      the short conv's normalised inputs, in a ring      (sequences, ring, M*d)
+//               of R + max_rows_per_sequence positions (R = max_ngram_size * (kernel_size - 1))
+//   hashing     one hash::StreamingHasher per sequence, on the host (hashing needs only ids)
+//
+// A step takes rows (sequence, token): any mix of prompt chunks (prefill) and single decode
+// tokens. A sequence's rows in one step take consecutive positions in the order given. Logits
+// are computed for the last row of each sequence in the step only (the LM head is a decode
+// step's largest GEMM). The logits are those of Transformer::forward over each whole sequence,
+// up to float rounding (the same computation on other rows; attention sums in another order).
+//
+//   model::GpuTransformer gpu(cpu_model, {.gradients = false});
+//   infer::GpuDecoder dec(gpu, hasher, {.max_sequences = 64});
+//   dec.step(seqs, tokens);                      // appends tokens[i] to sequence seqs[i]
+//   std::vector<int64_t> next = dec.greedy();    // per logits row (dec.logit_sequences())
+//   std::vector<float> l = dec.logits();         // or all logits, (rows, V), on the host
+//   dec.reset(s);                                // sequence s starts again, empty
+//
+// The Engram tables are the model's (in its parameter arena) unless set_tables gives others,
+// e.g. a cuda::MappedHostBuffer's device pointer (the pinned host tier, read over PCIe).
+// Everything runs on the default stream; step() returns once the work is enqueued (MoE layers
+// wait for their routing counts), logits() and greedy() wait for it. A step overwrites the
+// Engram layers' saved forward state: do not interleave decoding with training on one model.
+// Not thread-safe. A build without CUDA compiles this class; its constructor throws.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engram/cuda/gather.h"
+#include "engram/hash/ngram_hasher.h"
+#include "engram/model/gpu_transformer.h"
+
+namespace engram::infer {
+
+struct GpuDecoderOptions {
+  int64_t max_sequences = 1;          // sequences 0 .. max_sequences - 1
+  int64_t max_len = 0;                // positions per sequence; 0: model.max_seq_len
+  int64_t max_step_rows = 256;        // tokens in one step, all sequences together
+  int64_t max_rows_per_sequence = 64; // one sequence's tokens in one step (a prefill chunk)
+};
+
+class GpuDecoder {
+ public:
+  // hasher: the model's n-gram hasher, null when the config has no [engram] (ConfigError when it
+  // is missing, given without [engram] or does not match the model). ConfigError for options out
+  // of range (sizes < 1, max_len > model.max_seq_len). Allocates every cache and scratch buffer
+  // now: a step allocates nothing.
+  GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* hasher,
+             GpuDecoderOptions options = {});
+  ~GpuDecoder();
+  GpuDecoder(const GpuDecoder&) = delete;
+  GpuDecoder& operator=(const GpuDecoder&) = delete;
+
+  const GpuDecoderOptions& options() const;
+  int64_t vocab_size() const;
+
+  // Sequence `sequence` starts again, empty. InputError for a sequence out of range.
+  void reset(int64_t sequence);
+  // Tokens in the sequence so far.
+  int64_t position(int64_t sequence) const;
+
+  // Appends tokens[i] to sequence seqs[i] for every i and computes the logits of each named
+  // sequence's last token here. Throws InputError, changing nothing, when the sizes differ or
+  // are 0 or above max_step_rows, a sequence is out of range or has more than
+  // max_rows_per_sequence rows, would exceed max_len, or a token is outside [0, V) (or the
+  // hasher's tokenizer vocabulary); ConfigError when an Engram layer has no table.
+  void step(std::span<const int64_t> seqs, std::span<const int64_t> tokens);
+
+  // The sequences of the last step's logits rows, in the order of their last rows in the step.
+  const std::vector<int64_t>& logit_sequences() const;
+  // The last step's logits, (logit_sequences().size(), V), copied to the host.
+  std::vector<float> logits() const;
+  // Device pointer to the same (valid until the next step).
+  const float* device_logits() const;
+  // The argmax of each logits row (ties: the lowest id), computed on the device.
+  std::vector<int64_t> greedy();
+
+  // One sequence: pushes `tokens` in steps of at most max_rows_per_sequence and returns the last
+  // token's logits (V) on the host (valid until the next call).
+  std::span<const float> push(int64_t sequence, std::span<const int64_t> tokens);
+
+  // Reads Engram layer e's rows (layer_ids order) from tables[e] instead of the model's arena: a
+  // device-accessible pointer (GPU memory, or mapped pinned host memory) to float32 or bf16 rows
+  // of the model's row count and width (ConfigError otherwise). Empty: the model's tables.
+  void set_tables(std::vector<cuda::DeviceTable> tables);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace engram::infer

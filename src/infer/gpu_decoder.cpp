@@ -1,0 +1,526 @@
+// infer::GpuDecoder (include/engram/infer/gpu_decoder.h): infer::Decoder's computation over rows
+// of many sequences, with model::GpuTransformer's parameters and the engram::cuda pieces. Only
+// public engram::cuda headers are used, so this file compiles without CUDA.
+#include "engram/infer/gpu_decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "engram/cuda/attention.h"
+#include "engram/cuda/buffer.h"
+#include "engram/cuda/decode.h"
+#include "engram/cuda/device.h"
+#include "engram/cuda/hyper_connection.h"
+#include "engram/cuda/model_ops.h"
+#include "engram/cuda/ops.h"
+#include "engram/util/error.h"
+
+namespace engram::infer {
+namespace {
+
+size_t sz(int64_t n) {
+  return static_cast<size_t>(n);
+}
+
+ConfigError config_error(const std::string& field, const std::string& what) {
+  return ConfigError(error_message("GpuDecoder: " + field, what));
+}
+
+cuda::Matrix mat(const float* p, int64_t ld) {
+  return {p, DType::kF32, ld};
+}
+cuda::MutMatrix mut(float* p, int64_t ld) {
+  return {p, DType::kF32, ld};
+}
+
+}  // namespace
+
+struct GpuDecoder::Impl {
+  model::GpuTransformer* model = nullptr;
+  model::ModelConfig config;
+  model::GpuModelWeights w;
+  GpuDecoderOptions options;
+  const hash::NgramHasher* hasher = nullptr;
+  std::vector<int> engram_index;  // per layer: index into layer_ids, or -1
+  std::vector<cuda::DeviceTable> tables;  // per Engram layer: set_tables' or the model's
+  int64_t token_limit = 0;
+  int64_t ring_len = 0;
+  int64_t ids_per_token = 0;
+
+  // Per sequence.
+  std::vector<int64_t> length;
+  std::vector<hash::StreamingHasher> streams;
+  // Per layer: the key/value caches; per Engram layer: the conv ring.
+  std::vector<cuda::DeviceBuffer<float>> k_cache, v_cache, rings;
+  cuda::DeviceBuffer<float> rope_cos, rope_sin;  // (max_len, hd/2)
+
+  // The step's inputs, host and device.
+  std::vector<int64_t> h_tokens;
+  std::vector<int32_t> h_seq, h_pos, h_logit_rows, h_hash, chunk_hash;
+  std::vector<int64_t> logit_seqs;
+  cuda::DeviceBuffer<int64_t> d_tokens, d_argmax;
+  cuda::DeviceBuffer<int32_t> d_seq, d_pos, d_logit_rows, d_hash;
+
+  // Scratch, sized for max_step_rows rows.
+  cuda::DeviceBuffer<float> x, x_next, y, h, f, rstd, pre, post, comb, q, k, v, ctx, h1, h3, g;
+  cuda::DeviceBuffer<float> engram_out, sel, z, head_pre, hn, logits;
+  cuda::GpuHcSaved coeff, head_coeff;
+  cuda::GpuMoeSaved<float> moe;
+  std::vector<float> host_logits;
+
+  int64_t rows = 0;  // of the last step
+
+  cuda::Blas& blas() { return model->blas(); }
+  void gemm(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b,
+            int64_t ldb, float* c, int64_t ldc) {
+    blas().gemm(false, true, m, n, kk, 1.0f, mat(a, lda), mat(b, ldb), 0.0f, mut(c, ldc),
+                model->options().math);
+  }
+  void sublayer(int64_t l, bool is_attn, int64_t N);
+  void attention(int64_t l, int64_t N);
+  void engram(int64_t l, int64_t N);
+};
+
+GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* hasher,
+                       GpuDecoderOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& I = *impl_;
+  I.model = &model;
+  I.config = model.config();
+  const model::ModelConfig& c = I.config;
+  const model::BackboneConfig& m = c.model;
+  if (options.max_len == 0) options.max_len = m.max_seq_len;
+  auto positive = [](int64_t v, const char* name) {
+    if (v < 1) throw config_error(std::string("options.") + name, std::to_string(v) + " (>= 1)");
+  };
+  positive(options.max_sequences, "max_sequences");
+  positive(options.max_len, "max_len");
+  positive(options.max_step_rows, "max_step_rows");
+  positive(options.max_rows_per_sequence, "max_rows_per_sequence");
+  if (options.max_len > m.max_seq_len) {
+    throw config_error("options.max_len", std::to_string(options.max_len) +
+                                              " exceeds model.max_seq_len = " +
+                                              std::to_string(m.max_seq_len));
+  }
+  if (options.max_sequences > 2147483647 / std::max<int64_t>(options.max_len, 1)) {
+    throw config_error("options.max_sequences", std::to_string(options.max_sequences) +
+                                                    " sequences of " +
+                                                    std::to_string(options.max_len) +
+                                                    " positions exceed int32 positions");
+  }
+  options.max_rows_per_sequence = std::min(options.max_rows_per_sequence, options.max_step_rows);
+  I.options = options;
+  I.hasher = hasher;
+  I.w = model.weights();
+  I.engram_index.assign(sz(m.num_layers), -1);
+  I.token_limit = m.vocab_size;
+  if (c.engram) {
+    if (hasher == nullptr) {
+      throw config_error("hasher", "none given, but the model has [engram] layers");
+    }
+    const auto& ids = c.engram->hash.layer_ids;
+    if (hasher->num_layers() != ids.size() ||
+        hasher->ids_per_token() != c.engram->hash.ids_per_token()) {
+      throw config_error("hasher", "has " + std::to_string(hasher->num_layers()) + " layers of " +
+                                       std::to_string(hasher->ids_per_token()) +
+                                       " ids per token, the model " + std::to_string(ids.size()) +
+                                       " of " + std::to_string(c.engram->hash.ids_per_token()));
+    }
+    for (size_t e = 0; e < ids.size(); ++e) {
+      const cuda::DeviceTable& t = I.w.layers[sz(ids[e])].table;
+      if (hasher->layer_id(e) != ids[e] || hasher->table_rows(e) != t.rows) {
+        throw config_error("hasher", "Engram layer " + std::to_string(ids[e]) +
+                                         ": the hasher's table has " +
+                                         std::to_string(hasher->table_rows(e)) +
+                                         " rows, the model's " + std::to_string(t.rows));
+      }
+      I.engram_index[sz(ids[e])] = static_cast<int>(e);
+      I.tables.push_back(t);
+    }
+    I.token_limit = std::min(I.token_limit, hasher->tokenizer_vocab());
+    I.ids_per_token = hasher->ids_per_token();
+    const int64_t reach = c.engram->short_conv ? static_cast<int64_t>(c.engram->hash.max_ngram_size) *
+                                                     (c.engram->hash.kernel_size - 1)
+                                               : 0;
+    I.ring_len = reach + options.max_rows_per_sequence;
+    for (int64_t s = 0; s < options.max_sequences; ++s) I.streams.emplace_back(*hasher);
+  } else if (hasher != nullptr) {
+    throw config_error("hasher", "given, but the model has no [engram] layers");
+  }
+
+  const int64_t S = options.max_sequences, L = options.max_len, N = options.max_step_rows;
+  const int64_t n = m.hc_mult, C = m.hidden_size, hd = m.head_dim, V = m.vocab_size;
+  const int64_t QD = m.num_heads * hd, KD = m.num_kv_heads * hd;
+  I.length.assign(sz(S), 0);
+  for (int64_t l = 0; l < m.num_layers; ++l) {
+    I.k_cache.emplace_back(sz(S * L * KD));
+    I.v_cache.emplace_back(sz(S * L * KD));
+    if (I.engram_index[sz(l)] >= 0 && c.engram->short_conv)
+      I.rings.emplace_back(sz(S * I.ring_len * n * C));
+  }
+  // cos/sin of every position, as the CPU decoder computes them (in double, then rounded).
+  const int64_t half = hd / 2;
+  std::vector<float> cs(sz(L * half)), sn(sz(L * half));
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double inv_freq =
+          std::pow(m.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
+      const double angle = static_cast<double>(t) * inv_freq;
+      cs[sz(t * half + i)] = static_cast<float>(std::cos(angle));
+      sn[sz(t * half + i)] = static_cast<float>(std::sin(angle));
+    }
+  }
+  I.rope_cos = cuda::DeviceBuffer<float>(std::span<const float>(cs));
+  I.rope_sin = cuda::DeviceBuffer<float>(std::span<const float>(sn));
+
+  const int64_t F = m.dense_intermediate_size, R = std::min(N, S);
+  I.d_tokens = cuda::DeviceBuffer<int64_t>(sz(N));
+  I.d_argmax = cuda::DeviceBuffer<int64_t>(sz(R));
+  I.d_seq = cuda::DeviceBuffer<int32_t>(sz(N));
+  I.d_pos = cuda::DeviceBuffer<int32_t>(sz(N));
+  I.d_logit_rows = cuda::DeviceBuffer<int32_t>(sz(R));
+  if (c.engram) {
+    I.d_hash = cuda::DeviceBuffer<int32_t>(sz(static_cast<int64_t>(I.tables.size()) * N *
+                                              I.ids_per_token));
+  }
+  for (auto* b : {&I.x, &I.x_next, &I.engram_out}) *b = cuda::DeviceBuffer<float>(sz(N * n * C));
+  for (auto* b : {&I.y, &I.h, &I.f}) *b = cuda::DeviceBuffer<float>(sz(N * C));
+  I.rstd = cuda::DeviceBuffer<float>(sz(N));
+  I.pre = cuda::DeviceBuffer<float>(sz(N * n));
+  I.post = cuda::DeviceBuffer<float>(sz(N * n));
+  I.comb = cuda::DeviceBuffer<float>(sz(N * n * n));
+  I.q = cuda::DeviceBuffer<float>(sz(N * QD));
+  I.ctx = cuda::DeviceBuffer<float>(sz(N * QD));
+  I.k = cuda::DeviceBuffer<float>(sz(N * KD));
+  I.v = cuda::DeviceBuffer<float>(sz(N * KD));
+  if (F > 0) {
+    for (auto* b : {&I.h1, &I.h3, &I.g}) *b = cuda::DeviceBuffer<float>(sz(N * F));
+  }
+  I.sel = cuda::DeviceBuffer<float>(sz(R * n * C));
+  I.z = cuda::DeviceBuffer<float>(sz(R * C));
+  I.head_pre = cuda::DeviceBuffer<float>(sz(R * n));
+  I.hn = cuda::DeviceBuffer<float>(sz(R * C));
+  I.logits = cuda::DeviceBuffer<float>(sz(R * V));
+  cuda::device_synchronize();
+}
+
+GpuDecoder::~GpuDecoder() = default;
+
+const GpuDecoderOptions& GpuDecoder::options() const {
+  return impl_->options;
+}
+
+int64_t GpuDecoder::vocab_size() const {
+  return impl_->config.model.vocab_size;
+}
+
+void GpuDecoder::reset(int64_t sequence) {
+  Impl& I = *impl_;
+  if (sequence < 0 || sequence >= I.options.max_sequences) {
+    throw InputError(error_message("GpuDecoder::reset", "sequence " + std::to_string(sequence) +
+                                                            " is outside [0, " +
+                                                            std::to_string(I.options.max_sequences) +
+                                                            ")"));
+  }
+  I.length[sz(sequence)] = 0;
+  if (!I.streams.empty()) I.streams[sz(sequence)].reset();
+}
+
+int64_t GpuDecoder::position(int64_t sequence) const {
+  const Impl& I = *impl_;
+  if (sequence < 0 || sequence >= I.options.max_sequences) {
+    throw InputError(error_message("GpuDecoder::position", "sequence " + std::to_string(sequence) +
+                                                               " is outside [0, " +
+                                                               std::to_string(I.options.max_sequences) +
+                                                               ")"));
+  }
+  return I.length[sz(sequence)];
+}
+
+void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
+  Impl& I = *impl_;
+  const model::ModelConfig& c = I.config;
+  const size_t n = c.engram ? c.engram->hash.layer_ids.size() : 0;
+  if (tables.empty()) {
+    I.tables.clear();
+    for (size_t e = 0; e < n; ++e) I.tables.push_back(I.w.layers[sz(c.engram->hash.layer_ids[e])].table);
+    return;
+  }
+  if (tables.size() != n) {
+    throw config_error("set_tables", std::to_string(tables.size()) + " tables given, the model has " +
+                                         std::to_string(n) + " Engram layers");
+  }
+  for (size_t e = 0; e < n; ++e) {
+    const int64_t layer = c.engram->hash.layer_ids[e];
+    const cuda::DeviceTable& own = I.w.layers[sz(layer)].table;
+    const cuda::DeviceTable& t = tables[e];
+    if (t.data == nullptr || t.rows != own.rows || t.width != own.width ||
+        (t.dtype != DType::kF32 && t.dtype != DType::kBF16)) {
+      throw config_error("set_tables: Engram layer " + std::to_string(layer),
+                         std::to_string(t.rows) + " rows of " + std::to_string(t.width) + " (" +
+                             std::string(dtype_name(t.dtype)) + (t.data ? "" : ", no data") +
+                             "), the model's table " + std::to_string(own.rows) + " rows of " +
+                             std::to_string(own.width) + " (f32 or bf16)");
+    }
+  }
+  I.tables = std::move(tables);
+}
+
+void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> tokens) {
+  Impl& I = *impl_;
+  const model::BackboneConfig& m = I.config.model;
+  const int64_t N = static_cast<int64_t>(tokens.size()), S = I.options.max_sequences;
+  const int64_t n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;
+  const char* where = "GpuDecoder::step";
+  if (seqs.size() != tokens.size()) {
+    throw InputError(error_message(where, std::to_string(seqs.size()) + " sequences for " +
+                                              std::to_string(tokens.size()) + " tokens"));
+  }
+  if (N == 0 || N > I.options.max_step_rows) {
+    throw InputError(error_message(where, std::to_string(N) + " tokens (1 .. max_step_rows = " +
+                                              std::to_string(I.options.max_step_rows) + ")"));
+  }
+  // Check everything before changing anything.
+  std::vector<int64_t> count(sz(S), 0), last(sz(S), -1);
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t s = seqs[sz(r)], id = tokens[sz(r)];
+    if (s < 0 || s >= S) {
+      throw InputError(error_message(where, "seqs[" + std::to_string(r) + "] = " +
+                                                std::to_string(s) + " is outside [0, " +
+                                                std::to_string(S) + ")"));
+    }
+    if (id < 0 || id >= I.token_limit) {
+      throw InputError(error_message(
+          where, "tokens[" + std::to_string(r) + "] = " + std::to_string(id) + " is outside [0, " +
+                     std::to_string(I.token_limit) + ")" +
+                     (I.token_limit < V ? " (the hasher's tokenizer vocabulary)" : "")));
+    }
+    ++count[sz(s)];
+    last[sz(s)] = r;
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    if (count[sz(s)] > I.options.max_rows_per_sequence) {
+      throw InputError(error_message(where, "sequence " + std::to_string(s) + " has " +
+                                                std::to_string(count[sz(s)]) +
+                                                " tokens in one step (max_rows_per_sequence = " +
+                                                std::to_string(I.options.max_rows_per_sequence) +
+                                                ")"));
+    }
+    if (I.length[sz(s)] + count[sz(s)] > I.options.max_len) {
+      throw InputError(error_message(
+          where, "sequence " + std::to_string(s) + ": " + std::to_string(count[sz(s)]) +
+                     " token(s) after " + std::to_string(I.length[sz(s)]) +
+                     " would exceed max_len = " + std::to_string(I.options.max_len)));
+    }
+  }
+  for (size_t e = 0; e < I.tables.size(); ++e) {
+    if (I.tables[e].data == nullptr) {
+      throw ConfigError(error_message(
+          "GpuDecoder: Engram layer " + std::to_string(I.config.engram->hash.layer_ids[e]),
+          "no table: the model was loaded without its Engram tables and set_tables gave none"));
+    }
+  }
+
+  // Positions, logits rows, hash ids.
+  I.h_tokens.assign(tokens.begin(), tokens.end());
+  I.h_seq.resize(sz(N));
+  I.h_pos.resize(sz(N));
+  std::vector<int64_t> next(I.length);
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t s = seqs[sz(r)];
+    I.h_seq[sz(r)] = static_cast<int32_t>(s);
+    I.h_pos[sz(r)] = static_cast<int32_t>(next[sz(s)]++);
+  }
+  I.h_logit_rows.clear();
+  I.logit_seqs.clear();
+  for (int64_t r = 0; r < N; ++r) {
+    if (last[sz(seqs[sz(r)])] == r) {
+      I.h_logit_rows.push_back(static_cast<int32_t>(r));
+      I.logit_seqs.push_back(seqs[sz(r)]);
+    }
+  }
+  const auto R = static_cast<int64_t>(I.h_logit_rows.size());
+  const size_t n_engram = I.tables.size();
+  const auto H = static_cast<size_t>(I.ids_per_token);
+  if (n_engram > 0) {
+    I.h_hash.resize(n_engram * sz(N) * H);
+    std::vector<int64_t> mine;
+    for (int64_t s = 0; s < S; ++s) {
+      if (count[sz(s)] == 0) continue;
+      mine.clear();
+      std::vector<int64_t> at;
+      for (int64_t r = 0; r < N; ++r) {
+        if (seqs[sz(r)] == s) {
+          mine.push_back(tokens[sz(r)]);
+          at.push_back(r);
+        }
+      }
+      I.chunk_hash.resize(n_engram * mine.size() * H);
+      I.streams[sz(s)].push(mine, I.chunk_hash);
+      for (size_t e = 0; e < n_engram; ++e) {
+        for (size_t i = 0; i < mine.size(); ++i) {
+          std::copy_n(I.chunk_hash.data() + (e * mine.size() + i) * H, H,
+                      I.h_hash.data() + (e * sz(N) + sz(at[i])) * H);
+        }
+      }
+    }
+  }
+  I.length = std::move(next);
+  I.rows = N;
+
+  cuda::copy_to_device(I.d_tokens.data(), I.h_tokens.data(), sz(N) * sizeof(int64_t));
+  cuda::copy_to_device(I.d_seq.data(), I.h_seq.data(), sz(N) * sizeof(int32_t));
+  cuda::copy_to_device(I.d_pos.data(), I.h_pos.data(), sz(N) * sizeof(int32_t));
+  cuda::copy_to_device(I.d_logit_rows.data(), I.h_logit_rows.data(), sz(R) * sizeof(int32_t));
+  if (n_engram > 0)
+    cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
+
+  cuda::embedding_forward(I.x.data(), I.d_tokens.data(), I.w.embed, N, n, C);
+  for (int64_t l = 0; l < m.num_layers; ++l) {
+    if (I.engram_index[sz(l)] >= 0) I.engram(l, N);
+    I.sublayer(l, true, N);
+    I.sublayer(l, false, N);
+  }
+  // Head, on each sequence's last row.
+  cuda::select_rows(I.sel.data(), I.x.data(), I.d_logit_rows.data(), R, n * C);
+  const float* zp = I.sel.data();
+  if (n > 1) {
+    cuda::hc_head_readout_forward(I.z.data(), I.head_pre.data(), I.head_coeff, I.sel.data(),
+                                  I.w.hc_head.phi, I.w.hc_head.b, I.w.hc_head.alpha, R, n, C,
+                                  I.blas());
+    zp = I.z.data();
+  }
+  cuda::rmsnorm_forward(I.hn.data(), C, I.rstd.data(), zp, nn::RowLayout{R, C, C},
+                        I.w.final_norm, static_cast<float>(m.norm_eps));
+  I.gemm(R, V, C, I.hn.data(), C, I.w.head, C, I.logits.data(), V);
+}
+
+void GpuDecoder::Impl::engram(int64_t l, int64_t N) {
+  const model::BackboneConfig& m = config.model;
+  const int64_t n = m.hc_mult, C = m.hidden_size;
+  const auto e = sz(engram_index[sz(l)]);
+  const model::GpuLayerWeights& L = w.layers[sz(l)];
+  cuda::GpuConvRing ring;
+  if (config.engram->short_conv) {
+    // The conv rings are in Engram layer order.
+    ring.data = rings[e].data();
+    ring.length = ring_len;
+  }
+  ring.seq = d_seq.data();
+  ring.pos = d_pos.data();
+  L.engram->forward_step(x.data(), d_hash.data() + e * sz(N * ids_per_token), N, tables[e],
+                         L.head_offsets, ring, engram_out.data());
+  cuda::add_inplace(x.data(), engram_out.data(), N * n * C);
+}
+
+void GpuDecoder::Impl::sublayer(int64_t l, bool is_attn, int64_t N) {
+  const model::BackboneConfig& m = config.model;
+  const int64_t n = m.hc_mult, C = m.hidden_size;
+  const model::GpuLayerWeights& L = w.layers[sz(l)];
+  const model::GpuHcWeights& hc = is_attn ? L.hc_attn : L.hc_ffn;
+  const float* yp = x.data();
+  if (n > 1) {
+    cuda::hc_coefficients_forward(pre.data(), post.data(), comb.data(), coeff, x.data(), hc.phi,
+                                  hc.b, hc.alpha, N, n, C, blas());
+    cuda::hc_readout_forward(y.data(), x.data(), pre.data(), N, n, C);
+    yp = y.data();
+  }
+  cuda::rmsnorm_forward(h.data(), C, rstd.data(), yp, nn::RowLayout{N, C, C},
+                        is_attn ? L.attn_norm : L.ffn_norm, static_cast<float>(m.norm_eps));
+  if (is_attn) {
+    attention(l, N);
+  } else if (config.is_moe_layer(l)) {
+    const model::MoeConfig& e = *config.moe;
+    nn::MoeShape s{N, C, e.num_experts, e.top_k, e.expert_intermediate_size};
+    s.n_shared = e.num_shared_experts;
+    s.route_scale = e.route_scale;
+    cuda::moe_forward<float>(blas(), f.data(), moe, h.data(), L.moe_bias, L.moe, s);
+  } else {
+    const int64_t F = m.dense_intermediate_size;
+    gemm(N, F, C, h.data(), C, L.w1, C, h1.data(), F);
+    gemm(N, F, C, h.data(), C, L.w3, C, h3.data(), F);
+    cuda::swiglu_gate_forward(g.data(), h1.data(), h3.data(), N * F);
+    gemm(N, C, F, g.data(), F, L.w2, F, f.data(), C);
+  }
+  if (n == 1) {
+    cuda::add_inplace(x.data(), f.data(), N * C);
+  } else {
+    cuda::hc_write_back_forward(x_next.data(), f.data(), x.data(), post.data(), comb.data(), N, n,
+                                C);
+    std::swap(x, x_next);
+  }
+}
+
+void GpuDecoder::Impl::attention(int64_t l, int64_t N) {
+  const model::BackboneConfig& m = config.model;
+  const int64_t C = m.hidden_size, hd = m.head_dim, Hq = m.num_heads, Hkv = m.num_kv_heads;
+  const int64_t QD = Hq * hd, KD = Hkv * hd;
+  const model::GpuLayerWeights& L = w.layers[sz(l)];
+  gemm(N, QD, C, h.data(), C, L.wq, C, q.data(), QD);
+  gemm(N, KD, C, h.data(), C, L.wk, C, k.data(), KD);
+  gemm(N, KD, C, h.data(), C, L.wv, C, v.data(), KD);
+  cuda::rope_at(q.data(), d_pos.data(), N, Hq, hd, rope_cos.data(), rope_sin.data());
+  cuda::rope_at(k.data(), d_pos.data(), N, Hkv, hd, rope_cos.data(), rope_sin.data());
+  cuda::kv_cache_append(k_cache[sz(l)].data(), v_cache[sz(l)].data(), k.data(), v.data(),
+                        d_seq.data(), d_pos.data(), N, KD, options.max_len);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  cuda::decode_attention(ctx.data(), q.data(), k_cache[sz(l)].data(), v_cache[sz(l)].data(),
+                         d_seq.data(), d_pos.data(), N, Hq, Hkv, hd, options.max_len, scale);
+  gemm(N, C, QD, ctx.data(), QD, L.wo, QD, f.data(), C);
+}
+
+const std::vector<int64_t>& GpuDecoder::logit_sequences() const {
+  return impl_->logit_seqs;
+}
+
+std::vector<float> GpuDecoder::logits() const {
+  const Impl& I = *impl_;
+  std::vector<float> out(I.logit_seqs.size() * sz(I.config.model.vocab_size));
+  if (!out.empty()) cuda::copy_to_host(out.data(), I.logits.data(), out.size() * sizeof(float));
+  return out;
+}
+
+const float* GpuDecoder::device_logits() const {
+  return impl_->logits.data();
+}
+
+std::vector<int64_t> GpuDecoder::greedy() {
+  Impl& I = *impl_;
+  const auto R = static_cast<int64_t>(I.logit_seqs.size());
+  std::vector<int64_t> out(sz(R));
+  if (R == 0) return out;
+  cuda::argmax_rows(I.d_argmax.data(), I.logits.data(), R, I.config.model.vocab_size);
+  cuda::copy_to_host(out.data(), I.d_argmax.data(), sz(R) * sizeof(int64_t));
+  return out;
+}
+
+std::span<const float> GpuDecoder::push(int64_t sequence, std::span<const int64_t> tokens) {
+  Impl& I = *impl_;
+  if (tokens.empty()) throw InputError(error_message("GpuDecoder::push", "no tokens given"));
+  if (sequence < 0 || sequence >= I.options.max_sequences) {
+    throw InputError(error_message("GpuDecoder::push", "sequence " + std::to_string(sequence) +
+                                                           " is outside [0, " +
+                                                           std::to_string(I.options.max_sequences) +
+                                                           ")"));
+  }
+  if (position(sequence) + static_cast<int64_t>(tokens.size()) > I.options.max_len) {
+    throw InputError(error_message(
+        "GpuDecoder::push", std::to_string(tokens.size()) + " token(s) after " +
+                                std::to_string(position(sequence)) + " would exceed max_len = " +
+                                std::to_string(I.options.max_len)));
+  }
+  const int64_t chunk = I.options.max_rows_per_sequence;
+  std::vector<int64_t> seqs;
+  for (size_t at = 0; at < tokens.size(); at += sz(chunk)) {
+    const size_t len = std::min(tokens.size() - at, sz(chunk));
+    seqs.assign(len, sequence);
+    step(seqs, tokens.subspan(at, len));
+  }
+  I.host_logits = logits();
+  return I.host_logits;
+}
+
+}  // namespace engram::infer

@@ -1,0 +1,339 @@
+// infer::GpuDecoder against model::Transformer<float>::forward on each whole sequence, for the
+// GPU model cases (dense hc_mult 1 and 2 with GQA, MoE + Engram with and without the short conv,
+// two Engram layers with hc_mult 4): three sequences decoded together in steps that mix prompt
+// chunks and single tokens in interleaved rows, one sequence reset and started again; the greedy
+// argmax against the host's; tables read from mapped host memory (bit-identical) and as bf16;
+// the input errors (nothing changes) and config errors. Skipped without a GPU.
+#include "engram/infer/gpu_decoder.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engram/cuda/buffer.h"
+#include "engram/cuda/decode.h"
+#include "engram/cuda/model_ops.h"
+#include "engram/model/gpu_transformer.h"
+#include "engram/model/transformer.h"
+#include "engram/util/error.h"
+#include "cuda/cuda_test_util.h"
+#include "cuda/model_cases.h"
+
+namespace engram::infer {
+namespace {
+
+using model::test_cases::Case;
+using model::test_cases::Hashing;
+
+size_t sz(int64_t n) {
+  return static_cast<size_t>(n);
+}
+
+struct TestModel {
+  Case c;
+  Hashing hashing;
+  std::unique_ptr<model::Transformer<float>> cpu;
+  std::unique_ptr<model::GpuTransformer> gpu;
+};
+
+TestModel make_setup(const Case& c, uint64_t seed) {
+  TestModel s;
+  s.c = c;
+  s.hashing = model::test_cases::make_hashing(c.config);
+  s.cpu = std::make_unique<model::Transformer<float>>(c.config, s.hashing.head_sizes, seed);
+  model::test_cases::perturb(*s.cpu, seed + 1);
+  model::GpuTransformerOptions o;
+  o.gradients = false;
+  s.gpu = std::make_unique<model::GpuTransformer>(*s.cpu, o);
+  return s;
+}
+
+std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int64_t> ids(sz(n));
+  for (auto& id : ids) id = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
+  return ids;
+}
+
+// Transformer::forward's logits (T, V) over the whole sequence.
+std::vector<float> full_logits(TestModel& s, const std::vector<int64_t>& ids) {
+  std::vector<int32_t> hash_ids;
+  if (s.hashing.hasher) {
+    hash_ids.resize(s.hashing.hasher->num_layers() * ids.size() *
+                    static_cast<size_t>(s.hashing.hasher->ids_per_token()));
+    s.hashing.hasher->hash_all_layers(ids, 1, ids.size(), hash_ids);
+  }
+  const std::vector<int64_t> targets(ids.size(), -1);
+  s.cpu->forward(ids.data(), targets.data(), 1, static_cast<int64_t>(ids.size()), hash_ids);
+  return s.cpu->logits();
+}
+
+// max |got - ref row| / max(max |ref row|, 1).
+double row_error(const float* got, const float* ref, int64_t V) {
+  double diff = 0.0, scale = 1.0;
+  for (int64_t v = 0; v < V; ++v) {
+    diff = std::max(diff, std::abs(static_cast<double>(got[v]) - ref[v]));
+    if (std::isnan(got[v])) diff = INFINITY;
+    scale = std::max(scale, std::abs(static_cast<double>(ref[v])));
+  }
+  return diff / scale;
+}
+
+// Decodes three sequences (lengths 23, 17, 11; the third starts at step 2, is reset once it has
+// 6 or more tokens and restarts with 9 others) in random steps, checking every logits row.
+void check_interleaved(TestModel& s, uint64_t seed) {
+  const model::ModelConfig& c = s.c.config;
+  const int64_t V = c.model.vocab_size;
+  std::vector<std::vector<int64_t>> seqs = {random_tokens(23, V, seed),
+                                            random_tokens(17, V, seed + 1),
+                                            random_tokens(11, V, seed + 2)};
+  const std::vector<int64_t> restart = random_tokens(9, V, seed + 3);
+  std::vector<std::vector<float>> ref;
+  for (const auto& q : seqs) ref.push_back(full_logits(s, q));
+  const std::vector<float> ref_restart = full_logits(s, restart);
+
+  GpuDecoderOptions o;
+  o.max_sequences = 3;
+  o.max_len = 32;
+  o.max_step_rows = 12;
+  o.max_rows_per_sequence = 6;
+  GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
+  std::mt19937_64 rng(seed + 4);
+  std::vector<int64_t> done(3, 0);
+  bool restarted = false;
+  int checked = 0;
+  for (int step = 0; step < 100; ++step) {
+    if (!restarted && done[2] >= 6) {
+      dec.reset(2);
+      EXPECT_EQ(dec.position(2), 0);
+      seqs[2] = restart;
+      ref[2] = ref_restart;
+      done[2] = 0;
+      restarted = true;
+    }
+    // Each sequence contributes 0 .. 6 (prompt) or 0 .. 2 (later) tokens, merged in random order.
+    std::vector<int64_t> order;
+    for (int64_t q = 0; q < 3; ++q) {
+      if (q == 2 && step < 2) continue;
+      const int64_t left = static_cast<int64_t>(seqs[sz(q)].size()) - done[sz(q)];
+      const int64_t most = done[sz(q)] == 0 ? 6 : 2;
+      const int64_t k = std::min<int64_t>(left, static_cast<int64_t>(rng() % sz(most + 1)));
+      for (int64_t i = 0; i < k; ++i) order.push_back(q);
+    }
+    if (order.empty()) {
+      if (done[0] == 23 && done[1] == 17 && restarted && done[2] == 9) break;
+      continue;
+    }
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<int64_t> tokens;
+    std::vector<int64_t> at = done;
+    for (const int64_t q : order) tokens.push_back(seqs[sz(q)][sz(at[sz(q)]++)]);
+    dec.step(order, tokens);
+    const std::vector<float> logits = dec.logits();
+    const std::vector<int64_t>& who = dec.logit_sequences();
+    ASSERT_EQ(logits.size(), who.size() * sz(V));
+    for (size_t i = 0; i < who.size(); ++i) {
+      const int64_t q = who[i], p = at[sz(q)] - 1;
+      ASSERT_EQ(dec.position(q), at[sz(q)]);
+      const double err = row_error(logits.data() + i * sz(V), ref[sz(q)].data() + p * V, V);
+      EXPECT_LE(err, 1e-4) << s.c.name << ": step " << step << ", sequence " << q
+                           << ", position " << p;
+      ++checked;
+    }
+    // The greedy choice is the host's argmax of the same rows.
+    const std::vector<int64_t> greedy = dec.greedy();
+    ASSERT_EQ(greedy.size(), who.size());
+    for (size_t i = 0; i < who.size(); ++i) {
+      const float* row = logits.data() + i * sz(V);
+      EXPECT_EQ(greedy[i], std::max_element(row, row + V) - row) << s.c.name;
+    }
+    done = at;
+  }
+  EXPECT_EQ(done[0], 23);
+  EXPECT_EQ(done[1], 17);
+  EXPECT_TRUE(restarted);
+  EXPECT_GT(checked, 20) << s.c.name;
+}
+
+TEST(GpuDecoder, MatchesForwardOnInterleavedSequences) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 100;
+  for (const Case& c : model::test_cases::cases()) {
+    SCOPED_TRACE(c.name);
+    TestModel s = make_setup(c, seed);
+    check_interleaved(s, seed + 10);
+    seed += 100;
+  }
+}
+
+// The case with two Engram layers, hc_mult 4.
+Case engram_case() {
+  for (const Case& c : model::test_cases::cases()) {
+    if (c.name == "MoeEngram2Hc4") return c;
+  }
+  ADD_FAILURE() << "no MoeEngram2Hc4 case";
+  return {};
+}
+
+TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
+  SKIP_WITHOUT_GPU();
+  TestModel s = make_setup(engram_case(), 7);
+  const model::ModelConfig& c = s.c.config;
+  const int64_t V = c.model.vocab_size;
+  const std::vector<int64_t> ids = random_tokens(20, V, 8);
+  GpuDecoderOptions o;
+  o.max_rows_per_sequence = 8;
+  GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
+  auto decode = [&] {
+    dec.reset(0);
+    const std::span<const float> l = dec.push(0, ids);
+    return std::vector<float>(l.begin(), l.end());
+  };
+  const std::vector<float> own = decode();
+  ASSERT_EQ(own.size(), sz(V));
+
+  std::vector<cuda::MappedHostBuffer<float>> mapped;
+  std::vector<cuda::DeviceBuffer<bf16>> halves;
+  std::vector<cuda::DeviceTable> host_tables, bf16_tables;
+  TestModel r = make_setup(engram_case(), 7);  // the same parameters; its tables get bf16 values
+  for (const int layer : c.engram->hash.layer_ids) {
+    const auto& L = s.cpu->params().layers[sz(layer)];
+    const int64_t rows = L.engram->table_rows(), width = L.engram->config().row_width();
+    const std::vector<float>& t = L.engram_table;
+    ASSERT_EQ(t.size(), sz(rows * width));
+    mapped.emplace_back(t.size());
+    std::copy(t.begin(), t.end(), mapped.back().host().begin());
+    host_tables.push_back({mapped.back().device(), DType::kF32, rows, width});
+    std::vector<bf16> h(t.size());
+    std::vector<float>& rt = r.cpu->params().layers[sz(layer)].engram_table;
+    ASSERT_EQ(rt, t);
+    for (size_t i = 0; i < t.size(); ++i) {
+      h[i] = float_to_bf16(t[i]);
+      rt[i] = bf16_to_float(h[i]);
+    }
+    halves.emplace_back(std::span<const bf16>(h));
+    bf16_tables.push_back({halves.back().data(), DType::kBF16, rows, width});
+  }
+  dec.set_tables(host_tables);
+  const std::vector<float> host = decode();
+  EXPECT_EQ(std::memcmp(host.data(), own.data(), own.size() * sizeof(float)), 0)
+      << "the same f32 rows read over PCIe";
+
+  dec.set_tables(bf16_tables);
+  const std::vector<float> half = decode();
+  const std::vector<float> ref = full_logits(r, ids);
+  EXPECT_LE(row_error(half.data(), ref.data() + (ids.size() - 1) * sz(V), V), 1e-4);
+  EXPECT_GT(row_error(half.data(), own.data(), V), 0.0) << "bf16 rows should change something";
+
+  dec.set_tables({});
+  const std::vector<float> again = decode();
+  EXPECT_EQ(std::memcmp(again.data(), own.data(), own.size() * sizeof(float)), 0);
+
+  std::vector<cuda::DeviceTable> bad = host_tables;
+  bad[0].rows -= 1;
+  EXPECT_THROW(dec.set_tables(bad), ConfigError);
+  bad = host_tables;
+  bad.pop_back();
+  EXPECT_THROW(dec.set_tables(bad), ConfigError);
+}
+
+template <class E, class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(GpuDecoder, InputErrorsChangeNothing) {
+  SKIP_WITHOUT_GPU();
+  TestModel s = make_setup(engram_case(), 9);
+  const int64_t V = s.c.config.model.vocab_size;
+  GpuDecoderOptions o;
+  o.max_sequences = 2;
+  o.max_len = 16;
+  o.max_step_rows = 6;
+  o.max_rows_per_sequence = 4;
+  GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
+  const std::vector<int64_t> ids = random_tokens(16, V, 10);
+  for (int64_t p = 0; p < 12; p += 4) dec.step(std::vector<int64_t>(4, 0), {ids.data() + p, 4});
+  dec.step(std::vector<int64_t>{0}, {ids.data() + 12, 1});
+  ASSERT_EQ(dec.position(0), 13);
+  using V64 = std::vector<int64_t>;
+  auto step = [&](const V64& q, const V64& t) { dec.step(q, t); };
+  EXPECT_NE(error_of<InputError>([&] { step({0, 0}, {1}); }).find("2 sequences for 1 tokens"),
+            std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step({}, {}); }).find("0 tokens"), std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step(V64(7, 1), V64(7, 1)); }).find("max_step_rows = 6"),
+            std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step({0, 2}, {1, 1}); }).find("seqs[1] = 2"),
+            std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step({-1}, {1}); }).find("seqs[0] = -1"),
+            std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step({1, 1}, {1, V}); }).find("tokens[1]"),
+            std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step({1}, {-1}); }).find("outside"), std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step(V64(5, 1), V64(5, 1)); })
+                .find("max_rows_per_sequence = 4"),
+            std::string::npos);
+  EXPECT_NE(error_of<InputError>([&] { step({1, 0, 0, 0, 0}, {1, 1, 1, 1, 1}); })
+                .find("would exceed max_len = 16"),
+            std::string::npos);
+  EXPECT_THROW(dec.reset(2), InputError);
+  EXPECT_THROW(dec.position(-1), InputError);
+  EXPECT_EQ(dec.position(0), 13);
+  EXPECT_EQ(dec.position(1), 0);
+  // Sequence 0 goes on as if the failed steps never happened, up to max_len exactly.
+  dec.step(V64(3, 0), {ids.data() + 13, 3});
+  const std::vector<float> ref = full_logits(s, ids);
+  const std::vector<float> got = dec.logits();
+  EXPECT_LE(row_error(got.data(), ref.data() + 15 * V, V), 1e-4);
+  EXPECT_THROW(step({0}, {1}), InputError);
+}
+
+TEST(GpuDecoder, ConfigErrors) {
+  SKIP_WITHOUT_GPU();
+  TestModel engram = make_setup(engram_case(), 11);
+  TestModel dense = make_setup(model::test_cases::cases().front(), 12);
+  EXPECT_NE(error_of<ConfigError>([&] { GpuDecoder(*engram.gpu, nullptr); }).find("none given"),
+            std::string::npos);
+  EXPECT_NE(error_of<ConfigError>([&] {
+              GpuDecoder(*dense.gpu, engram.hashing.hasher.get());
+            }).find("no [engram]"),
+            std::string::npos);
+  GpuDecoderOptions o;
+  o.max_len = engram.c.config.model.max_seq_len + 1;
+  EXPECT_NE(error_of<ConfigError>([&] {
+              GpuDecoder(*engram.gpu, engram.hashing.hasher.get(), o);
+            }).find("exceeds model.max_seq_len"),
+            std::string::npos);
+  o = {};
+  o.max_sequences = 0;
+  EXPECT_THROW(GpuDecoder(*engram.gpu, engram.hashing.hasher.get(), o), ConfigError);
+  // An inference-only model has no gradients.
+  EXPECT_THROW(engram.gpu->backward(), Error);
+  EXPECT_THROW(engram.gpu->dense_params(), Error);
+}
+
+TEST(GpuDecode, ArgmaxTiesAndNaN) {
+  SKIP_WITHOUT_GPU();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> x = {1, 3, 3, 2,  nan, nan, nan, nan,  nan, -1, 5, 5,
+                                -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  auto d = cuda::test_util::to_device(x);
+  cuda::DeviceBuffer<int64_t> out(4);
+  cuda::argmax_rows(out.data(), d.data(), 4, 4);
+  EXPECT_EQ(cuda::test_util::to_host(out), (std::vector<int64_t>{1, 0, 2, 0}));
+}
+
+}  // namespace
+}  // namespace engram::infer
