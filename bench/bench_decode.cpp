@@ -2,6 +2,7 @@
 //
 //   build/bench/bench_decode --config configs/gpu_120m.toml [--batch 1,64] [--prompt 128]
 //                            [--steps 128] [--math exact|tf32] [--table gpu|host] [--seed 1]
+//                            [--profile] [--no-graphs]
 //
 // The model is the config's with a seeded random init (model::Transformer<float>'s), its n-gram
 // hasher over a synthetic compression (id -> id mod 3V/4: real hashing work, not real text). Per
@@ -15,6 +16,11 @@
 //   {"bench":"decode", "impl":"engram", "gpu", "config", "math", "table", "batch", "prompt",
 //    "steps", "tokens_per_s" (batch * steps / the timed seconds), "ms_per_step" (median),
 //    "ms_per_step_mean"}
+// Decode steps replay CUDA graphs (GpuDecoderOptions::cuda_graphs) unless --no-graphs.
+// --profile: each timed step also records CUDA events between its phases
+// (GpuDecoder::set_profiling) and the line gets "phases_ms": the mean device milliseconds per
+// step of each phase name (summed over layers), plus "device_ms" (their sum) and "host_ms" (the
+// mean wall time per step minus device_ms: launch overhead, host work and waits).
 // The PyTorch mirror's counterpart: tools/torch_ref/decode_ref.py (tools/bench/decode_gpu.sh runs
 // both).
 #include <algorithm>
@@ -60,7 +66,8 @@ std::vector<int64_t> parse_list(const std::string& s) {
 int usage(const char* why) {
   std::fprintf(stderr,
                "bench_decode: %s\nusage: bench_decode --config FILE.toml [--batch 1,64] "
-               "[--prompt 128] [--steps 128] [--math exact|tf32] [--table gpu|host] [--seed 1]\n",
+               "[--prompt 128] [--steps 128] [--math exact|tf32] [--table gpu|host] [--seed 1] "
+               "[--profile] [--no-graphs]\n",
                why);
   return 2;
 }
@@ -71,8 +78,17 @@ int main(int argc, char** argv) {
   std::string config_path, math = "exact", table = "gpu", batches = "1,64";
   int64_t prompt = 128, steps = 128;
   uint64_t seed = 1;
+  bool profile = false, graphs = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--profile") {
+      profile = true;
+      continue;
+    }
+    if (a == "--no-graphs") {
+      graphs = false;
+      continue;
+    }
     if (i + 1 >= argc) return usage(("missing value after " + a).c_str());
     const std::string v = argv[++i];
     if (a == "--config") {
@@ -149,8 +165,11 @@ int main(int argc, char** argv) {
       o.max_len = prompt + steps;
       o.max_rows_per_sequence = std::min<int64_t>(prompt, 128);
       o.max_step_rows = std::max(B, o.max_rows_per_sequence);
+      o.cuda_graphs = graphs;
       engram::infer::GpuDecoder dec(gpu, hasher.get(), o);
       if (!tables.empty()) dec.set_tables(tables);
+      dec.set_profiling(profile);
+      std::vector<std::pair<std::string, double>> phases;  // summed over the timed steps
       std::vector<int64_t> next(static_cast<size_t>(B));
       for (int64_t s = 0; s < B; ++s) {
         std::vector<int64_t> p(static_cast<size_t>(prompt));
@@ -168,6 +187,12 @@ int main(int argc, char** argv) {
         dec.step(seqs, next);
         next = dec.greedy();
         ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+        for (const auto& [name, t] : dec.phase_times()) {
+          auto it = std::find_if(phases.begin(), phases.end(),
+                                 [&](const auto& p) { return p.first == name; });
+          if (it == phases.end()) it = phases.insert(phases.end(), {name, 0.0});
+          it->second += t;
+        }
       }
       const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       std::vector<double> sorted = ms;
@@ -175,14 +200,28 @@ int main(int argc, char** argv) {
       double mean = 0;
       for (double m : ms) mean += m;
       mean /= static_cast<double>(ms.size());
+      std::string profile_json;
+      if (profile) {
+        double device = 0;
+        profile_json = ",\"phases_ms\":{";
+        for (size_t p = 0; p < phases.size(); ++p) {
+          const double per_step = phases[p].second / static_cast<double>(steps);
+          device += per_step;
+          profile_json += (p ? "," : "") + json_string(phases[p].first) + ":" +
+                          std::to_string(per_step);
+        }
+        profile_json += "},\"device_ms\":" + std::to_string(device) +
+                        ",\"host_ms\":" + std::to_string(mean - device);
+      }
       std::printf(
           "{\"bench\":\"decode\",\"impl\":\"engram\",\"gpu\":%s,\"config\":%s,\"math\":\"%s\","
-          "\"table\":\"%s\",\"batch\":%lld,\"prompt\":%lld,\"steps\":%lld,\"tokens_per_s\":%.1f,"
-          "\"ms_per_step\":%.4f,\"ms_per_step_mean\":%.4f}\n",
+          "\"table\":\"%s\",\"graphs\":%s,\"batch\":%lld,\"prompt\":%lld,\"steps\":%lld,\"tokens_per_s\":%.1f,"
+          "\"ms_per_step\":%.4f,\"ms_per_step_mean\":%.4f%s}\n",
           json_string(engram::cuda::device_name(0)).c_str(), json_string(config_path).c_str(),
-          math.c_str(), table.c_str(), static_cast<long long>(B), static_cast<long long>(prompt),
+          math.c_str(), table.c_str(), graphs && !profile ? "true" : "false",
+          static_cast<long long>(B), static_cast<long long>(prompt),
           static_cast<long long>(steps), static_cast<double>(B * steps) / seconds,
-          sorted[sorted.size() / 2], mean);
+          sorted[sorted.size() / 2], mean, profile_json.c_str());
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

@@ -127,34 +127,19 @@ GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig& config,
   blas_ = std::make_unique<Blas>();
 }
 
-GpuEngramLayer::~GpuEngramLayer() {
-  for (void* e : events_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(e));
-}
+GpuEngramLayer::~GpuEngramLayer() = default;
 
 void GpuEngramLayer::mark(const char* phase) {
   if (!profiling_) return;
-  if (phase[0] == '\0') names_.clear();
-  const size_t i = names_.size();
-  if (i == events_.size()) {
-    cudaEvent_t e = nullptr;
-    ENGRAM_CUDA_CHECK(cudaEventCreate(&e));
-    events_.push_back(e);
+  if (phase[0] == '\0') {
+    timer_.start();
+  } else {
+    timer_.mark(phase);
   }
-  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[i])));
-  names_.emplace_back(phase[0] == '\0' ? "start" : phase);
 }
 
 std::vector<std::pair<std::string, float>> GpuEngramLayer::phase_times() const {
-  std::vector<std::pair<std::string, float>> out;
-  if (names_.empty()) return out;
-  ENGRAM_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(events_[names_.size() - 1])));
-  for (size_t i = 1; i < names_.size(); ++i) {
-    float ms = 0.0f;
-    ENGRAM_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(events_[i - 1]),
-                                           static_cast<cudaEvent_t>(events_[i])));
-    out.emplace_back(names_[i], ms);
-  }
-  return out;
+  return timer_.times();
 }
 
 void GpuEngramLayer::set_params(const nn::EngramParams<float>& p) {
@@ -291,7 +276,7 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
 
 void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_ids, int64_t rows,
                                   const DeviceTable& table, const int64_t* d_head_offsets,
-                                  const GpuConvRing& ring, float* d_out) {
+                                  const GpuConvRing& ring, float* d_out, void* stream) {
   check_activations(DType::kF32, "GpuEngramLayer::forward_step");
   const nn::EngramLayerConfig& c = config_;
   const int64_t H = c.heads(), D = c.row_width(), dm = c.mem_dim();
@@ -323,13 +308,20 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
   batch_ = 0;
   seq_ = 0;
   if (rows == 0) return;
-  float* e = ensure_as<float>(e_, rows * dm);
-  float* kv = ensure_as<float>(kv_, rows * kvr);
-  for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, rows * M);
-  float* vt = ensure_as<float>(vt_, rows * M * d);
-  gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H);
-  blas_->gemm(false, true, rows, kvr, dm, 1.0f, {e, DType::kF32, dm},
-              {kv_weight_.data(), DType::kF32, dm}, 0.0f, {kv, DType::kF32, kvr}, options_.math);
+  reserve_step(rows);
+  float* e = as<float>(e_);
+  float* kv = as<float>(kv_);
+  float* vt = as<float>(vt_);
+  gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H, stream);
+  blas_->set_stream(stream);
+  try {
+    blas_->gemm(false, true, rows, kvr, dm, 1.0f, {e, DType::kF32, dm},
+                {kv_weight_.data(), DType::kF32, dm}, 0.0f, {kv, DType::kF32, kvr}, options_.math);
+  } catch (...) {
+    blas_->set_stream(nullptr);
+    throw;
+  }
+  blas_->set_stream(nullptr);
   detail::GateArgs<float> gate{kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
                                key_norm_.data(), query_norm_.data(), key_rstd_.data(),
                                query_rstd_.data(), score_.data(), alpha_.data(), vt, rows, M,
@@ -337,22 +329,35 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
   float* xn = nullptr;
   if (c.short_conv) {
     gate.conv_norm_w = conv_norm_.data();
-    xn = ensure_as<float>(xn_, rows * M * d);
+    xn = as<float>(xn_);
     gate.xn = xn;
-    ensure(conv_rstd_, rows * M);
     gate.conv_rstd = conv_rstd_.data();
     gate.conv_eps = static_cast<float>(c.conv_norm_eps);
   }
-  detail::launch_gate_forward<float>(gate);
+  detail::launch_gate_forward<float>(gate, stream);
   if (!c.short_conv) {
-    detail::launch_copy<float>(d_out, vt, rows * M * d);
+    detail::launch_copy<float>(d_out, vt, rows * M * d, stream);
     return;
   }
   const detail::ConvStepArgs<float> a{rows, M * d, c.kernel_size, c.max_ngram_size, ring.length,
                                       vt, xn, conv_weight_t_.data(),
                                       static_cast<float*>(ring.data), ring.seq, ring.pos};
-  detail::launch_conv_ring_store<float>(a);
-  detail::launch_conv_step<float>(a, d_out);
+  detail::launch_conv_ring_store<float>(a, stream);
+  detail::launch_conv_step<float>(a, d_out, stream);
+}
+
+void GpuEngramLayer::reserve_step(int64_t rows) {
+  const nn::EngramLayerConfig& c = config_;
+  const int64_t M = c.hc_mult, d = c.hidden_size, A = static_cast<int64_t>(sizeof(float));
+  if (rows <= 0) return;
+  ensure(e_, rows * c.mem_dim() * A);
+  ensure(kv_, rows * c.kv_rows() * A);
+  for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, rows * M);
+  ensure(vt_, rows * M * d * A);
+  if (c.short_conv) {
+    ensure(xn_, rows * M * d * A);
+    ensure(conv_rstd_, rows * M);
+  }
 }
 
 template <class A>

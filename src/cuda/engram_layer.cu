@@ -919,13 +919,13 @@ void launch_table_rows(int64_t* rows, int32_t* slots, const int32_t* ids, const 
 }
 
 template <class A>
-void launch_gate_forward(const GateArgs<A>& a) {
+void launch_gate_forward(const GateArgs<A>& a, void* stream) {
   if (a.tokens * a.M == 0) return;
   const auto blocks = static_cast<unsigned>((a.tokens * a.M + kWarps - 1) / kWarps);
   if (vec4(a.d)) {
-    gate_forward_kernel<A, 4><<<blocks, kThreads>>>(a);
+    gate_forward_kernel<A, 4><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
   } else {
-    gate_forward_kernel<A, 1><<<blocks, kThreads>>>(a);
+    gate_forward_kernel<A, 1><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(a);
   }
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
@@ -1091,40 +1091,40 @@ __global__ void conv_step_kernel(ConvStepArgs<A> a, A* out) {
 }
 
 template <class A>
-void launch_conv_ring_store(const ConvStepArgs<A>& a) {
+void launch_conv_ring_store(const ConvStepArgs<A>& a, void* stream) {
   const int64_t n = a.rows * a.C;
   if (n == 0) return;
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
-  conv_ring_store_kernel<A><<<blocks, 256>>>(a);
+  conv_ring_store_kernel<A><<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(a);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class A>
-void launch_conv_step(const ConvStepArgs<A>& a, A* out) {
+void launch_conv_step(const ConvStepArgs<A>& a, A* out, void* stream) {
   const int64_t n = a.rows * a.C;
   if (n == 0) return;
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
-  conv_step_kernel<A><<<blocks, 256>>>(a, out);
+  conv_step_kernel<A><<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(a, out);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class A>
-void launch_copy(A* out, const A* in, int64_t n) {
+void launch_copy(A* out, const A* in, int64_t n, void* stream) {
   if (n == 0) return;
   ENGRAM_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n) * sizeof(A),
-                                    cudaMemcpyDeviceToDevice));
+                                    cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream)));
 }
 
 #define ENGRAM_INSTANTIATE(A)                                                                  \
-  template void launch_gate_forward<A>(const GateArgs<A>&);                                    \
+  template void launch_gate_forward<A>(const GateArgs<A>&, void*);                                 \
   template void launch_gate_backward<A>(const GateBwdArgs<A>&);                                \
   template void launch_conv_forward<A>(const ConvArgs<A>&, A*);                                \
   template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*, A*, \
                                         A*, float*, PhaseHook);                                \
   template void launch_bias_grad<A>(float*, const A*, int64_t, int64_t, float*);               \
-  template void launch_copy<A>(A*, const A*, int64_t);                                         \
-  template void launch_conv_ring_store<A>(const ConvStepArgs<A>&);                             \
-  template void launch_conv_step<A>(const ConvStepArgs<A>&, A*);
+  template void launch_copy<A>(A*, const A*, int64_t, void*);                                  \
+  template void launch_conv_ring_store<A>(const ConvStepArgs<A>&, void*);                      \
+  template void launch_conv_step<A>(const ConvStepArgs<A>&, A*, void*);
 ENGRAM_INSTANTIATE(float)
 ENGRAM_INSTANTIATE(bf16)
 #undef ENGRAM_INSTANTIATE

@@ -50,7 +50,7 @@ struct GateArgs {
   float conv_eps = 0.0f;
 };
 template <class A>
-void launch_gate_forward(const GateArgs<A>& a);
+void launch_gate_forward(const GateArgs<A>& a, void* stream = nullptr);
 
 template <class A>
 struct GateBwdArgs {
@@ -127,13 +127,13 @@ struct ConvStepArgs {
   const int32_t* pos;    // (rows)
 };
 template <class A>
-void launch_conv_ring_store(const ConvStepArgs<A>& a);
+void launch_conv_ring_store(const ConvStepArgs<A>& a, void* stream = nullptr);
 template <class A>
-void launch_conv_step(const ConvStepArgs<A>& a, A* out);
+void launch_conv_step(const ConvStepArgs<A>& a, A* out, void* stream = nullptr);
 
 // out (n) = in (n) of the same type (a device-to-device copy).
 template <class A>
-void launch_copy(A* out, const A* in, int64_t n);
+void launch_copy(A* out, const A* in, int64_t n, void* stream = nullptr);
 
 // The sparse table gradient: detail::launch_sparse_rows_sum (src/cuda/sparse_rows_kernel.h)
 // over the rows and slots of launch_table_rows.

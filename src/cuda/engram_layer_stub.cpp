@@ -33,8 +33,11 @@ void GpuEngramLayer::forward(const float*, const int32_t*, int64_t, int64_t, con
   fail("GpuEngramLayer::forward");
 }
 void GpuEngramLayer::forward_step(const float*, const int32_t*, int64_t, const DeviceTable&,
-                                  const int64_t*, const GpuConvRing&, float*) {
+                                  const int64_t*, const GpuConvRing&, float*, void*) {
   fail("GpuEngramLayer::forward_step");
+}
+void GpuEngramLayer::reserve_step(int64_t) {
+  fail("GpuEngramLayer::reserve_step");
 }
 void GpuEngramLayer::backward(const float*, const float*, float*, GpuEngramGrads&) {
   fail("GpuEngramLayer::backward");

@@ -65,6 +65,53 @@ void check_weights(const char* where, const GpuMoeWeights<T>& w, const nn::MoeSh
   }
 }
 
+
+// Router, in float32: scores (N, E) = sigmoid(u W_g^T), then the top-k (selected) and the gates
+// (weights).
+template <class T>
+void route(Blas& blas, GpuMoeSaved<T>& saved, const T* u, const float* bias,
+           const GpuMoeWeights<T>& w, const nn::MoeShape& s) {
+  const int64_t n = s.tokens, c = s.dim, e_count = s.experts, k = s.top_k, pairs = n * k;
+  void* stream = blas.stream();
+  const float* uf = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    uf = u;
+  } else {
+    grow(saved.u_f32, n * c);
+    detail::launch_moe_to_f32(saved.u_f32.data(), u, n * c, stream);
+    uf = saved.u_f32.data();
+  }
+  grow(saved.scores, n * e_count);
+  grow(saved.selected, pairs);
+  grow(saved.weights, pairs);
+  blas.gemm(false, true, n, e_count, c, 1.0f, {uf, DType::kF32, c}, {w.wg, DType::kF32, c}, 0.0f,
+            {saved.scores.data(), DType::kF32, e_count}, Math::kExact);
+  detail::launch_moe_route(saved.scores.data(), saved.selected.data(), saved.weights.data(), bias,
+                           n, e_count, k, static_cast<float>(s.route_scale), stream);
+}
+
+// Shared expert: shared_out (N, C) = W2 (silu(W1 u) W3 u); null without shared experts.
+template <class T>
+const float* shared_expert(Blas& blas, GpuMoeSaved<T>& saved, const T* u,
+                           const GpuMoeWeights<T>& w, const nn::MoeShape& s) {
+  const int64_t n = s.tokens, c = s.dim, hs = s.shared_hidden();
+  if (hs == 0) return nullptr;
+  const DType at = dtype_of<T>();
+  grow(saved.shared_h1, n * hs);
+  grow(saved.shared_h3, n * hs);
+  grow(saved.shared_g, n * hs);
+  grow(saved.shared_out, n * c);
+  blas.gemm(false, true, n, hs, c, 1.0f, {u, at, c}, {w.shared_w1, at, c}, 0.0f,
+            {saved.shared_h1.data(), DType::kF32, hs}, Math::kExact);
+  blas.gemm(false, true, n, hs, c, 1.0f, {u, at, c}, {w.shared_w3, at, c}, 0.0f,
+            {saved.shared_h3.data(), DType::kF32, hs}, Math::kExact);
+  detail::launch_moe_gate(saved.shared_g.data(), saved.shared_h1.data(), saved.shared_h3.data(),
+                          n * hs, blas.stream());
+  blas.gemm(false, true, n, c, hs, 1.0f, {saved.shared_g.data(), at, hs}, {w.shared_w2, at, hs},
+            0.0f, {saved.shared_out.data(), DType::kF32, c}, Math::kExact);
+  return saved.shared_out.data();
+}
+
 }  // namespace
 
 template <class T>
@@ -74,7 +121,7 @@ void moe_forward(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const floa
   nn::validate(s);
   check_limits(where, s);
   const int64_t n = s.tokens, c = s.dim, e_count = s.experts, k = s.top_k, h = s.hidden;
-  const int64_t hs = s.shared_hidden(), pairs = n * k;
+  const int64_t pairs = n * k;
   if (n > 0) {
     require(where, y, "y");
     require(where, u, "u");
@@ -97,22 +144,7 @@ void moe_forward(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const floa
     return;
   }
 
-  // Router, in float32: scores (N, E) = sigmoid(u W_g^T), then the top-k and the gates.
-  const float* uf = nullptr;
-  if constexpr (std::is_same_v<T, float>) {
-    uf = u;
-  } else {
-    grow(saved.u_f32, n * c);
-    detail::launch_moe_to_f32(saved.u_f32.data(), u, n * c, stream);
-    uf = saved.u_f32.data();
-  }
-  grow(saved.scores, n * e_count);
-  grow(saved.selected, pairs);
-  grow(saved.weights, pairs);
-  blas.gemm(false, true, n, e_count, c, 1.0f, {uf, DType::kF32, c}, {w.wg, DType::kF32, c}, 0.0f,
-            {saved.scores.data(), DType::kF32, e_count}, Math::kExact);
-  detail::launch_moe_route(saved.scores.data(), saved.selected.data(), saved.weights.data(), bias,
-                           n, e_count, k, static_cast<float>(s.route_scale), stream);
+  route(blas, saved, u, bias, w, s);
 
   // Permutation: pairs sorted (stably) by expert; counts, offsets and row_of.
   int end_bit = 1;
@@ -170,24 +202,52 @@ void moe_forward(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const floa
               Math::kExact);
   }
 
-  // Shared expert: shared_out (N, C) = W2 (silu(W1 u) W3 u).
-  const float* shared_out = nullptr;
-  if (hs > 0) {
-    grow(saved.shared_h1, n * hs);
-    grow(saved.shared_h3, n * hs);
-    grow(saved.shared_g, n * hs);
-    grow(saved.shared_out, n * c);
-    blas.gemm(false, true, n, hs, c, 1.0f, {u, at, c}, {w.shared_w1, at, c}, 0.0f,
-              {saved.shared_h1.data(), DType::kF32, hs}, Math::kExact);
-    blas.gemm(false, true, n, hs, c, 1.0f, {u, at, c}, {w.shared_w3, at, c}, 0.0f,
-              {saved.shared_h3.data(), DType::kF32, hs}, Math::kExact);
-    detail::launch_moe_gate(saved.shared_g.data(), saved.shared_h1.data(), saved.shared_h3.data(),
-                            n * hs, stream);
-    blas.gemm(false, true, n, c, hs, 1.0f, {saved.shared_g.data(), at, hs}, {w.shared_w2, at, hs},
-              0.0f, {saved.shared_out.data(), DType::kF32, c}, Math::kExact);
-    shared_out = saved.shared_out.data();
-  }
+  const float* shared_out = shared_expert(blas, saved, u, w, s);
   // y_t = shared_out_t + Σ_j w_t,j routed_out[row_of(t, j)], slots in order.
+  detail::launch_moe_combine(y, shared_out, saved.routed_out.data(), saved.weights.data(),
+                             saved.row_of.data(), n, k, c, stream);
+}
+
+// Every expert on every token (include/engram/cuda/moe.h): three strided-batched GEMMs over the
+// experts, then the selected outputs combined in slot order through row_of = expert * N + t.
+template <class T>
+void moe_forward_dense(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const float* bias,
+                       const GpuMoeWeights<T>& w, const nn::MoeShape& s) {
+  const char* where = "cuda::moe_forward_dense";
+  nn::validate(s);
+  check_limits(where, s);
+  const int64_t n = s.tokens, c = s.dim, e_count = s.experts, k = s.top_k, h = s.hidden;
+  if (n * e_count * std::max(c, h) > std::numeric_limits<int32_t>::max()) {
+    throw InputError(error_message(where, "tokens · experts · max(C, H) = " +
+                                              std::to_string(n * e_count * std::max(c, h)) +
+                                              " exceeds 2^31 - 1"));
+  }
+  saved.shape = nn::MoeShape{-1, 0, 0, 0, 0};  // nothing for moe_backward
+  if (n == 0) return;
+  require(where, y, "y");
+  require(where, u, "u");
+  require(where, bias, "bias");
+  check_weights(where, w, s);
+  void* stream = blas.stream();
+  const DType at = dtype_of<T>();
+  route(blas, saved, u, bias, w, s);
+  grow(saved.h1, e_count * n * h);
+  grow(saved.h3, e_count * n * h);
+  grow(saved.g, e_count * n * h);
+  grow(saved.routed_out, e_count * n * c);
+  grow(saved.row_of, n * k);
+  // h1, h3 (E, N, H) = u W1_e^T, u W3_e^T; g = silu(h1) h3; routed_out (E, N, C) = g W2_e^T.
+  blas.gemm_strided_batched(false, true, n, h, c, 1.0f, {u, at, c}, 0, {w.w1, at, c}, h * c, 0.0f,
+                            {saved.h1.data(), DType::kF32, h}, n * h, e_count, Math::kExact);
+  blas.gemm_strided_batched(false, true, n, h, c, 1.0f, {u, at, c}, 0, {w.w3, at, c}, h * c, 0.0f,
+                            {saved.h3.data(), DType::kF32, h}, n * h, e_count, Math::kExact);
+  detail::launch_moe_gate(saved.g.data(), saved.h1.data(), saved.h3.data(), e_count * n * h,
+                          stream);
+  blas.gemm_strided_batched(false, true, n, c, h, 1.0f, {saved.g.data(), at, h}, n * h,
+                            {w.w2, at, h}, c * h, 0.0f, {saved.routed_out.data(), DType::kF32, c},
+                            n * c, e_count, Math::kExact);
+  const float* shared_out = shared_expert(blas, saved, u, w, s);
+  detail::launch_moe_dense_rows(saved.row_of.data(), saved.selected.data(), n, k, stream);
   detail::launch_moe_combine(y, shared_out, saved.routed_out.data(), saved.weights.data(),
                              saved.row_of.data(), n, k, c, stream);
 }
@@ -345,6 +405,8 @@ void moe_add_counts(int64_t* total, const int64_t* counts, int64_t experts, void
 #define ENGRAM_INSTANTIATE(T)                                                      \
   template void moe_forward<T>(Blas&, T*, GpuMoeSaved<T>&, const T*, const float*, \
                                const GpuMoeWeights<T>&, const nn::MoeShape&);      \
+  template void moe_forward_dense<T>(Blas&, T*, GpuMoeSaved<T>&, const T*, const float*, \
+                                     const GpuMoeWeights<T>&, const nn::MoeShape&);      \
   template void moe_backward<T>(Blas&, T*, const GpuMoeGrads&, const T*, const T*, \
                                 GpuMoeSaved<T>&, const GpuMoeWeights<T>&, const nn::MoeShape&);
 ENGRAM_INSTANTIATE(float)

@@ -365,6 +365,22 @@ void launch_moe_router_backward(A* drouted, float* dlogits, const A* dy, const f
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
+__global__ void dense_rows_kernel(int32_t* row_of, const int32_t* selected, int64_t n,
+                                  int64_t k) {
+  const int64_t pairs = n * k;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < pairs;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    row_of[i] = static_cast<int32_t>(selected[i] * n + i / k);
+  }
+}
+
+void launch_moe_dense_rows(int32_t* row_of, const int32_t* selected, int64_t n, int64_t k,
+                           void* stream) {
+  if (n * k == 0) return;
+  dense_rows_kernel<<<blocks_for(n * k), kThreads, 0, as_stream(stream)>>>(row_of, selected, n, k);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
 void launch_moe_scatter_grad(float* du, const float* drouted_in, const int32_t* row_of, int64_t n,
                              int64_t k, int64_t c, void* stream) {
   scatter_grad_kernel<<<blocks_for(n * c), kThreads, 0, as_stream(stream)>>>(du, drouted_in, row_of,

@@ -56,6 +56,10 @@ template <class A>
 void launch_moe_gate_backward(A* dh1, A* dh3, const float* dg, const float* h1, const float* h3,
                               int64_t size, void* stream);
 
+// row_of[t, j] = selected[t, j] * n + t: the rows of moe_forward_dense's (E, N, C) outputs.
+void launch_moe_dense_rows(int32_t* row_of, const int32_t* selected, int64_t n, int64_t k,
+                           void* stream);
+
 // y (N, C) = shared_out (or 0 when null) + Σ_j weights[t, j] · routed_out[row_of[t, j]], the
 // slots summed in order, in float, rounded to A once.
 template <class A>

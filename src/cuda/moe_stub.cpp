@@ -19,6 +19,12 @@ void moe_forward(Blas&, T*, GpuMoeSaved<T>&, const T*, const float*, const GpuMo
 }
 
 template <class T>
+void moe_forward_dense(Blas&, T*, GpuMoeSaved<T>&, const T*, const float*,
+                       const GpuMoeWeights<T>&, const nn::MoeShape&) {
+  no_cuda("cuda::moe_forward_dense");
+}
+
+template <class T>
 void moe_backward(Blas&, T*, const GpuMoeGrads&, const T*, const T*, GpuMoeSaved<T>&,
                   const GpuMoeWeights<T>&, const nn::MoeShape&) {
   no_cuda("cuda::moe_backward");
@@ -36,6 +42,11 @@ template void moe_forward<float>(Blas&, float*, GpuMoeSaved<float>&, const float
                                  const GpuMoeWeights<float>&, const nn::MoeShape&);
 template void moe_forward<bf16>(Blas&, bf16*, GpuMoeSaved<bf16>&, const bf16*, const float*,
                                 const GpuMoeWeights<bf16>&, const nn::MoeShape&);
+template void moe_forward_dense<float>(Blas&, float*, GpuMoeSaved<float>&, const float*,
+                                       const float*, const GpuMoeWeights<float>&,
+                                       const nn::MoeShape&);
+template void moe_forward_dense<bf16>(Blas&, bf16*, GpuMoeSaved<bf16>&, const bf16*, const float*,
+                                      const GpuMoeWeights<bf16>&, const nn::MoeShape&);
 template void moe_backward<float>(Blas&, float*, const GpuMoeGrads&, const float*, const float*,
                                   GpuMoeSaved<float>&, const GpuMoeWeights<float>&,
                                   const nn::MoeShape&);

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <set>
 #include <optional>
 #include <string>
 #include <utility>
@@ -13,9 +15,11 @@
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/decode.h"
 #include "engram/cuda/device.h"
+#include "engram/cuda/graph.h"
 #include "engram/cuda/hyper_connection.h"
 #include "engram/cuda/model_ops.h"
 #include "engram/cuda/ops.h"
+#include "engram/cuda/phase_timer.h"
 #include "engram/util/error.h"
 
 namespace engram::infer {
@@ -72,8 +76,33 @@ struct GpuDecoder::Impl {
   std::vector<float> host_logits;
 
   int64_t rows = 0;  // of the last step
+  bool profiling = false;
+  cuda::PhaseTimer timer;
+  void mark(const char* phase) {
+    if (profiling) timer.mark(phase);
+  }
 
-  cuda::Blas& blas() { return model->blas(); }
+  // Everything runs on the decoder's own stream (a blocking one: ordered with the default
+  // stream's copies), with its own cuBLAS handle on it, so that steps can be captured.
+  cuda::Stream stream;
+  cuda::Blas own_blas;
+  void* st() const { return stream.get(); }
+  // CUDA graphs of the device part of a step, per (rows, logits rows): a shape is run eagerly
+  // once (seen), captured the next time and replayed from then on.
+  std::map<std::pair<int64_t, int64_t>, cuda::Graph> graphs;
+  std::set<std::pair<int64_t, int64_t>> seen;
+  bool has_moe = false;
+  // The MoE scratch's addresses: a routed (sparse) step may grow the buffers the captured dense
+  // steps use, which drops the graphs.
+  std::vector<const void*> moe_addresses() const {
+    return {moe.scores.data(),    moe.selected.data(),  moe.weights.data(), moe.row_of.data(),
+            moe.h1.data(),        moe.h3.data(),        moe.g.data(),       moe.routed_out.data(),
+            moe.shared_h1.data(), moe.shared_h3.data(), moe.shared_g.data(),
+            moe.shared_out.data()};
+  }
+  void run_device(int64_t N, int64_t R);
+
+  cuda::Blas& blas() { return own_blas; }
   void gemm(int64_t m, int64_t n, int64_t kk, const float* a, int64_t lda, const float* b,
             int64_t ldb, float* c, int64_t ldc) {
     blas().gemm(false, true, m, n, kk, 1.0f, mat(a, lda), mat(b, ldb), 0.0f, mut(c, ldc),
@@ -100,6 +129,9 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
   positive(options.max_len, "max_len");
   positive(options.max_step_rows, "max_step_rows");
   positive(options.max_rows_per_sequence, "max_rows_per_sequence");
+  if (options.dense_moe_rows < 0) {
+    throw config_error("options.dense_moe_rows", std::to_string(options.dense_moe_rows) + " (>= 0)");
+  }
   if (options.max_len > m.max_seq_len) {
     throw config_error("options.max_len", std::to_string(options.max_len) +
                                               " exceeds model.max_seq_len = " +
@@ -113,6 +145,9 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
   }
   options.max_rows_per_sequence = std::min(options.max_rows_per_sequence, options.max_step_rows);
   I.options = options;
+  I.own_blas.set_stream(I.stream.get());
+  I.timer.set_stream(I.stream.get());
+  I.has_moe = c.moe.has_value();
   I.hasher = hasher;
   I.w = model.weights();
   I.engram_index.assign(sz(m.num_layers), -1);
@@ -204,6 +239,35 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
   I.head_pre = cuda::DeviceBuffer<float>(sz(R * n));
   I.hn = cuda::DeviceBuffer<float>(sz(R * C));
   I.logits = cuda::DeviceBuffer<float>(sz(R * V));
+  // Scratch the steps would otherwise grow: sized now, so that captured steps keep addresses.
+  if (n > 1) {
+    const int64_t K = n * n + 2 * n;
+    I.coeff.proj = cuda::DeviceBuffer<float>(sz(N * K));
+    I.coeff.rstd = cuda::DeviceBuffer<float>(sz(N));
+    I.head_coeff.proj = cuda::DeviceBuffer<float>(sz(R * n));
+    I.head_coeff.rstd = cuda::DeviceBuffer<float>(sz(R));
+  }
+  for (const model::GpuLayerWeights& layer : I.w.layers) {
+    if (layer.engram != nullptr) layer.engram->reserve_step(N);
+  }
+  if (c.moe) {
+    const model::MoeConfig& e = *c.moe;
+    const int64_t D = std::max<int64_t>(1, std::min(N, options.dense_moe_rows));
+    const int64_t E = e.num_experts, K = e.top_k, H = e.expert_intermediate_size;
+    const int64_t HS = e.num_shared_experts * H;
+    I.moe.scores = cuda::DeviceBuffer<float>(sz(N * E));
+    I.moe.selected = cuda::DeviceBuffer<int32_t>(sz(N * K));
+    I.moe.weights = cuda::DeviceBuffer<float>(sz(N * K));
+    I.moe.row_of = cuda::DeviceBuffer<int32_t>(sz(N * K));
+    for (auto* b : {&I.moe.h1, &I.moe.h3, &I.moe.g})
+      *b = cuda::DeviceBuffer<float>(sz(std::max(E * D, N * K) * H));
+    I.moe.routed_out = cuda::DeviceBuffer<float>(sz(std::max(E * D, N * K) * C));
+    if (HS > 0) {
+      for (auto* b : {&I.moe.shared_h1, &I.moe.shared_h3, &I.moe.shared_g})
+        *b = cuda::DeviceBuffer<float>(sz(N * HS));
+      I.moe.shared_out = cuda::DeviceBuffer<float>(sz(N * C));
+    }
+  }
   cuda::device_synchronize();
 }
 
@@ -247,6 +311,7 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
   if (tables.empty()) {
     I.tables.clear();
     for (size_t e = 0; e < n; ++e) I.tables.push_back(I.w.layers[sz(c.engram->hash.layer_ids[e])].table);
+    I.graphs.clear();
     return;
   }
   if (tables.size() != n) {
@@ -267,13 +332,14 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
     }
   }
   I.tables = std::move(tables);
+  I.graphs.clear();  // the captured steps read the old tables' addresses
 }
 
 void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> tokens) {
   Impl& I = *impl_;
   const model::BackboneConfig& m = I.config.model;
   const int64_t N = static_cast<int64_t>(tokens.size()), S = I.options.max_sequences;
-  const int64_t n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;
+  const int64_t V = m.vocab_size;
   const char* where = "GpuDecoder::step";
   if (seqs.size() != tokens.size()) {
     throw InputError(error_message(where, std::to_string(seqs.size()) + " sequences for " +
@@ -371,6 +437,7 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
   I.length = std::move(next);
   I.rows = N;
 
+  if (I.profiling) I.timer.start();
   cuda::copy_to_device(I.d_tokens.data(), I.h_tokens.data(), sz(N) * sizeof(int64_t));
   cuda::copy_to_device(I.d_seq.data(), I.h_seq.data(), sz(N) * sizeof(int32_t));
   cuda::copy_to_device(I.d_pos.data(), I.h_pos.data(), sz(N) * sizeof(int32_t));
@@ -378,24 +445,71 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
   if (n_engram > 0)
     cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
 
-  cuda::embedding_forward(I.x.data(), I.d_tokens.data(), I.w.embed, N, n, C);
+  I.mark("upload");
+  const bool routed = I.has_moe && N > I.options.dense_moe_rows;
+  const std::pair<int64_t, int64_t> key{N, R};
+  if (!I.options.cuda_graphs || I.profiling || routed) {
+    const std::vector<const void*> before = I.moe_addresses();
+    I.run_device(N, R);
+    if (I.moe_addresses() != before) I.graphs.clear();
+  } else if (auto it = I.graphs.find(key); it != I.graphs.end()) {
+    it->second.launch(I.stream);
+  } else if (I.seen.count(key) == 0) {
+    I.run_device(N, R);  // the first time eagerly: buffers settle, cuBLAS picks its kernels
+    I.seen.insert(key);
+  } else {
+    cuda::Graph g;
+    g.begin_capture(I.stream);
+    try {
+      I.run_device(N, R);
+    } catch (...) {
+      try {
+        g.end_capture(I.stream);
+      } catch (...) {
+      }
+      throw;
+    }
+    g.end_capture(I.stream);
+    g.launch(I.stream);
+    I.graphs.emplace(key, std::move(g));
+  }
+}
+
+// The device part of a step over the uploaded inputs: N rows, logits for R of them.
+void GpuDecoder::Impl::run_device(int64_t N, int64_t R) {
+  const model::BackboneConfig& m = config.model;
+  const int64_t n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;
+  cuda::embedding_forward(x.data(), d_tokens.data(), w.embed, N, n, C, st());
+  mark("embed");
   for (int64_t l = 0; l < m.num_layers; ++l) {
-    if (I.engram_index[sz(l)] >= 0) I.engram(l, N);
-    I.sublayer(l, true, N);
-    I.sublayer(l, false, N);
+    if (engram_index[sz(l)] >= 0) {
+      engram(l, N);
+      mark("engram");
+    }
+    sublayer(l, true, N);
+    sublayer(l, false, N);
   }
   // Head, on each sequence's last row.
-  cuda::select_rows(I.sel.data(), I.x.data(), I.d_logit_rows.data(), R, n * C);
-  const float* zp = I.sel.data();
+  cuda::select_rows(sel.data(), x.data(), d_logit_rows.data(), R, n * C, st());
+  const float* zp = sel.data();
   if (n > 1) {
-    cuda::hc_head_readout_forward(I.z.data(), I.head_pre.data(), I.head_coeff, I.sel.data(),
-                                  I.w.hc_head.phi, I.w.hc_head.b, I.w.hc_head.alpha, R, n, C,
-                                  I.blas());
-    zp = I.z.data();
+    cuda::hc_head_readout_forward(z.data(), head_pre.data(), head_coeff, sel.data(),
+                                  w.hc_head.phi, w.hc_head.b, w.hc_head.alpha, R, n, C, blas(),
+                                  st());
+    zp = z.data();
   }
-  cuda::rmsnorm_forward(I.hn.data(), C, I.rstd.data(), zp, nn::RowLayout{R, C, C},
-                        I.w.final_norm, static_cast<float>(m.norm_eps));
-  I.gemm(R, V, C, I.hn.data(), C, I.w.head, C, I.logits.data(), V);
+  cuda::rmsnorm_forward(hn.data(), C, rstd.data(), zp, nn::RowLayout{R, C, C}, w.final_norm,
+                        static_cast<float>(m.norm_eps), st());
+  gemm(R, V, C, hn.data(), C, w.head, C, logits.data(), V);
+  mark("head");
+}
+
+void GpuDecoder::set_profiling(bool on) {
+  impl_->profiling = on;
+}
+
+std::vector<std::pair<std::string, float>> GpuDecoder::phase_times() const {
+  return impl_->profiling ? impl_->timer.times() : std::vector<std::pair<std::string, float>>{};
 }
 
 void GpuDecoder::Impl::engram(int64_t l, int64_t N) {
@@ -412,8 +526,8 @@ void GpuDecoder::Impl::engram(int64_t l, int64_t N) {
   ring.seq = d_seq.data();
   ring.pos = d_pos.data();
   L.engram->forward_step(x.data(), d_hash.data() + e * sz(N * ids_per_token), N, tables[e],
-                         L.head_offsets, ring, engram_out.data());
-  cuda::add_inplace(x.data(), engram_out.data(), N * n * C);
+                         L.head_offsets, ring, engram_out.data(), st());
+  cuda::add_inplace(x.data(), engram_out.data(), N * n * C, st());
 }
 
 void GpuDecoder::Impl::sublayer(int64_t l, bool is_attn, int64_t N) {
@@ -424,34 +538,43 @@ void GpuDecoder::Impl::sublayer(int64_t l, bool is_attn, int64_t N) {
   const float* yp = x.data();
   if (n > 1) {
     cuda::hc_coefficients_forward(pre.data(), post.data(), comb.data(), coeff, x.data(), hc.phi,
-                                  hc.b, hc.alpha, N, n, C, blas());
-    cuda::hc_readout_forward(y.data(), x.data(), pre.data(), N, n, C);
+                                  hc.b, hc.alpha, N, n, C, blas(), st());
+    cuda::hc_readout_forward(y.data(), x.data(), pre.data(), N, n, C, st());
     yp = y.data();
   }
   cuda::rmsnorm_forward(h.data(), C, rstd.data(), yp, nn::RowLayout{N, C, C},
-                        is_attn ? L.attn_norm : L.ffn_norm, static_cast<float>(m.norm_eps));
+                        is_attn ? L.attn_norm : L.ffn_norm, static_cast<float>(m.norm_eps), st());
+  mark("mhc + norm");
   if (is_attn) {
     attention(l, N);
+    mark("attention");
   } else if (config.is_moe_layer(l)) {
     const model::MoeConfig& e = *config.moe;
     nn::MoeShape s{N, C, e.num_experts, e.top_k, e.expert_intermediate_size};
     s.n_shared = e.num_shared_experts;
     s.route_scale = e.route_scale;
-    cuda::moe_forward<float>(blas(), f.data(), moe, h.data(), L.moe_bias, L.moe, s);
+    if (N <= options.dense_moe_rows) {
+      cuda::moe_forward_dense<float>(blas(), f.data(), moe, h.data(), L.moe_bias, L.moe, s);
+    } else {
+      cuda::moe_forward<float>(blas(), f.data(), moe, h.data(), L.moe_bias, L.moe, s);
+    }
+    mark("ffn moe");
   } else {
     const int64_t F = m.dense_intermediate_size;
     gemm(N, F, C, h.data(), C, L.w1, C, h1.data(), F);
     gemm(N, F, C, h.data(), C, L.w3, C, h3.data(), F);
-    cuda::swiglu_gate_forward(g.data(), h1.data(), h3.data(), N * F);
+    cuda::swiglu_gate_forward(g.data(), h1.data(), h3.data(), N * F, st());
     gemm(N, C, F, g.data(), F, L.w2, F, f.data(), C);
+    mark("ffn dense");
   }
   if (n == 1) {
-    cuda::add_inplace(x.data(), f.data(), N * C);
+    cuda::add_inplace(x.data(), f.data(), N * C, st());
   } else {
     cuda::hc_write_back_forward(x_next.data(), f.data(), x.data(), post.data(), comb.data(), N, n,
-                                C);
+                                C, st());
     std::swap(x, x_next);
   }
+  mark("mhc + norm");
 }
 
 void GpuDecoder::Impl::attention(int64_t l, int64_t N) {
@@ -462,13 +585,14 @@ void GpuDecoder::Impl::attention(int64_t l, int64_t N) {
   gemm(N, QD, C, h.data(), C, L.wq, C, q.data(), QD);
   gemm(N, KD, C, h.data(), C, L.wk, C, k.data(), KD);
   gemm(N, KD, C, h.data(), C, L.wv, C, v.data(), KD);
-  cuda::rope_at(q.data(), d_pos.data(), N, Hq, hd, rope_cos.data(), rope_sin.data());
-  cuda::rope_at(k.data(), d_pos.data(), N, Hkv, hd, rope_cos.data(), rope_sin.data());
+  cuda::rope_at(q.data(), d_pos.data(), N, Hq, hd, rope_cos.data(), rope_sin.data(), st());
+  cuda::rope_at(k.data(), d_pos.data(), N, Hkv, hd, rope_cos.data(), rope_sin.data(), st());
   cuda::kv_cache_append(k_cache[sz(l)].data(), v_cache[sz(l)].data(), k.data(), v.data(),
-                        d_seq.data(), d_pos.data(), N, KD, options.max_len);
+                        d_seq.data(), d_pos.data(), N, KD, options.max_len, st());
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   cuda::decode_attention(ctx.data(), q.data(), k_cache[sz(l)].data(), v_cache[sz(l)].data(),
-                         d_seq.data(), d_pos.data(), N, Hq, Hkv, hd, options.max_len, scale);
+                         d_seq.data(), d_pos.data(), N, Hq, Hkv, hd, options.max_len, scale,
+                         st());
   gemm(N, C, QD, ctx.data(), QD, L.wo, QD, f.data(), C);
 }
 
@@ -492,7 +616,7 @@ std::vector<int64_t> GpuDecoder::greedy() {
   const auto R = static_cast<int64_t>(I.logit_seqs.size());
   std::vector<int64_t> out(sz(R));
   if (R == 0) return out;
-  cuda::argmax_rows(I.d_argmax.data(), I.logits.data(), R, I.config.model.vocab_size);
+  cuda::argmax_rows(I.d_argmax.data(), I.logits.data(), R, I.config.model.vocab_size, I.st());
   cuda::copy_to_host(out.data(), I.d_argmax.data(), sz(R) * sizeof(int64_t));
   return out;
 }

@@ -244,6 +244,24 @@ Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>
 }
 
 template <class T>
+Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes,
+                            Uninitialized, bool with_engram_tables)
+    : config_(std::move(config)), head_sizes_(std::move(head_sizes)) {
+  config_.validate("transformer");
+  engram_index_.assign(sz(config_.model.num_layers), -1);
+  if (config_.engram) {
+    const auto& ids = config_.engram->hash.layer_ids;
+    for (size_t e = 0; e < ids.size(); ++e) engram_index_[sz(ids[e])] = static_cast<int>(e);
+    table_grads_.resize(ids.size());
+  }
+  params_.zeros(config_, head_sizes_, with_engram_tables);
+  // zeros() without tables is the gradients' layout, which has no dense embedding.
+  if (!with_engram_tables)
+    params_.embed.assign(sz(config_.model.vocab_size * config_.model.hidden_size), T(0));
+  inference_only_ = true;
+}
+
+template <class T>
 nn::AttentionShape Transformer<T>::attn_shape() const {
   const BackboneConfig& m = config_.model;
   nn::AttentionShape s{batch_, seq_, m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim};
@@ -436,6 +454,7 @@ double Transformer<T>::forward(const int64_t* inputs, const int64_t* targets, in
 
 template <class T>
 void Transformer<T>::backward() {
+  if (inference_only_) throw Error("transformer backward: the model has no gradient buffers");
   if (!have_forward_) throw Error("transformer backward: no forward to differentiate");
   const BackboneConfig& m = config_.model;
   const int64_t N = batch_ * seq_, n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;

@@ -1,7 +1,9 @@
 // infer::GpuDecoder against model::Transformer<float>::forward on each whole sequence, for the
 // GPU model cases (dense hc_mult 1 and 2 with GQA, MoE + Engram with and without the short conv,
 // two Engram layers with hc_mult 4): three sequences decoded together in steps that mix prompt
-// chunks and single tokens in interleaved rows, one sequence reset and started again; the greedy
+// chunks and single tokens in interleaved rows, one sequence reset and started again, with CUDA
+// graphs and dense MoE, and without graphs and with routed MoE; graph replays against eager
+// steps (bit for bit); the greedy
 // argmax against the host's; tables read from mapped host memory (bit-identical) and as bf16;
 // the input errors (nothing changes) and config errors. Skipped without a GPU.
 #include "engram/infer/gpu_decoder.h"
@@ -88,7 +90,7 @@ double row_error(const float* got, const float* ref, int64_t V) {
 
 // Decodes three sequences (lengths 23, 17, 11; the third starts at step 2, is reset once it has
 // 6 or more tokens and restarts with 9 others) in random steps, checking every logits row.
-void check_interleaved(TestModel& s, uint64_t seed) {
+void check_interleaved(TestModel& s, uint64_t seed, bool graphs, int64_t dense_moe_rows) {
   const model::ModelConfig& c = s.c.config;
   const int64_t V = c.model.vocab_size;
   std::vector<std::vector<int64_t>> seqs = {random_tokens(23, V, seed),
@@ -104,6 +106,8 @@ void check_interleaved(TestModel& s, uint64_t seed) {
   o.max_len = 32;
   o.max_step_rows = 12;
   o.max_rows_per_sequence = 6;
+  o.cuda_graphs = graphs;
+  o.dense_moe_rows = dense_moe_rows;
   GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
   std::mt19937_64 rng(seed + 4);
   std::vector<int64_t> done(3, 0);
@@ -168,8 +172,50 @@ TEST(GpuDecoder, MatchesForwardOnInterleavedSequences) {
   for (const Case& c : model::test_cases::cases()) {
     SCOPED_TRACE(c.name);
     TestModel s = make_setup(c, seed);
-    check_interleaved(s, seed + 10);
+    {
+      SCOPED_TRACE("CUDA graphs, dense MoE");
+      check_interleaved(s, seed + 10, true, 256);
+    }
+    {
+      SCOPED_TRACE("no graphs, routed MoE");
+      check_interleaved(s, seed + 20, false, 0);
+    }
     seed += 100;
+  }
+}
+
+// Replayed CUDA graphs give the eager steps' logits bit for bit: two decoders over one model, one
+// with graphs, decoding the same 4 sequences (prompts of 5, then 12 single-token steps).
+TEST(GpuDecoder, GraphsReplayTheEagerSteps) {
+  SKIP_WITHOUT_GPU();
+  for (const Case& c : model::test_cases::cases()) {
+    SCOPED_TRACE(c.name);
+    TestModel s = make_setup(c, 31);
+    const int64_t V = c.config.model.vocab_size;
+    GpuDecoderOptions o;
+    o.max_sequences = 4;
+    o.max_step_rows = 20;
+    o.max_rows_per_sequence = 5;
+    o.cuda_graphs = false;
+    GpuDecoder eager(*s.gpu, s.hashing.hasher.get(), o);
+    o.cuda_graphs = true;
+    GpuDecoder graphed(*s.gpu, s.hashing.hasher.get(), o);
+    const std::vector<int64_t> prompt = random_tokens(20, V, 32);
+    std::vector<int64_t> seqs;
+    for (int64_t q = 0; q < 4; ++q) seqs.insert(seqs.end(), 5, q);
+    eager.step(seqs, prompt);
+    graphed.step(seqs, prompt);
+    std::vector<int64_t> next = eager.greedy();
+    ASSERT_EQ(graphed.greedy(), next);
+    const std::vector<int64_t> four = {0, 1, 2, 3};
+    for (int i = 0; i < 12; ++i) {
+      eager.step(four, next);
+      graphed.step(four, next);
+      const std::vector<float> a = eager.logits(), b = graphed.logits();
+      ASSERT_EQ(a.size(), b.size());
+      ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "step " << i;
+      next = eager.greedy();
+    }
   }
 }
 

@@ -323,6 +323,38 @@ TEST(CudaMoe, ForwardAndBackwardMatchCpu) {
   }
 }
 
+// moe_forward_dense: the routing and y of moe_forward (the CPU's, to float rounding) on every
+// case, float32 and bf16, and no backward after it.
+template <class T>
+void check_dense(const Problem& p, double tol) {
+  const nn::MoeShape& s = p.shape;
+  const Result cpu = run_cpu(p);
+  Blas blas;
+  GpuRun<T> run(p);
+  moe_forward_dense<T>(blas, run.y.data(), run.saved, run.u.data(), run.bias.data(),
+                       run.weights(), s);
+  device_synchronize();
+  EXPECT_EQ(to_host(run.saved.selected, sz(s.tokens * s.top_k)), cpu.selected);
+  EXPECT_LE(normalised_error(to_host(run.saved.weights, sz(s.tokens * s.top_k)), cpu.weights),
+            kTolForward);
+  EXPECT_LE(normalised_error(to_float(to_host(run.y, sz(s.tokens * s.dim))), cpu.y), tol);
+  EXPECT_THROW(run.backward(blas, s), InputError);
+}
+
+TEST(CudaMoe, DenseForwardMatchesTheRoutedOne) {
+  SKIP_WITHOUT_GPU();
+  uint64_t seed = 50;
+  for (const Case& k : kCases) {
+    SCOPED_TRACE(testing::Message() << "N " << k.n << " C " << k.c << " E " << k.e << " K "
+                                    << k.k << " H " << k.h << " shared " << k.n_shared);
+    Problem p = make_problem(shape_of(k), seed++);
+    p.bias[sz(k.e - 1)] = 0.3f;
+    check_dense<float>(p, kTolForward);
+    round_for_bf16(p);
+    check_dense<bf16>(p, kTolBf16);
+  }
+}
+
 TEST(CudaMoe, BiasChangesTheSelection) {
   SKIP_WITHOUT_GPU();
   const nn::MoeShape s{64, 32, 14, 2, 16, 0, 1.0};

@@ -8,7 +8,9 @@
 # Environment: PYTHON (an interpreter that imports torch; found otherwise), BATCH ("1,64"),
 #   PROMPT (128), STEPS (128).
 # Variants: engram exact (FP32 GEMMs), engram tf32, engram tf32 with the Engram tables in mapped
-# pinned host memory; mirror f32, tf32, bf16 (autocast), all eager. Each prints one JSON line per
+# pinned host memory, engram tf32 without CUDA graphs, and with --profile (no graphs; the phase
+# breakdown); mirror f32, tf32, bf16
+# (autocast) eager, and tf32 and bf16 with regional torch.compile. Each prints one JSON line per
 # batch size, appended to OUT.jsonl with "variant" added (a failing variant appends
 # {"bench": "error", ...}); then a table of tokens/s and engram / mirror ratios.
 set -uo pipefail
@@ -69,6 +71,8 @@ if [ -n "$bench" ]; then
   variant engram-exact 150 "$bench" "${common[@]}" --math exact
   variant engram-tf32 150 "$bench" "${common[@]}" --math tf32
   variant engram-tf32-host-table 150 "$bench" "${common[@]}" --math tf32 --table host
+  variant engram-tf32-no-graphs 150 "$bench" "${common[@]}" --math tf32 --no-graphs
+  variant engram-tf32-profile 150 "$bench" "${common[@]}" --math tf32 --profile
 else
   echo "{\"bench\": \"error\", \"variant\": \"engram\", \"error\": \"no bench_decode under $bin\"}" \
     | tee -a "$out" "$run_lines" >&2
@@ -76,6 +80,10 @@ fi
 if [ -n "$py" ]; then
   for d in f32 tf32 bf16; do
     variant "torch-eager-$d" 200 "$py" tools/torch_ref/decode_ref.py bench "${common[@]}" --dtype "$d"
+  done
+  for d in tf32 bf16; do
+    variant "torch-compile-$d" 400 "$py" tools/torch_ref/decode_ref.py bench "${common[@]}" \
+      --dtype "$d" --compile
   done
 fi
 
@@ -99,11 +107,16 @@ for v in variants:
         line += f"{r['tokens_per_s']:16.1f}{r['ms_per_step']:10.3f}" if r else f"{'-':>16s}{'-':>10s}"
     print(line)
 for e in ("engram-exact", "engram-tf32"):
-    for t in ("torch-eager-f32", "torch-eager-tf32", "torch-eager-bf16"):
+    for t in ("torch-eager-f32", "torch-eager-tf32", "torch-eager-bf16", "torch-compile-tf32",
+              "torch-compile-bf16"):
         ratios = []
         for b in batches:
             if (e, b) in res and (t, b) in res:
                 ratios.append(f"B={b}: {res[(e, b)]['tokens_per_s'] / res[(t, b)]['tokens_per_s']:.2f}x")
         if ratios:
             print(f"{e} / {t}: " + ", ".join(ratios))
+for (v, b), r in res.items():
+    if "phases_ms" in r:
+        ph = ", ".join(f"{k} {x:.3f}" for k, x in sorted(r["phases_ms"].items(), key=lambda kv: -kv[1]))
+        print(f"{v} B={b}: device {r['device_ms']:.3f} ms, host {r['host_ms']:.3f} ms per step; {ph}")
 PY

@@ -3,12 +3,13 @@
 baseline of bench/bench_decode (tools/bench/decode_gpu.sh runs both).
 
   decode_ref.py bench --config FILE.toml [--batch 1,64] [--prompt 128] [--steps 128]
-                      [--dtype f32|tf32|bf16] [--device cuda|cpu] [--seed 0]
+                      [--dtype f32|tf32|bf16] [--device cuda|cpu] [--seed 0] [--compile]
+                      [--warmup 3]
 
 Builds the mirror from the TOML config (model_ref.Transformer, float32 parameters, model_ref's
 random init) and decodes B sequences in lock step, as a static-batch PyTorch decoder does: a
-prompt of P random tokens (one forward over (B, P), filling the caches; not timed), then `steps`
-timed steps, each a forward of one token per sequence over the caches, the LM head on those B
+prompt of P random tokens (one forward over (B, P), filling the caches; not timed), W warm-up
+decode steps (not timed), then `steps` timed steps, each a forward of one token per sequence over the caches, the LM head on those B
 rows, the greedy argmax and its B ids read back to the host (fed to the next step). Per layer the
 caches hold K (after RoPE) and V, (B, Hkv, P + steps, hd), and per Engram layer with the short
 conv the last R = max_ngram_size * (kernel_size - 1) gated values (B, R, hc_mult, C): the conv
@@ -18,8 +19,13 @@ normalise to zero, the conv's causal zero padding). Attention: F.scaled_dot_prod
 one-sync-per-layer dispatch on CUDA. Engram hash ids: uniform random ids per head below the
 head's prime table size, made before the clock (no hashing is timed; engram's bench hashes on
 the host inside each step).
-  --dtype  f32: IEEE FP32 GEMMs; tf32: TF32 tensor-core GEMMs; bf16: torch.autocast(bfloat16)
-           with bf16 caches.
+  --dtype    f32: IEEE FP32 GEMMs; tf32: TF32 tensor-core GEMMs; bf16: torch.autocast(bfloat16)
+             with bf16 caches.
+  --compile  regional torch.compile of the static-shape pieces: every mHC coefficient module
+             (the Sinkhorn loop), the head read-out, the dense SwiGLU FFNs, the Engram gated value
+             and short conv; attention over the growing caches and the MoE dispatch (host sync,
+             data-dependent shapes) stay eager. Compilation happens in the check and the warm-up
+             (one graph per distinct shape).
 Before timing, the decoder is checked against the full forward: for 2 sequences, the logits of a
 prompt of 8 and 4 single steps against model_ref.Transformer.forward over the 12 tokens
 ("check_max_rel_err": max |a - b| / max(max |b|, 1); float32 or TF32 rounding, bf16's larger).
@@ -126,7 +132,7 @@ class Decoder:
         for l, block in enumerate(model.layers):
             if block.engram is not None:
                 ids = hash_ids[model.engram_index[l]]
-                value = engram_value(block.engram, X.reshape(B, T, n, C), ids)
+                value = ENGRAM_VALUE(block.engram, X.reshape(B, T, n, C), ids)
                 if block.engram.short_conv is not None:
                     window = torch.cat([self.hist[l].to(value.dtype), value], dim=1)
                     out = value + block.engram.short_conv(window)[:, -T:]
@@ -144,6 +150,29 @@ class Decoder:
         return rmsnorm(z, model.final_norm, model.eps) @ model.head.T
 
 
+ENGRAM_VALUE = engram_value  # torch.compile'd with --compile
+
+
+def compile_regions(model):
+    global ENGRAM_VALUE
+    import importlib
+    dc = importlib.import_module("torch._dynamo").config
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dc, limit):
+            setattr(dc, limit, max(getattr(dc, limit), 512))
+    for block in model.layers:
+        for name in ("hc_attn", "hc_ffn"):
+            if hasattr(block, name):
+                getattr(block, name).compile()
+        if not block.is_moe:
+            block.mlp.compile()
+        if block.engram is not None and block.engram.short_conv is not None:
+            block.engram.short_conv.compile()
+    if hasattr(model, "hc_head"):
+        model.hc_head.compile()
+    ENGRAM_VALUE = torch.compile(engram_value)
+
+
 def random_ids(head_sizes, B, T, g, device):
     return [torch.stack([torch.randint(0, s, (B, T), generator=g) for s in sizes], dim=-1)
             .to(device) for sizes in head_sizes]
@@ -158,6 +187,8 @@ def bench(argv):
     ap.add_argument("--dtype", choices=["f32", "tf32", "bf16"], default="f32")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
@@ -180,6 +211,8 @@ def bench(argv):
         block.attn.sdpa = True
         if cuda and block.is_moe:
             block.moe.grouped = True
+    if a.compile:
+        compile_regions(model)
     bf16 = a.dtype == "bf16"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 \
         else (lambda: contextlib.nullcontext())
@@ -207,30 +240,34 @@ def bench(argv):
             err = max(err, ((lg - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item())
 
     for B in (int(b) for b in a.batch.split(",")):
-        L = a.prompt + a.steps
+        L = a.prompt + a.warmup + a.steps
         toks = torch.randint(0, V, (B, a.prompt), generator=g).to(dev)
         ids = random_ids(head_sizes, B, L, g, dev)
         times = []
         with torch.no_grad(), autocast():
             dec = Decoder(model, cfg, B, L, dev, cache_dtype)
             logits = dec.step(toks, [i[:, :a.prompt] for i in ids])
-            nxt = logits.argmax(-1)
-            nxt_host = nxt.tolist()
+            nxt_host = logits.argmax(-1).tolist()
+
+            def one(at):
+                logits = dec.step(torch.tensor(nxt_host, device=dev).view(B, 1),
+                                  [i[:, at:at + 1] for i in ids])
+                return logits.argmax(-1).tolist()
+
+            for w in range(a.warmup):
+                nxt_host = one(a.prompt + w)
             sync()
             t_all = time.perf_counter()
             for s in range(a.steps):
                 t0 = time.perf_counter()
-                at = a.prompt + s
-                logits = dec.step(torch.tensor(nxt_host, device=dev).view(B, 1),
-                                  [i[:, at:at + 1] for i in ids])
-                nxt_host = logits.argmax(-1).tolist()
+                nxt_host = one(a.prompt + a.warmup + s)
                 times.append(time.perf_counter() - t0)
             sync()
             total = time.perf_counter() - t_all
         print(json.dumps({
             "bench": "decode", "impl": "torch", "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name(dev) if cuda else None, "config": a.config,
-            "dtype": a.dtype, "tf32": tf32, "batch": B, "prompt": a.prompt, "steps": a.steps,
+            "dtype": a.dtype, "tf32": tf32, "compile": a.compile, "warmup": a.warmup, "batch": B, "prompt": a.prompt, "steps": a.steps,
             "tokens_per_s": round(B * a.steps / total, 1),
             "ms_per_step": round(statistics.median(times) * 1e3, 4),
             "ms_per_step_mean": round(statistics.mean(times) * 1e3, 4),

@@ -38,6 +38,7 @@
 #include "engram/cuda/blas.h"
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/gather.h"
+#include "engram/cuda/phase_timer.h"
 #include "engram/nn/engram_layer.h"
 #include "engram/tensor/dtype.h"
 
@@ -114,11 +115,16 @@ class GpuEngramLayer {
   // conv reads earlier positions from the ring and stores this step's (see GpuConvRing). d_hidden
   // (rows, M, d), d_hash_ids (rows, H), d_out (rows, M, d). float32 activations only (InputError
   // otherwise, or for a ring shorter than the conv's reach + 1). Leaves nothing for backward:
-  // backward() after forward_step throws engram::Error. Everything is enqueued on the default
-  // stream; nothing waits.
+  // backward() after forward_step throws engram::Error. Everything is enqueued on `stream` (a
+  // cudaStream_t; nullptr: the default stream), in a fixed launch sequence for a given row count
+  // once the layer's buffers have grown to it (CUDA-graph capture); nothing waits.
   void forward_step(const float* d_hidden, const int32_t* d_hash_ids, int64_t rows,
                     const DeviceTable& table, const int64_t* d_head_offsets,
-                    const GpuConvRing& ring, float* d_out);
+                    const GpuConvRing& ring, float* d_out, void* stream = nullptr);
+  // Grows the buffers forward_step uses to `rows` rows now, so that steps of up to that many
+  // rows allocate nothing (a captured CUDA graph keeps their addresses). forward() and backward()
+  // may grow them again.
+  void reserve_step(int64_t rows);
 
   // After forward: from d_dout (B, T, M, d) and the same d_hidden, d_dhidden (+=), the dense
   // parameter gradients (+=) and the sparse table gradient (replaced). Waits for the device
@@ -165,10 +171,9 @@ class GpuEngramLayer {
   DeviceBuffer<int64_t> rows_sorted_;
   DeviceBuffer<int32_t> slots_sorted_, counts_, starts_, num_runs_;
   DeviceBuffer<uint8_t> temp_;
-  // Profiling: events_[i] closes phase names_[i] (names_[0] is the start).
+  // Profiling.
   bool profiling_ = false;
-  std::vector<void*> events_;  // cudaEvent_t, created on first use, reused
-  std::vector<std::string> names_;
+  PhaseTimer timer_;
 };
 
 }  // namespace engram::cuda

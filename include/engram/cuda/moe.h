@@ -116,6 +116,18 @@ template <class T>
 void moe_forward(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const float* bias,
                  const GpuMoeWeights<T>& w, const nn::MoeShape& s);
 
+// The same y for small batches (decoding): every expert runs on every token, three
+// strided-batched GEMMs over the E experts, and each token's selected outputs are combined in
+// slot order, as moe_forward combines them. No host sync, no permutation and a fixed launch
+// sequence for a given shape (CUDA-graph friendly), at E / K times the routed FLOPs: it pays
+// while the experts' weight reads, not their FLOPs, bound the step (N up to a few hundred
+// tokens). Fills scores, selected, weights and row_of of `saved`, not the loads (counts,
+// offsets, host_counts); moe_backward after it throws InputError. Also InputError when N · E ·
+// max(C, H) exceeds 2^31 - 1.
+template <class T>
+void moe_forward_dense(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const float* bias,
+                       const GpuMoeWeights<T>& w, const nn::MoeShape& s);
+
 // After moe_forward with the same u, weights and shape: du (N, C) (+=) and grads (+=) from
 // dy (N, C), through the experts, the gate weights (dw → ds through the normalisation, the
 // route_scale and the sigmoid) and the router GEMM; the selection has no gradient:

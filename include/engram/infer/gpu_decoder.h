@@ -22,15 +22,20 @@
 //
 // The Engram tables are the model's (in its parameter arena) unless set_tables gives others,
 // e.g. a cuda::MappedHostBuffer's device pointer (the pinned host tier, read over PCIe).
-// Everything runs on the default stream; step() returns once the work is enqueued (MoE layers
-// wait for their routing counts), logits() and greedy() wait for it. A step overwrites the
-// Engram layers' saved forward state: do not interleave decoding with training on one model.
+// Everything runs on the decoder's own CUDA stream (ordered with the default stream); step()
+// returns once the work is enqueued (routed MoE layers wait for their routing counts), logits()
+// and greedy() wait for it. Repeated step shapes replay CUDA graphs (GpuDecoderOptions::
+// cuda_graphs), which hold the addresses of the model's parameters and of the Engram layers'
+// step buffers (reserved for max_step_rows at construction): do not run the model's forward or
+// backward (training) while a GpuDecoder over it is in use, and do not change its parameters.
 // Not thread-safe. A build without CUDA compiles this class; its constructor throws.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "engram/cuda/gather.h"
@@ -44,6 +49,14 @@ struct GpuDecoderOptions {
   int64_t max_len = 0;                // positions per sequence; 0: model.max_seq_len
   int64_t max_step_rows = 256;        // tokens in one step, all sequences together
   int64_t max_rows_per_sequence = 64; // one sequence's tokens in one step (a prefill chunk)
+  // MoE layers of steps with at most this many rows run every expert on every row
+  // (cuda::moe_forward_dense: no host sync, E / top_k times the routed FLOPs); larger steps
+  // route (cuda::moe_forward). 0: always route.
+  int64_t dense_moe_rows = 256;
+  // Steps of a shape seen before (the number of rows and of logits rows), whose MoE layers (if
+  // any) run dense, replay a CUDA graph of their device work captured the second time the
+  // shape runs: one launch instead of hundreds. Not while profiling.
+  bool cuda_graphs = true;
 };
 
 class GpuDecoder {
@@ -90,6 +103,13 @@ class GpuDecoder {
   // device-accessible pointer (GPU memory, or mapped pinned host memory) to float32 or bf16 rows
   // of the model's row count and width (ConfigError otherwise). Empty: the model's tables.
   void set_tables(std::vector<cuda::DeviceTable> tables);
+
+  // Profiling: when on, each step records CUDA events between its phases, and phase_times()
+  // (which waits for the device) returns the last step's phases in order with their device
+  // milliseconds: "upload" (the step's inputs), "embed", per layer "engram", "mhc + norm" (before
+  // and after each sublayer), "attention", "ffn dense" or "ffn moe", then "head". Off by default.
+  void set_profiling(bool on);
+  std::vector<std::pair<std::string, float>> phase_times() const;
 
  private:
   struct Impl;

@@ -86,6 +86,12 @@ class Transformer {
   // then throws InputError at the first Engram layer.
   Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes = {},
               uint64_t seed = 0, bool with_engram_tables = true);
+  // For inference of large models whose values do not matter or come from elsewhere (benchmarks,
+  // loading): every parameter allocated and zero (the caller fills them), no gradient buffers;
+  // backward() then throws engram::Error.
+  struct Uninitialized {};
+  Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes, Uninitialized,
+              bool with_engram_tables);
 
   const ModelConfig& config() const { return config_; }
   TransformerParams<T>& params() { return params_; }
@@ -146,6 +152,7 @@ class Transformer {
   std::vector<T> x_final_, z_, head_pre_, final_rstd_, hn_, logits_, dlogits_;
   nn::HcCoefficientsSaved<T> head_coeff_;
   bool have_forward_ = false;
+  bool inference_only_ = false;  // the Uninitialized constructor: no gradient buffers
 };
 
 }  // namespace engram::model

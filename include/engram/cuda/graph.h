@@ -1,0 +1,51 @@
+// A CUDA stream of one's own and CUDA graphs captured on it: a fixed sequence of launches
+// recorded once and replayed with one call (infer::GpuDecoder's decode steps).
+//
+//   cuda::Stream s;                          // a blocking stream: ordered with the default stream
+//   cuda::Graph g;
+//   g.begin_capture(s);  ...enqueue work on s.get()...;  g.end_capture(s);   // instantiated
+//   g.launch(s);                             // the same launches, the same pointers, new data
+//
+// Capture records launches instead of running them: nothing may wait for the device, allocate
+// or touch the default stream meanwhile (a CUDA error names the call that did). A failed
+// capture leaves the graph empty. A build without CUDA has the classes; their calls throw
+// engram::Error("... built without CUDA").
+#pragma once
+
+namespace engram::cuda {
+
+class Stream {
+ public:
+  Stream();
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  void* get() const { return stream_; }  // cudaStream_t
+  void synchronize() const;
+
+ private:
+  void* stream_ = nullptr;
+};
+
+class Graph {
+ public:
+  Graph() = default;
+  ~Graph();
+  Graph(Graph&& other) noexcept;
+  Graph& operator=(Graph&& other) noexcept;
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  void begin_capture(const Stream& s);
+  // Ends the capture and instantiates the graph (replacing any earlier one).
+  void end_capture(const Stream& s);
+  void launch(const Stream& s) const;
+  bool empty() const { return exec_ == nullptr; }
+
+ private:
+  void reset();
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
+};
+
+}  // namespace engram::cuda

@@ -1,0 +1,74 @@
+// cuda::Stream and cuda::Graph (include/engram/cuda/graph.h). src/cuda/graph_stub.cpp stands in
+// for this file in builds without CUDA.
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "cuda/check.h"
+#include "engram/cuda/graph.h"
+
+namespace engram::cuda {
+namespace {
+
+cudaStream_t as_stream(const Stream& s) {
+  return static_cast<cudaStream_t>(s.get());
+}
+
+}  // namespace
+
+Stream::Stream() {
+  cudaStream_t s = nullptr;
+  ENGRAM_CUDA_CHECK(cudaStreamCreate(&s));
+  stream_ = s;
+}
+
+Stream::~Stream() {
+  if (stream_ != nullptr) (void)cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+void Stream::synchronize() const {
+  ENGRAM_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
+}
+
+Graph::~Graph() {
+  reset();
+}
+
+Graph::Graph(Graph&& other) noexcept
+    : graph_(std::exchange(other.graph_, nullptr)), exec_(std::exchange(other.exec_, nullptr)) {}
+
+Graph& Graph::operator=(Graph&& other) noexcept {
+  if (this != &other) {
+    reset();
+    graph_ = std::exchange(other.graph_, nullptr);
+    exec_ = std::exchange(other.exec_, nullptr);
+  }
+  return *this;
+}
+
+void Graph::reset() {
+  if (exec_ != nullptr) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_ != nullptr) (void)cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  exec_ = nullptr;
+  graph_ = nullptr;
+}
+
+void Graph::begin_capture(const Stream& s) {
+  reset();
+  ENGRAM_CUDA_CHECK(cudaStreamBeginCapture(as_stream(s), cudaStreamCaptureModeThreadLocal));
+}
+
+void Graph::end_capture(const Stream& s) {
+  cudaGraph_t g = nullptr;
+  ENGRAM_CUDA_CHECK(cudaStreamEndCapture(as_stream(s), &g));
+  graph_ = g;
+  cudaGraphExec_t e = nullptr;
+  ENGRAM_CUDA_CHECK(cudaGraphInstantiate(&e, g, 0));
+  exec_ = e;
+}
+
+void Graph::launch(const Stream& s) const {
+  ENGRAM_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), as_stream(s)));
+}
+
+}  // namespace engram::cuda

@@ -1,0 +1,36 @@
+// Stands in for src/cuda/graph.cu in builds without CUDA: every call throws.
+#include "engram/cuda/graph.h"
+
+#include "engram/util/error.h"
+
+namespace engram::cuda {
+namespace {
+
+[[noreturn]] void no_cuda(const char* where) {
+  throw Error(error_message(where, "built without CUDA"));
+}
+
+}  // namespace
+
+Stream::Stream() {
+  no_cuda("cuda::Stream");
+}
+Stream::~Stream() = default;
+void Stream::synchronize() const {
+  no_cuda("cuda::Stream::synchronize");
+}
+Graph::~Graph() = default;
+Graph::Graph(Graph&&) noexcept = default;
+Graph& Graph::operator=(Graph&&) noexcept = default;
+void Graph::reset() {}
+void Graph::begin_capture(const Stream&) {
+  no_cuda("cuda::Graph::begin_capture");
+}
+void Graph::end_capture(const Stream&) {
+  no_cuda("cuda::Graph::end_capture");
+}
+void Graph::launch(const Stream&) const {
+  no_cuda("cuda::Graph::launch");
+}
+
+}  // namespace engram::cuda
