@@ -3,13 +3,16 @@
 // many sequences of random lengths; tokens/s per tier.
 //
 //   build/bench/bench_offload_decode --config configs/offload_4b.toml [--sequences 512]
-//       [--min-len 100] [--max-len 1024] [--batch 64] [--tiers gpu,host] [--math tf32]
+//       [--min-len 100] [--max-len 1024] [--batch 64] [--tiers gpu,host,host-sync] [--math tf32]
 //       [--seed 1] [--threads N]
 //
 // The model's parameters are random (uniform, std 0.02; norms 1), filled on the host in
 // parallel, uploaded once (model::GpuTransformer, inference only) and dropped from the host.
 // The Engram table (every layer's, bf16 rows) is filled with random values in pinned, mapped
-// host memory; the gpu tier copies it to GPU memory. Hashing: the model's n-gram hasher over a
+// host memory; the gpu tier copies it to GPU memory. The rows of a step are prefetched
+// (GpuDecoderOptions::prefetch_rows: gathered on a second stream from the step's start, while the
+// layers before the Engram layer run), except in tier host-sync (host memory, gathered inside the
+// Engram layer). Hashing: the model's n-gram hasher over a
 // synthetic compression (id -> id mod 3V/4), on the host, timed. Per tier the same workload:
 // `sequences` sequences with lengths uniform in [min-len, max-len] (seeded), decoded by an
 // infer::GpuDecoder with `batch` slots: every step feeds one token to every active sequence
@@ -84,7 +87,7 @@ int usage(const char* why) {
   std::fprintf(stderr,
                "bench_offload_decode: %s\nusage: bench_offload_decode --config FILE.toml "
                "[--sequences 512] [--min-len 100] [--max-len 1024] [--batch 64] "
-               "[--tiers gpu,host] [--math exact|tf32] [--seed 1] [--threads N]\n",
+               "[--tiers gpu,host,host-sync] [--math exact|tf32] [--seed 1] [--threads N]\n",
                why);
   return 2;
 }
@@ -92,7 +95,7 @@ int usage(const char* why) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path, tiers = "gpu,host", math = "tf32";
+  std::string config_path, tiers = "gpu,host,host-sync", math = "tf32";
   int64_t sequences = 512, min_len = 100, max_len = 1024, batch = 64, threads = 0;
   uint64_t seed = 1;
   for (int i = 1; i < argc; ++i) {
@@ -126,7 +129,8 @@ int main(int argc, char** argv) {
     return usage("--sequences, --batch >= 1 and 1 <= --min-len <= --max-len");
   if (math != "exact" && math != "tf32") return usage("--math must be exact or tf32");
   for (const std::string& t : split(tiers)) {
-    if (t != "gpu" && t != "host") return usage("--tiers: gpu and/or host");
+    if (t != "gpu" && t != "host" && t != "host-sync")
+      return usage("--tiers: gpu, host and/or host-sync");
   }
   try {
     engram::set_default_threads(static_cast<int>(threads));
@@ -220,6 +224,7 @@ int main(int argc, char** argv) {
       o.max_len = max_len;
       o.max_step_rows = batch;
       o.max_rows_per_sequence = 1;
+      o.prefetch_rows = tier != "host-sync";
       engram::infer::GpuDecoder dec(gpu, &hasher, o);
       dec.set_tables({table});
 

@@ -98,6 +98,88 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   }
 }
 
+// Grouped-query heads together: one block of kAttnWarps warps per (row, kv head) and its
+// `group` (<= kMaxGroup) query heads, so that each key and value row is read once for all of
+// them. Warp w takes keys w, w + kAttnWarps, ...; per query head an online softmax as above,
+// merged across the warps in warp order.
+constexpr int kMaxGroup = 8;
+
+template <int D>
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    decode_attention_grouped_kernel(float* ctx, const float* q, const float* k_cache,
+                                    const float* v_cache, const int32_t* seq, const int32_t* pos,
+                                    int64_t q_heads, int group, int64_t max_len, float scale) {
+  constexpr int hd = D * 32;
+  __shared__ float s_m[kAttnWarps][kMaxGroup], s_l[kAttnWarps][kMaxGroup];
+  __shared__ float s_acc[kAttnWarps][kMaxGroup][hd];
+  const int64_t r = blockIdx.x, g = blockIdx.y;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t kv_dim = q_heads / group * hd;
+  float qv[kMaxGroup][D], m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][D];
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+      acc[h][i] = 0.0f;
+      qv[h][i] = h < group ? q[(r * q_heads + g * group + h) * hd + lane + 32 * i] : 0.0f;
+    }
+  }
+  const int64_t base = static_cast<int64_t>(seq[r]) * max_len * kv_dim + g * hd;
+  const int last = pos[r];
+  for (int j = warp; j <= last; j += kAttnWarps) {
+    const float* kr = k_cache + base + static_cast<int64_t>(j) * kv_dim;
+    const float* vr = v_cache + base + static_cast<int64_t>(j) * kv_dim;
+    float kx[D], vx[D];
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+      kx[i] = kr[lane + 32 * i];
+      vx[i] = vr[lane + 32 * i];
+    }
+#pragma unroll
+    for (int h = 0; h < kMaxGroup; ++h) {
+      if (h >= group) break;
+      float dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < D; ++i) dot += qv[h][i] * kx[i];
+      const float s = detail::warp_sum(dot) * scale;
+      const float m_new = fmaxf(m[h], s);
+      const float corr = expf(m[h] - m_new), p = expf(s - m_new);
+      l[h] = l[h] * corr + p;
+#pragma unroll
+      for (int i = 0; i < D; ++i) acc[h][i] = acc[h][i] * corr + p * vx[i];
+      m[h] = m_new;
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < kMaxGroup; ++h) {
+    if (h >= group) break;
+    if (lane == 0) {
+      s_m[warp][h] = m[h];
+      s_l[warp][h] = l[h];
+    }
+#pragma unroll
+    for (int i = 0; i < D; ++i) s_acc[warp][h][lane + 32 * i] = acc[h][i];
+  }
+  __syncthreads();
+  for (int h = 0; h < group; ++h) {
+    float mx = s_m[0][h];
+    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, s_m[w][h]);
+    float total = 0.0f, f[kAttnWarps];
+    for (int w = 0; w < kAttnWarps; ++w) {
+      f[w] = s_l[w][h] > 0.0f ? expf(s_m[w][h] - mx) : 0.0f;
+      total += s_l[w][h] * f[w];
+    }
+    float* out = ctx + (r * q_heads + g * group + h) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+      float sum = 0.0f;
+      for (int w = 0; w < kAttnWarps; ++w) sum += s_acc[w][h][i] * f[w];
+      out[i] = sum / total;
+    }
+  }
+}
+
 __global__ void rope_at_kernel(float* x, const int32_t* pos, int64_t rows, int64_t heads,
                                int64_t half, const float* cos_t, const float* sin_t) {
   const int64_t n = rows * heads * half;
@@ -186,9 +268,33 @@ void decode_attention(float* ctx, const float* q, const float* k_cache, const fl
                                                            " or query heads " +
                                                            std::to_string(q_heads) + " too many"));
   }
-  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(q_heads));
   const int64_t group = q_heads / kv_heads;
   cudaStream_t s = as_stream(stream);
+  if (group > 1 && group <= kMaxGroup && head_dim <= 128) {
+    const dim3 g(static_cast<unsigned>(rows), static_cast<unsigned>(kv_heads));
+    const int gi = static_cast<int>(group);
+    switch (head_dim) {
+      case 32:
+        decode_attention_grouped_kernel<1><<<g, kAttnWarps * 32, 0, s>>>(
+            ctx, q, k_cache, v_cache, seq, pos, q_heads, gi, max_len, scale);
+        break;
+      case 64:
+        decode_attention_grouped_kernel<2><<<g, kAttnWarps * 32, 0, s>>>(
+            ctx, q, k_cache, v_cache, seq, pos, q_heads, gi, max_len, scale);
+        break;
+      case 128:
+        decode_attention_grouped_kernel<4><<<g, kAttnWarps * 32, 0, s>>>(
+            ctx, q, k_cache, v_cache, seq, pos, q_heads, gi, max_len, scale);
+        break;
+      default:
+        throw InputError(error_message("decode_attention", "head_dim " +
+                                                               std::to_string(head_dim) +
+                                                               " (32, 64, 128 or 256)"));
+    }
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(q_heads));
   switch (head_dim) {
     case 32:
       decode_attention_kernel<1><<<grid, kAttnWarps * 32, 0, s>>>(ctx, q, k_cache, v_cache, seq,

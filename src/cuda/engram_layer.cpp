@@ -312,7 +312,8 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
   float* e = as<float>(e_);
   float* kv = as<float>(kv_);
   float* vt = as<float>(vt_);
-  gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H, stream);
+  if (prefetched_ != rows) gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H, stream);
+  prefetched_ = -1;
   blas_->set_stream(stream);
   try {
     blas_->gemm(false, true, rows, kvr, dm, 1.0f, {e, DType::kF32, dm},
@@ -344,6 +345,25 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
                                       static_cast<float*>(ring.data), ring.seq, ring.pos};
   detail::launch_conv_ring_store<float>(a, stream);
   detail::launch_conv_step<float>(a, d_out, stream);
+}
+
+void GpuEngramLayer::prefetch_step(const int32_t* d_hash_ids, int64_t rows,
+                                   const DeviceTable& table, const int64_t* d_head_offsets,
+                                   void* stream) {
+  const nn::EngramLayerConfig& c = config_;
+  if (rows < 0 || table.width != c.row_width() || table.rows < 1 ||
+      rows * c.heads() > std::numeric_limits<int32_t>::max()) {
+    throw InputError(error_message("GpuEngramLayer::prefetch_step",
+                                   std::to_string(rows) + " rows from a table of " +
+                                       std::to_string(table.rows) + " rows of " +
+                                       std::to_string(table.width) + ", expected rows of " +
+                                       std::to_string(c.row_width())));
+  }
+  prefetched_ = -1;
+  if (rows == 0) return;
+  reserve_step(rows);
+  gather_rows(as<float>(e_), table, d_hash_ids, d_head_offsets, rows, c.heads(), stream);
+  prefetched_ = rows;
 }
 
 void GpuEngramLayer::reserve_step(int64_t rows) {

@@ -36,6 +36,10 @@ void GpuEngramLayer::forward_step(const float*, const int32_t*, int64_t, const D
                                   const int64_t*, const GpuConvRing&, float*, void*) {
   fail("GpuEngramLayer::forward_step");
 }
+void GpuEngramLayer::prefetch_step(const int32_t*, int64_t, const DeviceTable&, const int64_t*,
+                                   void*) {
+  fail("GpuEngramLayer::prefetch_step");
+}
 void GpuEngramLayer::reserve_step(int64_t) {
   fail("GpuEngramLayer::reserve_step");
 }

@@ -30,6 +30,24 @@ void Stream::synchronize() const {
   ENGRAM_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
 }
 
+Event::Event() {
+  cudaEvent_t e = nullptr;
+  ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  event_ = e;
+}
+
+Event::~Event() {
+  if (event_ != nullptr) (void)cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+void Event::record(const Stream& s) {
+  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), as_stream(s)));
+}
+
+void Event::wait(const Stream& s) const {
+  ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(as_stream(s), static_cast<cudaEvent_t>(event_), 0));
+}
+
 Graph::~Graph() {
   reset();
 }

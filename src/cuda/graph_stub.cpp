@@ -19,6 +19,16 @@ Stream::~Stream() = default;
 void Stream::synchronize() const {
   no_cuda("cuda::Stream::synchronize");
 }
+Event::Event() {
+  no_cuda("cuda::Event");
+}
+Event::~Event() = default;
+void Event::record(const Stream&) {
+  no_cuda("cuda::Event::record");
+}
+void Event::wait(const Stream&) const {
+  no_cuda("cuda::Event::wait");
+}
 Graph::~Graph() = default;
 Graph::Graph(Graph&&) noexcept = default;
 Graph& Graph::operator=(Graph&&) noexcept = default;

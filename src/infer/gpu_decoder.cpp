@@ -86,6 +86,11 @@ struct GpuDecoder::Impl {
   // stream's copies), with its own cuBLAS handle on it, so that steps can be captured.
   cuda::Stream stream;
   cuda::Blas own_blas;
+  // The Engram rows' prefetch: a side stream forked from the step's start, joined before each
+  // Engram layer.
+  cuda::Stream side;
+  cuda::Event step_start;
+  std::vector<std::unique_ptr<cuda::Event>> rows_ready;  // per Engram layer
   void* st() const { return stream.get(); }
   // CUDA graphs of the device part of a step, per (rows, logits rows): a shape is run eagerly
   // once (seen), captured the next time and replayed from then on.
@@ -148,6 +153,10 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
   I.own_blas.set_stream(I.stream.get());
   I.timer.set_stream(I.stream.get());
   I.has_moe = c.moe.has_value();
+  if (c.engram) {
+    for (size_t e = 0; e < c.engram->hash.layer_ids.size(); ++e)
+      I.rows_ready.push_back(std::make_unique<cuda::Event>());
+  }
   I.hasher = hasher;
   I.w = model.weights();
   I.engram_index.assign(sz(m.num_layers), -1);
@@ -479,6 +488,16 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
 void GpuDecoder::Impl::run_device(int64_t N, int64_t R) {
   const model::BackboneConfig& m = config.model;
   const int64_t n = m.hc_mult, C = m.hidden_size, V = m.vocab_size;
+  if (options.prefetch_rows && !tables.empty()) {
+    step_start.record(stream);
+    step_start.wait(side);
+    for (size_t e = 0; e < tables.size(); ++e) {
+      const model::GpuLayerWeights& L = w.layers[sz(config.engram->hash.layer_ids[e])];
+      L.engram->prefetch_step(d_hash.data() + e * sz(N * ids_per_token), N, tables[e],
+                              L.head_offsets, side.get());
+      rows_ready[e]->record(side);
+    }
+  }
   cuda::embedding_forward(x.data(), d_tokens.data(), w.embed, N, n, C, st());
   mark("embed");
   for (int64_t l = 0; l < m.num_layers; ++l) {
@@ -525,6 +544,7 @@ void GpuDecoder::Impl::engram(int64_t l, int64_t N) {
   }
   ring.seq = d_seq.data();
   ring.pos = d_pos.data();
+  if (options.prefetch_rows) rows_ready[e]->wait(stream);
   L.engram->forward_step(x.data(), d_hash.data() + e * sz(N * ids_per_token), N, tables[e],
                          L.head_offsets, ring, engram_out.data(), st());
   cuda::add_inplace(x.data(), engram_out.data(), N * n * C, st());

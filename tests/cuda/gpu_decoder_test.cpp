@@ -2,7 +2,7 @@
 // GPU model cases (dense hc_mult 1 and 2 with GQA, MoE + Engram with and without the short conv,
 // two Engram layers with hc_mult 4): three sequences decoded together in steps that mix prompt
 // chunks and single tokens in interleaved rows, one sequence reset and started again, with CUDA
-// graphs and dense MoE, and without graphs and with routed MoE; graph replays against eager
+// graphs, prefetched rows and dense MoE, and with none of them (routed MoE); graph replays against eager
 // steps (bit for bit); the greedy
 // argmax against the host's; tables read from mapped host memory (bit-identical) and as bf16;
 // the input errors (nothing changes) and config errors. Skipped without a GPU.
@@ -107,6 +107,7 @@ void check_interleaved(TestModel& s, uint64_t seed, bool graphs, int64_t dense_m
   o.max_step_rows = 12;
   o.max_rows_per_sequence = 6;
   o.cuda_graphs = graphs;
+  o.prefetch_rows = graphs;
   o.dense_moe_rows = dense_moe_rows;
   GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
   std::mt19937_64 rng(seed + 4);
@@ -173,11 +174,11 @@ TEST(GpuDecoder, MatchesForwardOnInterleavedSequences) {
     SCOPED_TRACE(c.name);
     TestModel s = make_setup(c, seed);
     {
-      SCOPED_TRACE("CUDA graphs, dense MoE");
+      SCOPED_TRACE("CUDA graphs, rows prefetched, dense MoE");
       check_interleaved(s, seed + 10, true, 256);
     }
     {
-      SCOPED_TRACE("no graphs, routed MoE");
+      SCOPED_TRACE("no graphs, rows gathered in the layer, routed MoE");
       check_interleaved(s, seed + 20, false, 0);
     }
     seed += 100;
@@ -368,6 +369,67 @@ TEST(GpuDecoder, ConfigErrors) {
   // An inference-only model has no gradients.
   EXPECT_THROW(engram.gpu->backward(), Error);
   EXPECT_THROW(engram.gpu->dense_params(), Error);
+}
+
+// decode_attention against a float64 softmax over each row's cache prefix, for plain,
+// grouped (2, 3, 8 query heads a kv head: the grouped kernel) and >8 groups, every head_dim.
+TEST(GpuDecode, AttentionMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t hq, hkv, hd;
+  };
+  const Shape shapes[] = {{4, 4, 64}, {6, 3, 128}, {6, 2, 32}, {24, 8, 128}, {8, 1, 64},
+                          {16, 1, 64}, {2, 2, 256}, {4, 2, 256}};
+  const int64_t S = 3, L = 40, rows = 5;
+  const std::vector<int32_t> seq = {0, 2, 1, 2, 0}, pos = {0, 39, 17, 5, 33};
+  uint64_t seed = 90;
+  for (const Shape& sh : shapes) {
+    SCOPED_TRACE(testing::Message() << sh.hq << " query heads, " << sh.hkv << " kv heads, hd "
+                                    << sh.hd);
+    const int64_t KD = sh.hkv * sh.hd, QD = sh.hq * sh.hd, group = sh.hq / sh.hkv;
+    const std::vector<float> k = cuda::test_util::random_vec(sz(S * L * KD), seed++);
+    const std::vector<float> v = cuda::test_util::random_vec(sz(S * L * KD), seed++);
+    const std::vector<float> q = cuda::test_util::random_vec(sz(rows * QD), seed++);
+    auto dk = cuda::test_util::to_device(k), dv = cuda::test_util::to_device(v);
+    auto dq = cuda::test_util::to_device(q);
+    auto dseq = cuda::test_util::to_device(seq), dpos = cuda::test_util::to_device(pos);
+    cuda::DeviceBuffer<float> ctx(sz(rows * QD));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(sh.hd));
+    cuda::decode_attention(ctx.data(), dq.data(), dk.data(), dv.data(), dseq.data(), dpos.data(),
+                           rows, sh.hq, sh.hkv, sh.hd, L, scale);
+    const std::vector<float> got = cuda::test_util::to_host(ctx);
+    double worst = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t h = 0; h < sh.hq; ++h) {
+        const int64_t g = h / group, n = pos[sz(r)] + 1;
+        std::vector<double> p(sz(n));
+        double mx = -INFINITY, total = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          double dot = 0;
+          for (int64_t i = 0; i < sh.hd; ++i) {
+            dot += static_cast<double>(q[sz((r * sh.hq + h) * sh.hd + i)]) *
+                   k[sz((seq[sz(r)] * L + j) * KD + g * sh.hd + i)];
+          }
+          p[sz(j)] = dot * scale;
+          mx = std::max(mx, p[sz(j)]);
+        }
+        for (auto& x : p) total += (x = std::exp(x - mx));
+        for (int64_t i = 0; i < sh.hd; ++i) {
+          double want = 0;
+          for (int64_t j = 0; j < n; ++j)
+            want += p[sz(j)] / total * v[sz((seq[sz(r)] * L + j) * KD + g * sh.hd + i)];
+          worst = std::max(worst, std::abs(want - got[sz((r * sh.hq + h) * sh.hd + i)]));
+        }
+      }
+    }
+    EXPECT_LE(worst, 2e-5);
+  }
+  EXPECT_THROW(cuda::decode_attention(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 6,
+                                      4, 64, 8, 1.0f),
+               InputError);
+  EXPECT_THROW(cuda::decode_attention(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 4,
+                                      2, 48, 8, 1.0f),
+               InputError);
 }
 
 TEST(GpuDecode, ArgmaxTiesAndNaN) {

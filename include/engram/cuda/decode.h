@@ -38,8 +38,10 @@ void kv_cache_append(float* k_cache, float* v_cache, const float* k, const float
 //   s_j = scale * q[r, h] . k_cache[seq[r], j, g]     j = 0 .. pos[r]
 //   ctx[r, h] = sum_j softmax(s)_j v_cache[seq[r], j, g]
 // (max subtracted; float32 throughout; nn::attention_row's result to float rounding). head_dim
-// must be 32, 64, 128 or 256 and q_heads a multiple of kv_heads (InputError otherwise). One block
-// per (row, query head); its warps take every fourth key and are merged at the end.
+// must be 32, 64, 128 or 256 and q_heads a multiple of kv_heads (InputError otherwise). With
+// grouped-query attention (2 to 8 query heads a kv head, head_dim <= 128) one block per (row, kv
+// head) serves the group's query heads, reading each cached row once; otherwise one block per
+// (row, query head). A block's warps take every fourth key and are merged at the end.
 void decode_attention(float* ctx, const float* q, const float* k_cache, const float* v_cache,
                       const int32_t* seq, const int32_t* pos, int64_t rows, int64_t q_heads,
                       int64_t kv_heads, int64_t head_dim, int64_t max_len, float scale,

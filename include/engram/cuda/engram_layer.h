@@ -121,6 +121,12 @@ class GpuEngramLayer {
   void forward_step(const float* d_hidden, const int32_t* d_hash_ids, int64_t rows,
                     const DeviceTable& table, const int64_t* d_head_offsets,
                     const GpuConvRing& ring, float* d_out, void* stream = nullptr);
+  // Gathers the table rows of a coming forward_step now, on `stream`, so that the gather (from
+  // host memory over PCIe, say) overlaps whatever runs meanwhile; the next forward_step of
+  // `rows` rows reads them instead of gathering (it must get the same hash ids, offsets and
+  // table, and its stream must wait for this one). InputError as forward_step.
+  void prefetch_step(const int32_t* d_hash_ids, int64_t rows, const DeviceTable& table,
+                     const int64_t* d_head_offsets, void* stream = nullptr);
   // Grows the buffers forward_step uses to `rows` rows now, so that steps of up to that many
   // rows allocate nothing (a captured CUDA graph keeps their addresses). forward() and backward()
   // may grow them again.
@@ -161,6 +167,7 @@ class GpuEngramLayer {
   // Saved by forward; per-token tensors are bytes holding the activation type.
   int64_t batch_ = 0, seq_ = 0, table_end_bit_ = 1;
   bool stepped_ = false;  // the last forward was forward_step (nothing saved for backward)
+  int64_t prefetched_ = -1;  // rows gathered by prefetch_step for the next forward_step
   DeviceBuffer<int64_t> rows_;
   DeviceBuffer<int32_t> slots_;
   DeviceBuffer<uint8_t> e_, kv_, vt_, xn_;

@@ -1,4 +1,4 @@
-// A CUDA stream of one's own and CUDA graphs captured on it: a fixed sequence of launches
+// A CUDA stream of one's own, events between streams, and CUDA graphs captured on a stream: a fixed sequence of launches
 // recorded once and replayed with one call (infer::GpuDecoder's decode steps).
 //
 //   cuda::Stream s;                          // a blocking stream: ordered with the default stream
@@ -25,6 +25,20 @@ class Stream {
 
  private:
   void* stream_ = nullptr;
+};
+
+// A CUDA event for ordering work across streams (a fork and join inside a captured graph too).
+class Event {
+ public:
+  Event();
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record(const Stream& s);           // marks the point reached by s's work so far
+  void wait(const Stream& s) const;       // s's later work waits for that point
+
+ private:
+  void* event_ = nullptr;  // cudaEvent_t
 };
 
 class Graph {

@@ -57,6 +57,10 @@ struct GpuDecoderOptions {
   // any) run dense, replay a CUDA graph of their device work captured the second time the
   // shape runs: one launch instead of hundreds. Not while profiling.
   bool cuda_graphs = true;
+  // Every Engram layer's rows are gathered at the start of the step on a second stream (the
+  // hash ids are known before the first layer), overlapping the layers before it: what hides a
+  // table in pinned host memory behind compute.
+  bool prefetch_rows = true;
 };
 
 class GpuDecoder {
