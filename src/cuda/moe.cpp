@@ -66,6 +66,19 @@ void check_weights(const char* where, const GpuMoeWeights<T>& w, const nn::MoeSh
 }
 
 
+// The shape (nn::validate, the int32 limits) and, with tokens, the pointers of a forward.
+template <class T>
+void check_forward(const char* where, const T* y, const T* u, const float* bias,
+                   const GpuMoeWeights<T>& w, const nn::MoeShape& s) {
+  nn::validate(s);
+  check_limits(where, s);
+  if (s.tokens == 0) return;
+  require(where, y, "y");
+  require(where, u, "u");
+  require(where, bias, "bias");
+  check_weights(where, w, s);
+}
+
 // Router, in float32: scores (N, E) = sigmoid(u W_g^T), then the top-k (selected) and the gates
 // (weights).
 template <class T>
@@ -117,17 +130,9 @@ const float* shared_expert(Blas& blas, GpuMoeSaved<T>& saved, const T* u,
 template <class T>
 void moe_forward(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const float* bias,
                  const GpuMoeWeights<T>& w, const nn::MoeShape& s) {
-  const char* where = "cuda::moe_forward";
-  nn::validate(s);
-  check_limits(where, s);
+  check_forward("cuda::moe_forward", y, u, bias, w, s);
   const int64_t n = s.tokens, c = s.dim, e_count = s.experts, k = s.top_k, h = s.hidden;
   const int64_t pairs = n * k;
-  if (n > 0) {
-    require(where, y, "y");
-    require(where, u, "u");
-    require(where, bias, "bias");
-    check_weights(where, w, s);
-  }
   void* stream = blas.stream();
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
   const DType at = dtype_of<T>();
@@ -214,8 +219,7 @@ template <class T>
 void moe_forward_dense(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, const float* bias,
                        const GpuMoeWeights<T>& w, const nn::MoeShape& s) {
   const char* where = "cuda::moe_forward_dense";
-  nn::validate(s);
-  check_limits(where, s);
+  check_forward(where, y, u, bias, w, s);
   const int64_t n = s.tokens, c = s.dim, e_count = s.experts, k = s.top_k, h = s.hidden;
   if (n * e_count * std::max(c, h) > std::numeric_limits<int32_t>::max()) {
     throw InputError(error_message(where, "tokens · experts · max(C, H) = " +
@@ -224,10 +228,6 @@ void moe_forward_dense(Blas& blas, T* y, GpuMoeSaved<T>& saved, const T* u, cons
   }
   saved.shape = nn::MoeShape{-1, 0, 0, 0, 0};  // nothing for moe_backward
   if (n == 0) return;
-  require(where, y, "y");
-  require(where, u, "u");
-  require(where, bias, "bias");
-  check_weights(where, w, s);
   void* stream = blas.stream();
   const DType at = dtype_of<T>();
   route(blas, saved, u, bias, w, s);

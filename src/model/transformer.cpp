@@ -229,9 +229,7 @@ std::vector<nn::NamedParam<T>> TransformerParams<T>::named_buffers() {
 }
 
 template <class T>
-Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes,
-                            uint64_t seed, bool with_engram_tables)
-    : config_(std::move(config)), head_sizes_(std::move(head_sizes)) {
+void Transformer<T>::index_layers() {
   config_.validate("transformer");
   engram_index_.assign(sz(config_.model.num_layers), -1);
   if (config_.engram) {
@@ -239,6 +237,13 @@ Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>
     for (size_t e = 0; e < ids.size(); ++e) engram_index_[sz(ids[e])] = static_cast<int>(e);
     table_grads_.resize(ids.size());
   }
+}
+
+template <class T>
+Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes,
+                            uint64_t seed, bool with_engram_tables)
+    : config_(std::move(config)), head_sizes_(std::move(head_sizes)) {
+  index_layers();
   params_.init(config_, head_sizes_, seed, with_engram_tables);
   grads_.zeros(config_, head_sizes_, false);
 }
@@ -247,13 +252,7 @@ template <class T>
 Transformer<T>::Transformer(ModelConfig config, std::vector<std::vector<int64_t>> head_sizes,
                             Uninitialized, bool with_engram_tables)
     : config_(std::move(config)), head_sizes_(std::move(head_sizes)) {
-  config_.validate("transformer");
-  engram_index_.assign(sz(config_.model.num_layers), -1);
-  if (config_.engram) {
-    const auto& ids = config_.engram->hash.layer_ids;
-    for (size_t e = 0; e < ids.size(); ++e) engram_index_[sz(ids[e])] = static_cast<int>(e);
-    table_grads_.resize(ids.size());
-  }
+  index_layers();
   params_.zeros(config_, head_sizes_, with_engram_tables);
   // zeros() without tables is the gradients' layout, which has no dense embedding.
   if (!with_engram_tables)

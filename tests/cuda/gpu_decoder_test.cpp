@@ -27,6 +27,7 @@
 #include "engram/util/error.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/model_cases.h"
+#include "error_of.h"
 
 namespace engram::infer {
 namespace {
@@ -291,15 +292,7 @@ TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
   EXPECT_THROW(dec.set_tables(bad), ConfigError);
 }
 
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(GpuDecoder, InputErrorsChangeNothing) {
   SKIP_WITHOUT_GPU();

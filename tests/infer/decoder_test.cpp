@@ -17,6 +17,7 @@
 #include "engram/model/config.h"
 #include "engram/model/transformer.h"
 #include "engram/util/error.h"
+#include "error_of.h"
 
 namespace engram::infer {
 namespace {
@@ -204,15 +205,7 @@ TEST(Decoder, ResetStartsANewSequence) {
   for (size_t v = 0; v < V; ++v) ASSERT_NEAR(logits[v], ref[(b.size() - 1) * V + v], 1e-4f);
 }
 
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(Decoder, InputErrorsLeaveTheSequenceUnchanged) {
   TestModel t = make_model(kMoeEngram, 6);

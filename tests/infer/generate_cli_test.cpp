@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -78,18 +79,21 @@ std::string tokenizer_path() {
   return test::fixture_dir() + "/tokenize/synthetic/gpt2.tokenizer.json";
 }
 
+// Writes a checkpoint of the seeded, untrained model of `toml` as temp_dir()/name.
+std::string write_checkpoint(const std::string& toml, const std::string& name, uint64_t seed) {
+  const model::ModelConfig config = model::ModelConfig::from_toml(toml, name);
+  const train::TextContext text = train::make_text_context(config, tokenizer_path());
+  model::Transformer<float> model(config, text.head_sizes, seed);
+  train::CheckpointState state;
+  state.config_toml = config.to_toml();
+  const std::string file = temp_dir() + "/" + name;
+  train::save_checkpoint(file, model.params(), {}, state);
+  return file;
+}
+
 // A checkpoint of the seeded, untrained model (written once).
 std::string checkpoint() {
-  static const std::string path = [] {
-    const model::ModelConfig config = model::ModelConfig::from_toml(kConfig, "generate_test");
-    const train::TextContext text = train::make_text_context(config, tokenizer_path());
-    model::Transformer<float> model(config, text.head_sizes, 5);
-    train::CheckpointState state;
-    state.config_toml = config.to_toml();
-    const std::string file = temp_dir() + "/checkpoint.safetensors";
-    train::save_checkpoint(file, model.params(), {}, state);
-    return file;
-  }();
+  static const std::string path = write_checkpoint(kConfig, "checkpoint.safetensors", 5);
   return path;
 }
 
@@ -201,14 +205,7 @@ TEST(GenerateCli, CudaDeviceGivesTheCpusText) {
   static const std::string path = [] {
     std::string toml = kConfig;
     toml.replace(toml.find("num_kv_heads"), 0, "head_dim = 64\n");
-    const model::ModelConfig config = model::ModelConfig::from_toml(toml, "generate_test_hd64");
-    const train::TextContext text = train::make_text_context(config, tokenizer_path());
-    model::Transformer<float> model(config, text.head_sizes, 6);
-    train::CheckpointState state;
-    state.config_toml = config.to_toml();
-    const std::string file = temp_dir() + "/checkpoint_hd64.safetensors";
-    train::save_checkpoint(file, model.params(), {}, state);
-    return file;
+    return write_checkpoint(toml, "checkpoint_hd64.safetensors", 6);
   }();
   const std::string args = "--ckpt " + path + " --tokenizer " + tokenizer_path() + " --prompt '" +
                            kPrompt + "' --max-tokens 10 ";

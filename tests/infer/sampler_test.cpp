@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engram/util/error.h"
+#include "error_of.h"
 
 namespace engram::infer {
 namespace {
@@ -180,15 +181,7 @@ TEST(Sampler, BannedIdsAreNeverDrawnEvenWhenMostLikely) {
   EXPECT_EQ(draws(o, logits, 1)[0], 2);  // the best id not banned
 }
 
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(Sampler, BadOptionsAndLogitsAreErrors) {
   auto with = [](auto edit) {

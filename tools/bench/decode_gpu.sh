@@ -30,15 +30,8 @@ bench=""
 for c in "$bin/bench/bench_decode" "$bin/bench_decode"; do
   [ -x "$c" ] && { bench="$c"; break; }
 done
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  for c in python3 python /usr/bin/python3; do
-    if "$c" -c "import torch" 2>/dev/null; then py="$c"; break; fi
-  done
-fi
-jpy="$(command -v python3 || command -v python || true)"
-[ -n "$py" ] && jpy="$py"
-[ -n "$jpy" ] || { echo "$0: no python3 found" >&2; exit 1; }
+# shellcheck source=tools/bench/pythons.sh
+. "$root/tools/bench/pythons.sh"  # py (with torch, or empty), jpy
 run_lines="$(mktemp)"
 tmp_out="$(mktemp)"
 trap 'rm -f "$run_lines" "$tmp_out"' EXIT

@@ -48,15 +48,8 @@ bench_train=""
 for c in "$bin/bench/bench_train" "$bin/bench_train"; do
   [ -x "$c" ] && { bench_train="$c"; break; }
 done
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
-  for c in python3 python /usr/bin/python3; do
-    if "$c" -c "import torch" 2>/dev/null; then py="$c"; break; fi
-  done
-fi
-jpy="$(command -v python3 || command -v python || true)"  # any Python, for JSON and the table
-[ -n "$py" ] && jpy="$py"
-[ -n "$jpy" ] || { echo "$0: no python3 found" >&2; exit 1; }
+# shellcheck source=tools/bench/pythons.sh
+. "$root/tools/bench/pythons.sh"  # py (with torch, or empty), jpy
 
 run_lines="$(mktemp)"
 tmp_out="$(mktemp)"

@@ -37,7 +37,6 @@ Prints one JSON line per batch size:
 import argparse
 import contextlib
 import json
-import math
 import os
 import statistics
 import sys
@@ -66,18 +65,20 @@ def rope_at(x, pos, theta):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def sdpa(q, k, v, mask):
+    """softmax(q k^T / sqrt(hd) masked) v; F.scaled_dot_product_attention where torch has it
+    (>= 2.0), the explicit product otherwise (Debian's torch 1.13)."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / q.shape[-1] ** 0.5)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
 def engram_value(e, hidden, ids):
-    """The Engram layer's gated value alpha * v (B, T, M, d), before the short conv
-    (engram_layer_ref.Engram.forward without its last line)."""
-    emb = e.multi_head_embedding(ids).flatten(start_dim=-2)
-    gates = []
-    for m in range(e.hc_mult):
-        key = e.norm1[m](e.key_projs[m](emb))
-        query = e.norm2[m](hidden[:, :, m, :])
-        gate = (key * query).sum(dim=-1) / math.sqrt(e.hidden_size)
-        gate = gate.abs().clamp_min(1e-6).sqrt() * gate.sign()
-        gates.append(gate.sigmoid().unsqueeze(-1))
-    return torch.stack(gates, dim=2) * e.value_proj(emb).unsqueeze(2)
+    """The Engram layer's gated value alpha * v (B, T, M, d), before its short conv."""
+    return e.gated_value(hidden, ids)
 
 
 class Decoder:
@@ -118,7 +119,7 @@ class Decoder:
         mask = None
         if T > 1:
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=h.device).tril(diagonal=pos)
-        ctx = F.scaled_dot_product_attention(q, K.to(q.dtype), V.to(q.dtype), attn_mask=mask)
+        ctx = sdpa(q, K.to(q.dtype), V.to(q.dtype), mask)
         return ctx.transpose(1, 2).reshape(B * T, attn.heads * hd) @ attn.wo.T
 
     def step(self, tokens, hash_ids):
@@ -208,7 +209,7 @@ def bench(argv):
     model.to(dev)
     model.eval()
     for block in model.layers:
-        block.attn.sdpa = True
+        block.attn.sdpa = hasattr(F, "scaled_dot_product_attention")
         if cuda and block.is_moe:
             block.moe.grouped = True
     if a.compile:

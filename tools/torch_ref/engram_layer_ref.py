@@ -66,7 +66,9 @@ class Engram(nn.Module):
         self.norm1 = nn.ModuleList([nn.RMSNorm(hidden_size) for _ in range(hc_mult)])
         self.norm2 = nn.ModuleList([nn.RMSNorm(hidden_size) for _ in range(hc_mult)])
 
-    def forward(self, hidden_states, hash_ids):
+    def gated_value(self, hidden_states, hash_ids):
+        """alpha * v (B, T, M, d): the layer before its short conv (decode_ref.py runs the conv
+        over a history of these)."""
         embeddings = self.multi_head_embedding(hash_ids).flatten(start_dim=-2)
         gates = []
         for m in range(self.hc_mult):
@@ -75,7 +77,10 @@ class Engram(nn.Module):
             gate = (key * query).sum(dim=-1) / math.sqrt(self.hidden_size)
             gate = gate.abs().clamp_min(1e-6).sqrt() * gate.sign()
             gates.append(gate.sigmoid().unsqueeze(-1))
-        value = torch.stack(gates, dim=2) * self.value_proj(embeddings).unsqueeze(2)
+        return torch.stack(gates, dim=2) * self.value_proj(embeddings).unsqueeze(2)
+
+    def forward(self, hidden_states, hash_ids):
+        value = self.gated_value(hidden_states, hash_ids)
         return value + self.short_conv(value) if self.short_conv is not None else value
 
 

@@ -118,6 +118,8 @@ class Transformer {
   void update_moe_bias();
 
  private:
+  // Validates the config and maps layers to Engram indices (both constructors).
+  void index_layers();
   struct SubSaved {
     std::vector<T> x, y, rstd, h, f, pre, post, comb;
     nn::HcCoefficientsSaved<T> coeff;
