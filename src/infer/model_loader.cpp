@@ -85,8 +85,9 @@ train::LoadedModel load_model(const std::string& path, const std::string& tokeni
   out.state = train::read_checkpoint_metadata(file);
   out.config = model::ModelConfig::from_toml(out.state.config_toml, file + " (config_toml)");
   out.text = train::make_text_context(out.config, tokenizer);
-  out.model = std::make_unique<model::Transformer<float>>(out.config, out.text.head_sizes, 0,
-                                                          /*with_engram_tables=*/false);
+  out.model = std::make_unique<model::Transformer<float>>(
+      out.config, out.text.head_sizes, model::Transformer<float>::Uninitialized{},
+      /*with_engram_tables=*/false);
   load_weights_without_tables(file, out.config, out.model->params());
   return out;
 }

@@ -97,7 +97,9 @@ LoadedModel load_model(const std::string& path, const std::string& tokenizer) {
   out.state = read_checkpoint_metadata(file);
   out.config = model::ModelConfig::from_toml(out.state.config_toml, file + " (config_toml)");
   out.text = make_text_context(out.config, tokenizer);
-  out.model = std::make_unique<model::Transformer<float>>(out.config, out.text.head_sizes, 0);
+  // Every value comes from the file: no random init, no gradient buffers (forward only).
+  out.model = std::make_unique<model::Transformer<float>>(
+      out.config, out.text.head_sizes, model::Transformer<float>::Uninitialized{}, true);
   load_checkpoint_weights_only(file, out.model->params());
   return out;
 }

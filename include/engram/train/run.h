@@ -67,7 +67,8 @@ struct TextContext {
 // tokenizer's vocabulary is larger than model.vocab_size.
 TextContext make_text_context(const model::ModelConfig& config, const std::string& tokenizer = "");
 
-// A trained model ready for inference.
+// A trained model ready for inference: forward only (built with Transformer's Uninitialized
+// constructor, every value read from the checkpoint; backward() throws).
 struct LoadedModel {
   model::ModelConfig config;
   CheckpointState state;
