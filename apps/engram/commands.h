@@ -17,6 +17,7 @@ int run_train(int argc, char** argv);  // cmd_train.cpp (train and eval)
 int run_eval(int argc, char** argv);
 int run_plot(int argc, char** argv);
 int run_generate(int argc, char** argv);  // cmd_generate.cpp
+int run_serve(int argc, char** argv);     // cmd_serve.cpp
 int run_table(int argc, char** argv);     // cmd_table.cpp (table convert, table gather)
 
 // All of standard input (binary).

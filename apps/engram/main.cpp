@@ -47,7 +47,7 @@ namespace {
 
 constexpr const char* kUsage =
     R"(engram — Engram conditional memory: text front end, n-gram hashing, and a language model
-with Engram layers (train, eval, generate)
+with Engram layers (train, eval, generate, serve)
 
 Usage: engram <command> [options]
 
@@ -86,9 +86,10 @@ Commands:
       --engram-tables evaluates with the Engram tables of .engt files (one per Engram layer,
       layer_ids order; any row format, e.g. from `engram table convert --format fp8`).
   generate --ckpt DIR --prompt TEXT --max-tokens N [--seed S] [--temperature T] [--top-k K]
-           [--top-p P] [--tokenizer DIR] [--threads N]
+           [--top-p P] [--tokenizer DIR] [--threads N] [--device cpu|cuda]
            [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N] [--table-stats FILE]]
       Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
+      --device cuda decodes on the GPU (CUDA graphs; the checkpoint's tables in GPU memory).
       --engram-tables reads the Engram tables (one .engt per Engram layer, layer_ids order,
       each with the model's table rows and width) from the memory tier instead of the
       checkpoint, whose tables then stay on disk (memory holds the dense weights only).
@@ -97,6 +98,16 @@ Commands:
       loads the tables into memory. --table-stats (file tier) writes one JSON line per step:
       rows, unique, hits, blocks and bytes read, I/O wait, and stall_ms (time the layers
       waited for their rows).
+  serve --ckpt DIR [--host 127.0.0.1] [--port 8080] [--tokenizer DIR] [--device cpu|cuda]
+        [--threads N] [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N]]
+        [--max-requests N] [--timeout S]
+      HTTP/1.1 JSON API over the generate decoder, one request at a time:
+        GET /health -> {"status": "ok", "device", "model", "requests"}
+        POST /generate {"prompt", "max_tokens", "temperature", "top_k", "top_p", "seed"}
+          -> {"text", "completion", "prompt_tokens", "tokens", "stop", "prefill_ms",
+              "decode_ms", "tokens_per_s"[, "tables": per-request file-tier statistics]}
+      Errors are {"error": MESSAGE} with 400/404/405/408/411/413; --port 0 picks a free port
+      (printed on stderr); --max-requests stops after N requests, Ctrl-C after the current one.
   plot --out FILE.svg [--title T] RUN_DIR...
       One SVG of the loss curves of several runs (their metrics.jsonl).
   table convert --in FILE.safetensors --tensor NAME --format f32|bf16|fp8|int8 --out FILE.engt
@@ -137,6 +148,7 @@ int main(int argc, char** argv) {
     if (cmd == "table") return cli::run_table(argc, argv);
     if (cmd == "plot") return cli::run_plot(argc, argv);
     if (cmd == "generate") return cli::run_generate(argc, argv);
+    if (cmd == "serve") return cli::run_serve(argc, argv);
     std::cerr << "engram: unknown command \"" << cmd << "\"\n\n" << kUsage;
     return 2;
   } catch (const cli::UsageError& e) {

@@ -1,9 +1,16 @@
 // engram generate end to end on a tiny untrained checkpoint (mHC, MoE, Engram) and the synthetic
 // GPT-2-style tokenizer: output, reproducibility, agreement with an in-process greedy decode,
-// the max_seq_len stop, and errors with their exit status; engram eval --engram-tables.
+// the max_seq_len stop, and errors with their exit status; engram eval --engram-tables; engram
+// serve over HTTP.
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cstdint>
 #include <cstdio>
@@ -429,6 +436,159 @@ TEST(EvalCli, EngramTablesFromEngtFiles) {
                                               "for Engram layer 1"),
             std::string::npos)
       << err_other;
+}
+
+}  // namespace
+}  // namespace engram
+
+// engram serve: the generate decoder behind HTTP. A server on a free port answers health, greedy
+// and sampled generations (the text of engram generate with the same options, the file tier's
+// per-request table statistics), and its errors by status and message; it stops by itself
+// after --max-requests.
+namespace engram {
+namespace {
+
+struct Server {
+  pid_t pid = -1;
+  int port = 0;
+  std::string err_file;
+};
+
+// Starts `engram serve ARGS --port 0` and waits (10 s at most) for its "listening on" line.
+Server start_server(const std::vector<std::string>& args, const std::string& name) {
+  Server s;
+  s.err_file = temp_dir() + "/" + name + ".err";
+  s.pid = ::fork();
+  if (s.pid == 0) {
+    const int fd = ::open(s.err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 2);
+    std::vector<std::string> all = {test::cli_path(), "serve", "--port", "0"};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  for (int i = 0; i < 200 && s.port == 0; ++i) {
+    ::usleep(50000);
+    const std::string err = read_file(s.err_file);
+    const size_t at = err.find("listening on http://127.0.0.1:");
+    if (at != std::string::npos) s.port = std::stoi(err.substr(at + 30));
+  }
+  return s;
+}
+
+int wait_exit(const Server& s) {
+  int rc = 0;
+  for (int i = 0; i < 200; ++i) {
+    if (::waitpid(s.pid, &rc, WNOHANG) == s.pid) return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    ::usleep(50000);
+  }
+  ::kill(s.pid, SIGKILL);
+  ::waitpid(s.pid, &rc, 0);
+  return -2;
+}
+
+struct Reply {
+  int status = 0;
+  nlohmann::json body;
+};
+
+// One request on a new connection; the reply's status and JSON body.
+Reply request(int port, const std::string& method, const std::string& path,
+              const std::string& body = "") {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: test\r\n";
+  if (method == "POST") req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  req += "\r\n" + body;
+  EXPECT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  std::string all;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) all.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  Reply r;
+  if (all.rfind("HTTP/1.1 ", 0) == 0) r.status = std::stoi(all.substr(9, 3));
+  const size_t head = all.find("\r\n\r\n");
+  if (head != std::string::npos) r.body = nlohmann::json::parse(all.substr(head + 4), nullptr, false);
+  return r;
+}
+
+TEST(ServeCli, AnswersLikeGenerateAndNamesErrors) {
+  const Server s = start_server({"--ckpt", checkpoint(), "--tokenizer", tokenizer_path(),
+                                 "--threads", "2", "--max-requests", "8"},
+                                "serve");
+  ASSERT_GT(s.port, 0) << read_file(s.err_file);
+
+  Reply r = request(s.port, "GET", "/health");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body["status"], "ok");
+  EXPECT_EQ(r.body["model"]["vocab_size"], 2005);
+
+  // Greedy and sampled: the text engram generate prints for the same options.
+  const nlohmann::json greedy = {{"prompt", kPrompt}, {"max_tokens", 10}, {"temperature", 0}};
+  r = request(s.port, "POST", "/generate", greedy.dump());
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  const Result g = run(base_args() + " --max-tokens 10 --temperature 0");
+  ASSERT_EQ(g.status, 0) << g.err;
+  EXPECT_EQ(r.body["text"].get<std::string>() + "\n", g.out);
+  EXPECT_EQ(r.body["tokens"], 10);
+  EXPECT_EQ(r.body["stop"], "max-tokens");
+  EXPECT_EQ(r.body["text"].get<std::string>(), kPrompt + r.body["completion"].get<std::string>());
+  const nlohmann::json sampled = {
+      {"prompt", kPrompt}, {"max_tokens", 12}, {"temperature", 1}, {"top_k", 50}, {"seed", 7}};
+  r = request(s.port, "POST", "/generate", sampled.dump());
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  const Result sg = run(base_args() + " --max-tokens 12 --temperature 1 --top-k 50 --seed 7");
+  EXPECT_EQ(r.body["text"].get<std::string>() + "\n", sg.out);
+
+  // Errors: status and a message naming the problem.
+  r = request(s.port, "POST", "/generate", "{\"prompt\": \"hi\"}");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body["error"], "body: max_tokens: missing");
+  r = request(s.port, "POST", "/generate", "{\"prompt\": \"hi\", \"max_tokens\": 2, \"tempo\": 1}");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body["error"], "body: tempo: unknown field");
+  std::string long_prompt;
+  for (int i = 0; i < 60; ++i) long_prompt += "word ";
+  r = request(s.port, "POST", "/generate",
+              nlohmann::json{{"prompt", long_prompt}, {"max_tokens", 1}}.dump());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["error"].get<std::string>().find("max_seq_len = 40"), std::string::npos)
+      << r.body.dump();
+  r = request(s.port, "GET", "/generate");
+  EXPECT_EQ(r.status, 405);
+  r = request(s.port, "GET", "/metrics");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(wait_exit(s), 0) << read_file(s.err_file);
+  const std::string err = read_file(s.err_file);
+  EXPECT_NE(err.find("POST /generate 200"), std::string::npos) << err;
+  EXPECT_NE(err.find("stopped after 8 requests"), std::string::npos) << err;
+}
+
+TEST(ServeCli, FileTierTablesReportTheirRowsPerRequest) {
+  const std::string f32 = convert("param.layers.1.engram.table", "f32", "serve_table.engt");
+  const Server s = start_server({"--ckpt", checkpoint(), "--tokenizer", tokenizer_path(),
+                                 "--engram-tables", f32, "--cache-rows", "64", "--max-requests",
+                                 "1"},
+                                "serve_tables");
+  ASSERT_GT(s.port, 0) << read_file(s.err_file);
+  const Reply r = request(
+      s.port, "POST", "/generate",
+      nlohmann::json{{"prompt", kPrompt}, {"max_tokens", 6}, {"temperature", 0}}.dump());
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  const Result g = run(base_args() + " --max-tokens 6 --temperature 0");
+  EXPECT_EQ(r.body["text"].get<std::string>() + "\n", g.out);
+  ASSERT_TRUE(r.body.contains("tables")) << r.body.dump();
+  // The prefill's rows (4 a token: 2 orders x 2 heads) and one token's per decode step.
+  EXPECT_GT(r.body["tables"]["requested"].get<int64_t>(), 4 * 6);
+  EXPECT_GE(r.body["tables"]["stall_ms"].get<double>(), 0.0);
+  EXPECT_EQ(wait_exit(s), 0) << read_file(s.err_file);
 }
 
 }  // namespace
