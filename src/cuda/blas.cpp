@@ -103,6 +103,8 @@ Blas::~Blas() {
 
 void Blas::set_stream(void* stream) {
   ENGRAM_CUBLAS_CHECK(cublasSetStream(as_handle(handle_), static_cast<cudaStream_t>(stream)));
+  // cublasSetStream drops the handle's workspace for cuBLAS's default pool: give ours back.
+  ENGRAM_CUBLAS_CHECK(cublasSetWorkspace(as_handle(handle_), workspace_, kWorkspaceBytes));
   stream_ = stream;
 }
 

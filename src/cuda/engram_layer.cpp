@@ -312,7 +312,8 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
   float* e = as<float>(e_);
   float* kv = as<float>(kv_);
   float* vt = as<float>(vt_);
-  if (prefetched_ != rows) gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H, stream);
+  if (prefetched_ != rows || prefetched_ids_ != d_hash_ids || prefetched_table_ != table.data)
+    gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H, stream);
   prefetched_ = -1;
   blas_->set_stream(stream);
   try {
@@ -364,6 +365,15 @@ void GpuEngramLayer::prefetch_step(const int32_t* d_hash_ids, int64_t rows,
   reserve_step(rows);
   gather_rows(as<float>(e_), table, d_hash_ids, d_head_offsets, rows, c.heads(), stream);
   prefetched_ = rows;
+  prefetched_ids_ = d_hash_ids;
+  prefetched_table_ = table.data;
+}
+
+std::vector<const void*> GpuEngramLayer::step_addresses() const {
+  return {e_.data(),         kv_.data(),          vt_.data(),          xn_.data(),
+          key_rstd_.data(),  query_rstd_.data(),  score_.data(),       alpha_.data(),
+          conv_rstd_.data(), kv_weight_.data(),   kv_bias_.data(),     key_norm_.data(),
+          query_norm_.data(), conv_norm_.data(),  conv_weight_t_.data()};
 }
 
 void GpuEngramLayer::reserve_step(int64_t rows) {

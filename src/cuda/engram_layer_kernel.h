@@ -1,6 +1,7 @@
 // The Engram layer's CUDA kernels (src/cuda/engram_layer.cu), in plain types: the .cu files are
 // C++17 and cannot include the std::span headers that GpuEngramLayer's file uses. Every launcher
-// runs on the default stream, asynchronously, and throws engram::Error on a launch failure.
+// runs asynchronously on the default stream, or on the `stream` it takes (the decoding step's),
+// and throws engram::Error on a launch failure.
 // Layouts follow src/nn/engram_layer.cpp: tokens = B*T, kvr = (1+M)*d, C = M*d.
 //
 // A is the activation type, float or engram::bf16 (explicit instantiations in the .cu file):

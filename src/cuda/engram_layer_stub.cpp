@@ -40,6 +40,9 @@ void GpuEngramLayer::prefetch_step(const int32_t*, int64_t, const DeviceTable&, 
                                    void*) {
   fail("GpuEngramLayer::prefetch_step");
 }
+std::vector<const void*> GpuEngramLayer::step_addresses() const {
+  fail("GpuEngramLayer::step_addresses");
+}
 void GpuEngramLayer::reserve_step(int64_t) {
   fail("GpuEngramLayer::reserve_step");
 }

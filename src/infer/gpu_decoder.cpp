@@ -93,18 +93,33 @@ struct GpuDecoder::Impl {
   std::vector<std::unique_ptr<cuda::Event>> rows_ready;  // per Engram layer
   void* st() const { return stream.get(); }
   // CUDA graphs of the device part of a step, per (rows, logits rows): a shape is run eagerly
-  // once (seen), captured the next time and replayed from then on.
-  std::map<std::pair<int64_t, int64_t>, cuda::Graph> graphs;
-  std::set<std::pair<int64_t, int64_t>> seen;
+  // once (seen), captured the next time and replayed from then on; at most kMaxGraphs are kept
+  // (the least recently used goes). A shape whose capture failed runs eagerly (no_graph).
+  static constexpr size_t kMaxGraphs = 64;
+  struct Captured {
+    cuda::Graph graph;
+    uint64_t last_use = 0;
+  };
+  std::map<std::pair<int64_t, int64_t>, Captured> graphs;
+  std::set<std::pair<int64_t, int64_t>> seen, no_graph;
+  uint64_t clock = 0;
+  std::vector<const void*> captured_addresses;
   bool has_moe = false;
-  // The MoE scratch's addresses: a routed (sparse) step may grow the buffers the captured dense
-  // steps use, which drops the graphs.
-  std::vector<const void*> moe_addresses() const {
-    return {moe.scores.data(),    moe.selected.data(),  moe.weights.data(), moe.row_of.data(),
-            moe.h1.data(),        moe.h3.data(),        moe.g.data(),       moe.routed_out.data(),
-            moe.shared_h1.data(), moe.shared_h3.data(), moe.shared_g.data(),
-            moe.shared_out.data()};
+  // The addresses a captured step holds that can change under it: the MoE scratch (a routed
+  // step may grow it) and each Engram layer's step buffers and parameters.
+  std::vector<const void*> graph_addresses() const {
+    std::vector<const void*> a = {
+        moe.scores.data(),    moe.selected.data(),  moe.weights.data(), moe.row_of.data(),
+        moe.h1.data(),        moe.h3.data(),        moe.g.data(),       moe.routed_out.data(),
+        moe.shared_h1.data(), moe.shared_h3.data(), moe.shared_g.data(), moe.shared_out.data()};
+    for (const model::GpuLayerWeights& layer : w.layers) {
+      if (layer.engram == nullptr) continue;
+      const std::vector<const void*> e = layer.engram->step_addresses();
+      a.insert(a.end(), e.begin(), e.end());
+    }
+    return a;
   }
+  void run_step(int64_t N, int64_t R);
   void run_device(int64_t N, int64_t R);
 
   cuda::Blas& blas() { return own_blas; }
@@ -263,6 +278,11 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
     const model::MoeConfig& e = *c.moe;
     const int64_t D = std::max<int64_t>(1, std::min(N, options.dense_moe_rows));
     const int64_t E = e.num_experts, K = e.top_k, H = e.expert_intermediate_size;
+    if (options.dense_moe_rows > 0 && D * E * std::max(C, H) > 2147483647) {
+      throw config_error("options.dense_moe_rows",
+                         std::to_string(D) + " rows x " + std::to_string(E) +
+                             " experts x max(C, H) exceeds 2^31 - 1 elements; lower it");
+    }
     const int64_t HS = e.num_shared_experts * H;
     I.moe.scores = cuda::DeviceBuffer<float>(sz(N * E));
     I.moe.selected = cuda::DeviceBuffer<int32_t>(sz(N * K));
@@ -315,6 +335,7 @@ int64_t GpuDecoder::position(int64_t sequence) const {
 
 void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
   Impl& I = *impl_;
+  I.stream.synchronize();  // a step in flight may still read the old tables
   const model::ModelConfig& c = I.config;
   const size_t n = c.engram ? c.engram->hash.layer_ids.size() : 0;
   if (tables.empty()) {
@@ -399,7 +420,8 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     }
   }
 
-  // Positions, logits rows, hash ids.
+  // Positions, logits rows, hash ids; the host state (positions, hashers) is committed only
+  // once the device work is enqueued, so that a failure leaves every sequence as it was.
   I.h_tokens.assign(tokens.begin(), tokens.end());
   I.h_seq.resize(sz(N));
   I.h_pos.resize(sz(N));
@@ -410,29 +432,34 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     I.h_pos[sz(r)] = static_cast<int32_t>(next[sz(s)]++);
   }
   I.h_logit_rows.clear();
-  I.logit_seqs.clear();
+  std::vector<int64_t> logit_seqs;
   for (int64_t r = 0; r < N; ++r) {
     if (last[sz(seqs[sz(r)])] == r) {
       I.h_logit_rows.push_back(static_cast<int32_t>(r));
-      I.logit_seqs.push_back(seqs[sz(r)]);
+      logit_seqs.push_back(seqs[sz(r)]);
     }
   }
   const auto R = static_cast<int64_t>(I.h_logit_rows.size());
   const size_t n_engram = I.tables.size();
   const auto H = static_cast<size_t>(I.ids_per_token);
+  // The rows grouped by sequence (stable: each sequence's rows in position order).
+  std::vector<int64_t> order(sz(N));
+  for (int64_t r = 0; r < N; ++r) order[sz(r)] = r;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return seqs[sz(a)] < seqs[sz(b)]; });
+  std::vector<std::pair<int64_t, hash::StreamingHasher>> hashers_before;
   if (n_engram > 0) {
     I.h_hash.resize(n_engram * sz(N) * H);
-    std::vector<int64_t> mine;
-    for (int64_t s = 0; s < S; ++s) {
-      if (count[sz(s)] == 0) continue;
+    std::vector<int64_t> mine, at;
+    for (size_t g = 0; g < order.size();) {
+      const int64_t s = seqs[sz(order[g])];
       mine.clear();
-      std::vector<int64_t> at;
-      for (int64_t r = 0; r < N; ++r) {
-        if (seqs[sz(r)] == s) {
-          mine.push_back(tokens[sz(r)]);
-          at.push_back(r);
-        }
+      at.clear();
+      for (; g < order.size() && seqs[sz(order[g])] == s; ++g) {
+        mine.push_back(tokens[sz(order[g])]);
+        at.push_back(order[g]);
       }
+      hashers_before.emplace_back(s, I.streams[sz(s)]);
       I.chunk_hash.resize(n_engram * mine.size() * H);
       I.streams[sz(s)].push(mine, I.chunk_hash);
       for (size_t e = 0; e < n_engram; ++e) {
@@ -443,45 +470,79 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
       }
     }
   }
-  I.length = std::move(next);
-  I.rows = N;
-
-  if (I.profiling) I.timer.start();
-  cuda::copy_to_device(I.d_tokens.data(), I.h_tokens.data(), sz(N) * sizeof(int64_t));
-  cuda::copy_to_device(I.d_seq.data(), I.h_seq.data(), sz(N) * sizeof(int32_t));
-  cuda::copy_to_device(I.d_pos.data(), I.h_pos.data(), sz(N) * sizeof(int32_t));
-  cuda::copy_to_device(I.d_logit_rows.data(), I.h_logit_rows.data(), sz(R) * sizeof(int32_t));
-  if (n_engram > 0)
-    cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
-
-  I.mark("upload");
-  const bool routed = I.has_moe && N > I.options.dense_moe_rows;
-  const std::pair<int64_t, int64_t> key{N, R};
-  if (!I.options.cuda_graphs || I.profiling || routed) {
-    const std::vector<const void*> before = I.moe_addresses();
-    I.run_device(N, R);
-    if (I.moe_addresses() != before) I.graphs.clear();
-  } else if (auto it = I.graphs.find(key); it != I.graphs.end()) {
-    it->second.launch(I.stream);
-  } else if (I.seen.count(key) == 0) {
-    I.run_device(N, R);  // the first time eagerly: buffers settle, cuBLAS picks its kernels
-    I.seen.insert(key);
-  } else {
-    cuda::Graph g;
-    g.begin_capture(I.stream);
-    try {
-      I.run_device(N, R);
-    } catch (...) {
-      try {
-        g.end_capture(I.stream);
-      } catch (...) {
-      }
-      throw;
-    }
-    g.end_capture(I.stream);
-    g.launch(I.stream);
-    I.graphs.emplace(key, std::move(g));
+  try {
+    if (I.profiling) I.timer.start();
+    cuda::copy_to_device(I.d_tokens.data(), I.h_tokens.data(), sz(N) * sizeof(int64_t));
+    cuda::copy_to_device(I.d_seq.data(), I.h_seq.data(), sz(N) * sizeof(int32_t));
+    cuda::copy_to_device(I.d_pos.data(), I.h_pos.data(), sz(N) * sizeof(int32_t));
+    cuda::copy_to_device(I.d_logit_rows.data(), I.h_logit_rows.data(), sz(R) * sizeof(int32_t));
+    if (n_engram > 0)
+      cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
+    I.mark("upload");
+    I.run_step(N, R);
+  } catch (...) {
+    for (auto& [seq, hasher] : hashers_before) I.streams[sz(seq)] = std::move(hasher);
+    I.logit_seqs.clear();  // the last logits are not this step's
+    throw;
   }
+  I.length = std::move(next);
+  I.logit_seqs = std::move(logit_seqs);
+  I.rows = N;
+}
+
+// Runs the uploaded step: eagerly, or by replaying (capturing first) a graph of its shape.
+void GpuDecoder::Impl::run_step(int64_t N, int64_t R) {
+  const bool routed = has_moe && N > options.dense_moe_rows;
+  const std::pair<int64_t, int64_t> key{N, R};
+  if (!options.cuda_graphs || profiling || routed || no_graph.count(key) > 0) {
+    run_device(N, R);
+    return;
+  }
+  // Captured graphs hold the addresses of the scratch of the MoE and the Engram layers (shared
+  // with the model: a routed step, another decoder or the model's own forward may regrow it)
+  // and of the Engram layers' parameters: any change drops them.
+  const std::vector<const void*> now = graph_addresses();
+  if (now != captured_addresses) {
+    graphs.clear();
+    captured_addresses = now;
+  }
+  ++clock;
+  if (auto it = graphs.find(key); it != graphs.end()) {
+    it->second.last_use = clock;
+    it->second.graph.launch(stream);
+    return;
+  }
+  if (seen.count(key) == 0) {
+    run_device(N, R);  // the first time eagerly: buffers settle, cuBLAS picks its kernels
+    seen.insert(key);
+    if (graph_addresses() != captured_addresses) {  // it grew something the graphs hold
+      graphs.clear();
+      captured_addresses = graph_addresses();
+    }
+    return;
+  }
+  if (graphs.size() >= kMaxGraphs) {  // the least recently used goes
+    auto oldest = graphs.begin();
+    for (auto it = graphs.begin(); it != graphs.end(); ++it)
+      if (it->second.last_use < oldest->second.last_use) oldest = it;
+    graphs.erase(oldest);
+  }
+  cuda::Graph graph;
+  graph.begin_capture(stream);
+  try {
+    run_device(N, R);
+    graph.end_capture(stream);
+  } catch (...) {
+    try {
+      graph.end_capture(stream);
+    } catch (...) {
+    }
+    no_graph.insert(key);  // this shape runs eagerly from now on
+    run_device(N, R);
+    return;
+  }
+  graph.launch(stream);
+  graphs.emplace(key, Captured{std::move(graph), clock});
 }
 
 // The device part of a step over the uploaded inputs: N rows, logits for R of them.
@@ -655,6 +716,14 @@ std::span<const float> GpuDecoder::push(int64_t sequence, std::span<const int64_
         "GpuDecoder::push", std::to_string(tokens.size()) + " token(s) after " +
                                 std::to_string(position(sequence)) + " would exceed max_len = " +
                                 std::to_string(I.options.max_len)));
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {  // every chunk's ids, before the first step
+    if (tokens[i] < 0 || tokens[i] >= I.token_limit) {
+      throw InputError(error_message("GpuDecoder::push", "tokens[" + std::to_string(i) + "] = " +
+                                                             std::to_string(tokens[i]) +
+                                                             " is outside [0, " +
+                                                             std::to_string(I.token_limit) + ")"));
+    }
   }
   const int64_t chunk = I.options.max_rows_per_sequence;
   std::vector<int64_t> seqs;

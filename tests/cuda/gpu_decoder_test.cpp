@@ -230,6 +230,58 @@ Case engram_case() {
   return {};
 }
 
+// Captured graphs are dropped and captured again when the buffers they hold move: a second
+// decoder with larger steps regrows the Engram layers' step buffers, and re-uploading the
+// parameters replaces the Engram layers' copies. The graphed decoder keeps giving the logits of an
+// eager one, bit for bit.
+TEST(GpuDecoder, GraphsFollowBuffersThatMove) {
+  SKIP_WITHOUT_GPU();
+  Case c = engram_case();
+  TestModel s = make_setup(c, 41);
+  const int64_t V = c.config.model.vocab_size;
+  GpuDecoderOptions o;
+  o.max_step_rows = 4;
+  o.max_rows_per_sequence = 4;
+  o.cuda_graphs = false;
+  GpuDecoder eager(*s.gpu, s.hashing.hasher.get(), o);
+  o.cuda_graphs = true;
+  GpuDecoder graphed(*s.gpu, s.hashing.hasher.get(), o);
+  const std::vector<int64_t> ids = random_tokens(30, V, 42);
+  const std::vector<int64_t> zero = {0};
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i == 10) {  // a decoder of larger steps: the shared step buffers grow
+      GpuDecoderOptions big;
+      big.max_step_rows = 256;
+      GpuDecoder other(*s.gpu, s.hashing.hasher.get(), big);
+    }
+    if (i == 20) s.gpu->upload_params(s.cpu->params());  // the Engram layers' parameter copies
+    eager.step(zero, {ids.data() + i, 1});
+    graphed.step(zero, {ids.data() + i, 1});
+    const std::vector<float> a = eager.logits(), b = graphed.logits();
+    ASSERT_EQ(a.size(), b.size());
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "token " << i;
+  }
+}
+
+// A step whose inputs are refused changes nothing; push checks every id before its first step.
+TEST(GpuDecoder, PushChecksEveryChunkFirst) {
+  SKIP_WITHOUT_GPU();
+  TestModel s = make_setup(engram_case(), 43);
+  const int64_t V = s.c.config.model.vocab_size;
+  GpuDecoderOptions o;
+  o.max_rows_per_sequence = 4;
+  o.max_step_rows = 4;
+  GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
+  std::vector<int64_t> ids = random_tokens(10, V, 44);
+  ids[9] = V;  // in the third chunk
+  EXPECT_THROW(dec.push(0, ids), InputError);
+  EXPECT_EQ(dec.position(0), 0);
+  ids[9] = 1;
+  const std::span<const float> got = dec.push(0, ids);
+  const std::vector<float> ref = full_logits(s, ids);
+  EXPECT_LE(row_error(got.data(), ref.data() + 9 * V, V), 1e-4);
+}
+
 TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
   SKIP_WITHOUT_GPU();
   TestModel s = make_setup(engram_case(), 7);

@@ -46,7 +46,9 @@ class Blas {
   Blas(const Blas&) = delete;
   Blas& operator=(const Blas&) = delete;
 
-  // cudaStream_t (nullptr = the default stream) for everything enqueued from now on.
+  // cudaStream_t (nullptr = the default stream) for everything enqueued from now on. The
+  // handle keeps its one workspace (cuBLAS would otherwise fall back to its own pool, which
+  // allocates inside captured CUDA graphs): do not enqueue on two streams that run at once.
   void set_stream(void* stream);
   void* stream() const { return stream_; }
 

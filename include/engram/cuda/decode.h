@@ -13,7 +13,8 @@
 //                        sequence seq[r] (append first: a row attends to itself)
 //   rope_at              RoPE of x[r] at angle pos[r] * theta^(-2i/hd), from cos/sin tables
 //   select_rows          out[i] = x[index[i]]
-//   argmax_rows          out[r] = the lowest index of row r's maximum (infer::sample's greedy)
+//   argmax_rows          out[r] = the lowest index of row r's maximum (infer::Sampler's greedy
+//                        choice, except that NaN is skipped where the sampler throws)
 //
 // Conventions (those of engram/cuda/ops.h): device pointers, row-major, float32; sizes checked
 // (InputError), pointers not; seq/pos/index are int32 and must be in range (unchecked);

@@ -24,7 +24,8 @@
 // (token, head) row ids are radix-sorted (stably) with their slots and each distinct row's slot
 // gradients summed in slot order; no table-sized buffer exists. Forward keeps what backward
 // needs inside the object (one forward, then its backward; repeated steps reuse the buffers).
-// Everything runs on the default stream. In a build without CUDA every entry point throws
+// forward() and backward() run on the default stream; the decoding entry points (forward_step,
+// prefetch_step) on the stream they are given. In a build without CUDA every entry point throws
 // engram::Error("... built without CUDA").
 #pragma once
 
@@ -127,6 +128,9 @@ class GpuEngramLayer {
   // table, and its stream must wait for this one). InputError as forward_step.
   void prefetch_step(const int32_t* d_hash_ids, int64_t rows, const DeviceTable& table,
                      const int64_t* d_head_offsets, void* stream = nullptr);
+  // The device addresses a captured forward_step holds: its step buffers and the parameters.
+  // They change when a buffer is regrown (forward(), a larger reserve_step) or set_params runs.
+  std::vector<const void*> step_addresses() const;
   // Grows the buffers forward_step uses to `rows` rows now, so that steps of up to that many
   // rows allocate nothing (a captured CUDA graph keeps their addresses). forward() and backward()
   // may grow them again.
@@ -167,7 +171,10 @@ class GpuEngramLayer {
   // Saved by forward; per-token tensors are bytes holding the activation type.
   int64_t batch_ = 0, seq_ = 0, table_end_bit_ = 1;
   bool stepped_ = false;  // the last forward was forward_step (nothing saved for backward)
-  int64_t prefetched_ = -1;  // rows gathered by prefetch_step for the next forward_step
+  // What prefetch_step gathered for the next forward_step: rows, from these ids and table.
+  int64_t prefetched_ = -1;
+  const int32_t* prefetched_ids_ = nullptr;
+  const void* prefetched_table_ = nullptr;
   DeviceBuffer<int64_t> rows_;
   DeviceBuffer<int32_t> slots_;
   DeviceBuffer<uint8_t> e_, kv_, vt_, xn_;

@@ -22,12 +22,16 @@
 //
 // The Engram tables are the model's (in its parameter arena) unless set_tables gives others,
 // e.g. a cuda::MappedHostBuffer's device pointer (the pinned host tier, read over PCIe).
-// Everything runs on the decoder's own CUDA stream (ordered with the default stream); step()
-// returns once the work is enqueued (routed MoE layers wait for their routing counts), logits()
-// and greedy() wait for it. Repeated step shapes replay CUDA graphs (GpuDecoderOptions::
-// cuda_graphs), which hold the addresses of the model's parameters and of the Engram layers'
-// step buffers (reserved for max_step_rows at construction): do not run the model's forward or
-// backward (training) while a GpuDecoder over it is in use, and do not change its parameters.
+// Everything runs on the decoder's own CUDA stream (a blocking one: ordered with the default
+// stream). A step uploads its inputs with synchronous copies, which wait for the previous step's
+// device work; it then returns once its own work is enqueued (routed MoE layers wait for their
+// routing counts); logits() and greedy() wait for it. Repeated step shapes replay CUDA graphs
+// (GpuDecoderOptions::cuda_graphs), which hold the addresses of the model's parameters and of
+// the MoE and Engram layers' step buffers; the decoder notices when those move (another decoder
+// or the model's forward regrowing them, GpuTransformer::upload_params) and captures again.
+// Still, do not train the model while a GpuDecoder over it is in use. Another thread's work on
+// the default stream while a step is being captured breaks the capture: that shape then runs
+// without a graph.
 // Not thread-safe. A build without CUDA compiles this class; its constructor throws.
 #pragma once
 
@@ -67,8 +71,11 @@ class GpuDecoder {
  public:
   // hasher: the model's n-gram hasher, null when the config has no [engram] (ConfigError when it
   // is missing, given without [engram] or does not match the model). ConfigError for options out
-  // of range (sizes < 1, max_len > model.max_seq_len). Allocates every cache and scratch buffer
-  // now: a step allocates nothing.
+  // of range (sizes < 1, max_len > model.max_seq_len, dense_moe_rows too large for int32
+  // indexing). Allocates every cache and scratch buffer now (the dense MoE path's E x
+  // min(max_step_rows, dense_moe_rows) x (3H + C) floats included): steps with dense MoE
+  // layers allocate nothing; the first routed step (more rows than dense_moe_rows) grows the
+  // routing's scratch.
   GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* hasher,
              GpuDecoderOptions options = {});
   ~GpuDecoder();
@@ -84,7 +91,8 @@ class GpuDecoder {
   int64_t position(int64_t sequence) const;
 
   // Appends tokens[i] to sequence seqs[i] for every i and computes the logits of each named
-  // sequence's last token here. Throws InputError, changing nothing, when the sizes differ or
+  // sequence's last token here. Any error leaves every sequence as it was (positions and
+  // hashing; the logits are then empty). Throws InputError when the sizes differ or
   // are 0 or above max_step_rows, a sequence is out of range or has more than
   // max_rows_per_sequence rows, would exceed max_len, or a token is outside [0, V) (or the
   // hasher's tokenizer vocabulary); ConfigError when an Engram layer has no table.
@@ -96,16 +104,19 @@ class GpuDecoder {
   std::vector<float> logits() const;
   // Device pointer to the same (valid until the next step).
   const float* device_logits() const;
-  // The argmax of each logits row (ties: the lowest id), computed on the device.
+  // The argmax of each logits row (ties: the lowest id), computed on the device. NaN logits are
+  // skipped (a row of NaNs gives 0), where infer::Sampler throws on a NaN.
   std::vector<int64_t> greedy();
 
   // One sequence: pushes `tokens` in steps of at most max_rows_per_sequence and returns the last
-  // token's logits (V) on the host (valid until the next call).
+  // token's logits (V) on the host (valid until the next call). Every id is checked before the
+  // first step.
   std::span<const float> push(int64_t sequence, std::span<const int64_t> tokens);
 
   // Reads Engram layer e's rows (layer_ids order) from tables[e] instead of the model's arena: a
   // device-accessible pointer (GPU memory, or mapped pinned host memory) to float32 or bf16 rows
-  // of the model's row count and width (ConfigError otherwise). Empty: the model's tables.
+  // of the model's row count and width (ConfigError otherwise). Empty: the model's tables. Waits
+  // for the steps in flight first, so the old tables may be freed once it returns.
   void set_tables(std::vector<cuda::DeviceTable> tables);
 
   // Profiling: when on, each step records CUDA events between its phases, and phase_times()
