@@ -1,5 +1,7 @@
 // engram serve: a checkpoint behind a small HTTP/1.1 JSON API (cli::Generator, the decoder of
-// engram generate, one request at a time on one thread; a connection per request).
+// engram generate). One thread: it accepts connections and reads their requests, queues the
+// prompts, and decodes up to --max-batch of them together, one step at a time, answering each
+// when it finishes (continuous batching); a connection per request.
 //
 //   GET  /health    -> {"status": "ok", "device", "model": {...}, "requests": N}
 //   POST /generate  {"prompt": TEXT, "max_tokens": N, "temperature": 0.8, "top_k": 0,
@@ -9,8 +11,9 @@
 //                    "decode_ms", "tokens_per_s", and with file-tier tables "tables":
 //                    {"requested", "unique", "hits", "hit_rate", "bytes_read", "stall_ms"}}
 // Errors: {"error": MESSAGE} with 400 (bad JSON, a missing or bad field, named), 404, 405, 408,
-// 411, 413 (bodies over 1 MiB), 431, 500. One line per request on stderr. SIGINT / SIGTERM stop
-// the server after the request in progress; --max-requests N stops it after N requests.
+// 411, 413 (bodies over 1 MiB), 431, 500, 503 (more than --max-queue prompts waiting). One line
+// per request on stderr. SIGINT / SIGTERM stop the server once the prompts in flight are
+// answered; --max-requests N stops it after N requests.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -23,6 +26,8 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <deque>
+#include <map>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -82,15 +87,6 @@ class Listener {
  private:
   int fd_ = -1;
   int port_ = 0;
-};
-
-// A connected client socket, closed on destruction.
-struct Connection {
-  int fd;
-  explicit Connection(int f) : fd(f) {}
-  ~Connection() { ::close(fd); }
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
 };
 
 // A request field's problem: answered with 400 and the message.
@@ -173,12 +169,20 @@ json::Json generation_json(const Generation& g, bool file_tier) {
   return out;
 }
 
+// A client waiting for its answer: the connection stays open while its prompt is queued or
+// decoding.
+struct Client {
+  int fd = -1;
+  std::string method = "-", target = "-";
+  std::chrono::steady_clock::time_point t0;
+};
+
 }  // namespace
 
 int run_serve(int argc, char** argv) {
   const Args args(argc, argv, 2,
                   {"ckpt", "tokenizer", "host", "port", "device", "threads", "engram-tables",
-                   "tier", "cache-rows", "max-requests", "timeout"},
+                   "tier", "cache-rows", "max-requests", "timeout", "max-batch", "max-queue"},
                   {});
   if (!args.positional().empty())
     throw UsageError("unexpected argument \"" + args.positional().front() + "\"");
@@ -187,6 +191,7 @@ int run_serve(int argc, char** argv) {
   const int port = static_cast<int>(args.integer("port", 8080, 0, 65535));
   const int64_t max_requests = args.integer("max-requests", 0, 0, INT64_MAX);
   const int64_t timeout_s = args.integer("timeout", 30, 1, 3600);
+  const int64_t max_queue = args.integer("max-queue", 64, 0, 1 << 20);
   set_default_threads(static_cast<int>(args.integer("threads", 0, 0, 4096)));
   GeneratorOptions go;
   go.device = args.optional("device").value_or("cpu");
@@ -196,6 +201,7 @@ int run_serve(int argc, char** argv) {
   go.tier = args.optional("tier").value_or("file");
   go.cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
   if (table_paths) go.table_paths = split_commas(*table_paths);
+  go.max_batch = args.integer("max-batch", table_paths ? 1 : 8, 1, 4096);
   const bool file_tier = table_paths && go.tier == "file";
 
   Generator generator(ckpt, args.optional("tokenizer").value_or(""), go);
@@ -203,74 +209,112 @@ int run_serve(int argc, char** argv) {
   Listener listener(host, port);
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  std::fprintf(stderr, "[serve] listening on http://%s:%d (%s, %lld layers, vocab %lld)\n",
+  std::fprintf(stderr,
+               "[serve] listening on http://%s:%d (%s, batches of %lld, %lld layers, vocab %lld)\n",
                host.c_str(), listener.port(), go.device.c_str(),
-               static_cast<long long>(m.num_layers), static_cast<long long>(m.vocab_size));
+               static_cast<long long>(go.max_batch), static_cast<long long>(m.num_layers),
+               static_cast<long long>(m.vocab_size));
   std::fflush(stderr);
 
-  int64_t handled = 0;
-  while (!g_stop.load() && (max_requests == 0 || handled < max_requests)) {
-    pollfd p{listener.fd(), POLLIN, 0};
-    const int ready = ::poll(&p, 1, 200);
-    if (ready <= 0) continue;  // timeout, or EINTR from a signal
-    const int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    const Connection conn(fd);
+  int64_t accepted = 0, handled = 0;
+  std::map<int64_t, Client> running;                      // slot -> its client
+  std::deque<std::pair<Client, GenerateRequest>> queued;  // waiting for a slot
+  auto respond = [&](Client& c, int status, const std::string& body, const std::string& what) {
+    write_http_response(c.fd, status, "application/json", body + "\n");
+    ::close(c.fd);
+    c.fd = -1;
+    ++handled;
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - c.t0).count();
+    std::fprintf(stderr, "[serve] %s %s %d %.1f ms%s%s\n", c.method.c_str(), c.target.c_str(),
+                 status, ms, what.empty() ? "" : " | ", what.c_str());
+    std::fflush(stderr);
+  };
+  auto fail = [&](Client& c, int status, const std::string& what) {
+    respond(c, status, json::Json{{"error", what}}.dump(), what);
+  };
+  // Reads one request from a new connection and answers it, or queues its prompt.
+  auto take = [&](int fd) {
+    Client c;
+    c.fd = fd;
+    c.t0 = std::chrono::steady_clock::now();
     timeval tv{static_cast<time_t>(timeout_s), 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    const auto t0 = std::chrono::steady_clock::now();
-    int status = 200;
-    std::string body, what;
-    HttpRequest req;
     try {
-      req = read_http_request(fd, kMaxBody);
+      const HttpRequest req = read_http_request(fd, kMaxBody);
+      ++accepted;
+      c.method = req.method;
+      c.target = req.target;
       const std::string path = req.path();
       if (path == "/health") {
         if (req.method != "GET") throw HttpError(405, "use GET " + path);
-        body = json::Json{{"status", "ok"},
-                          {"device", go.device},
-                          {"requests", handled},
-                          {"model",
-                           {{"num_layers", m.num_layers},
-                            {"hidden_size", m.hidden_size},
-                            {"vocab_size", m.vocab_size},
-                            {"max_seq_len", m.max_seq_len}}}}
-                   .dump();
+        const json::Json body = {{"status", "ok"},
+                                 {"device", go.device},
+                                 {"requests", handled},
+                                 {"running", static_cast<int64_t>(running.size())},
+                                 {"queued", static_cast<int64_t>(queued.size())},
+                                 {"max_batch", go.max_batch},
+                                 {"model",
+                                  {{"num_layers", m.num_layers},
+                                   {"hidden_size", m.hidden_size},
+                                   {"vocab_size", m.vocab_size},
+                                   {"max_seq_len", m.max_seq_len}}}};
+        respond(c, 200, body.dump(), "");
       } else if (path == "/generate") {
         if (req.method != "POST") throw HttpError(405, "use POST " + path);
-        const GenerateRequest r = parse_generate(req.body);
-        Generation g;
-        try {
-          g = generator.run(r);
-        } catch (const InputError& e) {
-          throw HttpError(400, std::string("body: ") + e.what());
+        GenerateRequest r = parse_generate(req.body);
+        if (static_cast<int64_t>(queued.size()) >= max_queue && !generator.has_free_slot()) {
+          throw HttpError(503, "busy: " + std::to_string(queued.size()) +
+                                   " requests are waiting (--max-queue)");
         }
-        what = std::to_string(g.tokens) + " tokens (" + g.stop + ")";
-        body = generation_json(g, file_tier).dump();
+        queued.emplace_back(c, std::move(r));
       } else {
         throw HttpError(404, "no route " + req.method + " " + path +
                                  " (GET /health, POST /generate)");
       }
     } catch (const HttpError& e) {
-      if (e.status() == 0) continue;  // nothing arrived: no answer, not counted
-      status = e.status();
-      what = e.what();
-      body = json::Json{{"error", e.what()}}.dump();
-    } catch (const std::exception& e) {
-      status = 500;
-      what = e.what();
-      body = json::Json{{"error", e.what()}}.dump();
+      if (e.status() == 0) {  // nothing arrived: no answer, not counted
+        ::close(fd);
+        return;
+      }
+      if (c.method == "-") ++accepted;
+      fail(c, e.status(), e.what());
     }
-    write_http_response(fd, status, "application/json", body + "\n");
-    ++handled;
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::fprintf(stderr, "[serve] %s %s %d %.1f ms%s%s\n",
-                 req.method.empty() ? "-" : req.method.c_str(),
-                 req.target.empty() ? "-" : req.target.c_str(), status, ms,
-                 what.empty() ? "" : " | ", what.c_str());
-    std::fflush(stderr);
+  };
+
+  while (true) {
+    const bool accepting = !g_stop.load() && (max_requests == 0 || accepted < max_requests);
+    if (!accepting && running.empty() && queued.empty()) break;
+    if (accepting) {
+      pollfd p{listener.fd(), POLLIN, 0};
+      const bool work = generator.busy() || !queued.empty();
+      if (::poll(&p, 1, work ? 0 : 200) > 0) {
+        const int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) take(fd);
+      }
+    }
+    while (!queued.empty() && generator.has_free_slot()) {
+      auto [client, request] = std::move(queued.front());
+      queued.pop_front();
+      try {
+        running[generator.start(request)] = client;
+      } catch (const InputError& e) {
+        fail(client, 400, std::string("body: ") + e.what());
+      }
+    }
+    if (!generator.busy()) continue;
+    try {
+      for (auto& [slot, g] : generator.step()) {
+        Client& c = running.at(slot);
+        respond(c, 200, generation_json(g, file_tier).dump(),
+                std::to_string(g.tokens) + " tokens (" + g.stop + ")");
+        running.erase(slot);
+      }
+    } catch (const std::exception& e) {  // the generator dropped every prompt in flight
+      for (auto& [slot, c] : running) fail(c, 500, e.what());
+      running.clear();
+    }
   }
   std::fprintf(stderr, "[serve] stopped after %lld requests\n", static_cast<long long>(handled));
   return 0;

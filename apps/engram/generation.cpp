@@ -25,10 +25,6 @@ namespace {
 constexpr const char* kBosToken = "<｜begin▁of▁sentence｜>";
 constexpr const char* kEosToken = "<｜end▁of▁sentence｜>";
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 json::Json stats_json(const memory::StepPrefetchStats& s, int64_t step) {
   double io = 0, fetch = 0;
   for (const auto& l : s.layers) {
@@ -50,31 +46,42 @@ json::Json stats_json(const memory::StepPrefetchStats& s, int64_t step) {
 }  // namespace
 
 struct Generator::Impl {
+  // One prompt in flight.
+  struct Slot {
+    bool active = false;
+    GenerateRequest request;
+    std::optional<infer::Sampler> sampler;
+    std::vector<uint32_t> prompt_ids;
+    std::vector<int64_t> ids;  // BOS + prompt ids: what the prefill pushes
+    size_t prefilled = 0;      // ids pushed so far
+    std::vector<uint32_t> generated;
+    int64_t next = -1;         // the token the next step pushes (after the prefill)
+    Generation out;
+    std::chrono::steady_clock::time_point started, first_logits;
+  };
+
   GeneratorOptions options;
   train::LoadedModel loaded;
-  // The .engt tables (CPU): declared before the decoder, whose prefetcher reads them until it
+  // The .engt tables (CPU): declared before the decoders, whose prefetcher reads them until it
   // is gone.
   std::vector<std::unique_ptr<memory::RowStore>> stores;
   std::vector<const memory::TieredRowStore*> tiered;
-  std::optional<infer::Decoder> decoder;
+  std::vector<std::unique_ptr<infer::Decoder>> decoders;  // CPU: one per slot
   std::unique_ptr<model::GpuTransformer> gpu_model;
   std::unique_ptr<infer::GpuDecoder> gpu_decoder;
+  std::vector<Slot> slots;
   std::vector<int64_t> banned;
   std::optional<uint32_t> bos, eos;
   size_t sample_vocab = 0;
 
   void open_tables();
-  std::span<const float> push(std::span<const int64_t> t) {
-    return gpu_decoder ? gpu_decoder->push(0, t) : decoder->push(t);
-  }
-  int64_t position() const { return gpu_decoder ? gpu_decoder->position(0) : decoder->position(); }
-  void reset() {
-    if (gpu_decoder) {
-      gpu_decoder->reset(0);
-    } else {
-      decoder->reset();
-    }
-  }
+  // Sampling on slot s's newest logits; finishes the slot (out filled) when it is done.
+  void take_logits(size_t s, std::span<const float> logits);
+  void finish(size_t s, const char* stop);
+  // The file tier's statistics of slot s's last push (CPU, one slot).
+  void record_step(size_t s, int64_t step);
+  std::vector<std::pair<int64_t, Generation>> step_cpu();
+  std::vector<std::pair<int64_t, Generation>> step_gpu();
 };
 
 // Opens the .engt files (checking each header against the model's Engram layer before a host
@@ -96,9 +103,9 @@ void Generator::Impl::open_tables() {
   if (tiered.empty()) {
     std::vector<const memory::RowStore*> p;
     for (const auto& s : stores) p.push_back(s.get());
-    decoder->set_table_stores(std::move(p));
+    decoders.front()->set_table_stores(std::move(p));
   } else {
-    decoder->set_prefetched_table_stores(tiered);
+    decoders.front()->set_prefetched_table_stores(tiered);
   }
 }
 
@@ -130,17 +137,25 @@ Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
   for (const auto& t : tok.added_tokens()) {
     if (t.special && !(I.eos && t.id == *I.eos)) I.banned.push_back(t.id);
   }
+  if (options.max_batch < 1) throw UsageError("--max-batch: must be >= 1");
+  if (tables && options.max_batch > 1)
+    throw UsageError("--max-batch: 1 with --engram-tables (one decoder reads the tables)");
+  I.slots.resize(static_cast<size_t>(options.max_batch));
   if (options.device == "cuda") {
     model::GpuTransformerOptions go;
     go.gradients = false;
     I.gpu_model = std::make_unique<model::GpuTransformer>(*I.loaded.model, go);
     infer::GpuDecoderOptions dopt;
+    dopt.max_sequences = options.max_batch;
     dopt.max_rows_per_sequence = 128;
-    dopt.max_step_rows = 128;
+    dopt.max_step_rows = std::max<int64_t>(128, options.max_batch);
     I.gpu_decoder =
         std::make_unique<infer::GpuDecoder>(*I.gpu_model, I.loaded.text.hasher.get(), dopt);
   } else {
-    I.decoder.emplace(*I.loaded.model, I.loaded.text.hasher.get());
+    for (int64_t s = 0; s < options.max_batch; ++s) {
+      I.decoders.push_back(
+          std::make_unique<infer::Decoder>(*I.loaded.model, I.loaded.text.hasher.get()));
+    }
     if (tables) I.open_tables();
   }
 }
@@ -155,78 +170,208 @@ const std::string& Generator::device() const {
   return impl_->options.device;
 }
 
-Generation Generator::run(const GenerateRequest& request) {
+int64_t Generator::max_batch() const {
+  return impl_->options.max_batch;
+}
+
+bool Generator::has_free_slot() const {
+  for (const auto& s : impl_->slots)
+    if (!s.active) return true;
+  return false;
+}
+
+bool Generator::busy() const {
+  for (const auto& s : impl_->slots)
+    if (s.active) return true;
+  return false;
+}
+
+int64_t Generator::start(const GenerateRequest& request) {
   Impl& I = *impl_;
   const text::Tokenizer& tok = *I.loaded.text.tokenizer;
   if (request.max_tokens < 0) {
     throw InputError(error_message("max_tokens", std::to_string(request.max_tokens) +
                                                      " must be >= 0"));
   }
-  std::vector<int64_t> ids;
-  if (I.bos) ids.push_back(*I.bos);
-  const std::vector<uint32_t> prompt_ids = tok.encode(request.prompt);
-  ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
-  if (ids.empty()) throw InputError(error_message("prompt", "empty, and the tokenizer has no BOS token"));
+  size_t free = I.slots.size();
+  for (size_t s = 0; s < I.slots.size() && free == I.slots.size(); ++s)
+    if (!I.slots[s].active) free = s;
+  if (free == I.slots.size()) throw Error("Generator::start: no free slot");
+  Impl::Slot slot;
+  if (I.bos) slot.ids.push_back(*I.bos);
+  slot.prompt_ids = tok.encode(request.prompt);
+  slot.ids.insert(slot.ids.end(), slot.prompt_ids.begin(), slot.prompt_ids.end());
+  if (slot.ids.empty())
+    throw InputError(error_message("prompt", "empty, and the tokenizer has no BOS token"));
   const int64_t max_seq_len = I.loaded.config.model.max_seq_len;
-  if (static_cast<int64_t>(ids.size()) > max_seq_len) {
+  if (static_cast<int64_t>(slot.ids.size()) > max_seq_len) {
     throw InputError(error_message(
-        "prompt", std::to_string(ids.size()) +
+        "prompt", std::to_string(slot.ids.size()) +
                       " tokens do not fit model.max_seq_len = " + std::to_string(max_seq_len)));
   }
-  infer::SamplingOptions o = request.sampling;
-  o.banned = I.banned;
-  infer::Sampler sampler(o);
-  I.reset();
-
-  Generation out;
-  out.prompt_tokens = static_cast<int64_t>(ids.size());
-  const memory::Prefetcher* prefetcher = I.decoder ? I.decoder->prefetcher() : nullptr;
-  auto record_step = [&](int64_t step) {
-    if (prefetcher == nullptr) return;
-    const memory::StepPrefetchStats s = prefetcher->step_stats();
-    out.rows_requested += s.requested;
-    out.rows_unique += s.unique;
-    out.rows_hit += s.hits;
-    out.bytes_read += s.bytes_read;
-    out.stall_seconds += s.stall_seconds;
-    if (request.step_stats) out.step_lines += stats_json(s, step).dump() + "\n";
-  };
-  const auto t0 = std::chrono::steady_clock::now();
-  std::span<const float> logits = I.push(ids);
-  out.prefill_seconds = seconds_since(t0);
-  record_step(0);
-
-  std::vector<uint32_t> generated;
-  out.stop = "max-tokens";
-  const auto t1 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < request.max_tokens; ++i) {
-    const int64_t next = sampler.sample(logits.first(I.sample_vocab));
-    if (I.eos && next == static_cast<int64_t>(*I.eos)) {
-      out.stop = "end of sentence";
-      break;
-    }
-    generated.push_back(static_cast<uint32_t>(next));
-    if (i + 1 == request.max_tokens) break;
-    if (I.position() == max_seq_len) {
-      out.stop = "max_seq_len";
-      break;
-    }
-    logits = I.push({&next, 1});
-    ++out.decode_steps;
-    record_step(out.decode_steps);
+  slot.request = request;
+  slot.request.sampling.banned = I.banned;
+  slot.sampler.emplace(slot.request.sampling);
+  slot.out.prompt_tokens = static_cast<int64_t>(slot.ids.size());
+  slot.out.stop = "max-tokens";
+  slot.started = std::chrono::steady_clock::now();
+  slot.active = true;
+  if (I.gpu_decoder) {
+    I.gpu_decoder->reset(static_cast<int64_t>(free));
+  } else {
+    I.decoders[free]->reset();
   }
-  out.decode_seconds = seconds_since(t1);
-  out.tokens = static_cast<int64_t>(generated.size());
+  I.slots[free] = std::move(slot);
+  return static_cast<int64_t>(free);
+}
 
+void Generator::Impl::record_step(size_t s, int64_t step) {
+  if (gpu_decoder || decoders[s]->prefetcher() == nullptr) return;
+  const memory::StepPrefetchStats st = decoders[s]->prefetcher()->step_stats();
+  Generation& out = slots[s].out;
+  out.rows_requested += st.requested;
+  out.rows_unique += st.unique;
+  out.rows_hit += st.hits;
+  out.bytes_read += st.bytes_read;
+  out.stall_seconds += st.stall_seconds;
+  if (slots[s].request.step_stats) out.step_lines += stats_json(st, step).dump() + "\n";
+}
+
+void Generator::Impl::take_logits(size_t s, std::span<const float> logits) {
+  Slot& slot = slots[s];
+  const auto now = std::chrono::steady_clock::now();
+  if (slot.prefilled == slot.ids.size() && slot.next < 0 && slot.generated.empty()) {
+    slot.first_logits = now;
+    slot.out.prefill_seconds = std::chrono::duration<double>(now - slot.started).count();
+  }
+  if (static_cast<int64_t>(slot.generated.size()) == slot.request.max_tokens) {
+    finish(s, "max-tokens");
+    return;
+  }
+  const int64_t next = slot.sampler->sample(logits.first(sample_vocab));
+  if (eos && next == static_cast<int64_t>(*eos)) {
+    finish(s, "end of sentence");
+    return;
+  }
+  slot.generated.push_back(static_cast<uint32_t>(next));
+  const int64_t position = gpu_decoder ? gpu_decoder->position(static_cast<int64_t>(s))
+                                       : decoders[s]->position();
+  if (static_cast<int64_t>(slot.generated.size()) == slot.request.max_tokens) {
+    finish(s, "max-tokens");
+  } else if (position == loaded.config.model.max_seq_len) {
+    finish(s, "max_seq_len");
+  } else {
+    slot.next = next;
+  }
+}
+
+void Generator::Impl::finish(size_t s, const char* stop) {
+  Slot& slot = slots[s];
+  const text::Tokenizer& tok = *loaded.text.tokenizer;
+  Generation& out = slot.out;
+  out.stop = stop;
+  out.tokens = static_cast<int64_t>(slot.generated.size());
+  out.decode_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - slot.first_logits).count();
   // Prompt and continuation are decoded together, so that a character whose bytes straddle the
   // boundary comes out whole; the prompt is given back as it was given.
-  std::vector<uint32_t> all = prompt_ids;
-  all.insert(all.end(), generated.begin(), generated.end());
-  const std::string text = tok.decode(all), prompt_text = tok.decode(prompt_ids);
+  std::vector<uint32_t> all = slot.prompt_ids;
+  all.insert(all.end(), slot.generated.begin(), slot.generated.end());
+  const std::string text = tok.decode(all), prompt_text = tok.decode(slot.prompt_ids);
   const bool prefix = text.compare(0, prompt_text.size(), prompt_text) == 0;
-  out.completion = prefix ? text.substr(prompt_text.size()) : tok.decode(generated);
-  out.text = prefix ? request.prompt + out.completion : text;
-  return out;
+  out.completion = prefix ? text.substr(prompt_text.size()) : tok.decode(slot.generated);
+  out.text = prefix ? slot.request.prompt + out.completion : text;
+  slot.active = false;
+}
+
+// CPU: every active slot's decoder in turn: the prompt in one push, then a token a step.
+std::vector<std::pair<int64_t, Generation>> Generator::Impl::step_cpu() {
+  std::vector<std::pair<int64_t, Generation>> done;
+  for (size_t s = 0; s < slots.size(); ++s) {
+    Slot& slot = slots[s];
+    if (!slot.active) continue;
+    std::span<const float> logits;
+    if (slot.prefilled < slot.ids.size()) {
+      logits = decoders[s]->push(slot.ids);
+      slot.prefilled = slot.ids.size();
+      record_step(s, 0);
+    } else {
+      logits = decoders[s]->push({&slot.next, 1});
+      ++slot.out.decode_steps;
+      record_step(s, slot.out.decode_steps);
+    }
+    take_logits(s, logits);
+    if (!slot.active) done.emplace_back(static_cast<int64_t>(s), std::move(slot.out));
+  }
+  return done;
+}
+
+// GPU: one GpuDecoder step over every active slot: a token for each decoding one, then prompt
+// chunks (at most max_rows_per_sequence a slot) while the step has rows left.
+std::vector<std::pair<int64_t, Generation>> Generator::Impl::step_gpu() {
+  const infer::GpuDecoderOptions& o = gpu_decoder->options();
+  std::vector<int64_t> seqs, toks;
+  std::vector<size_t> decoding;
+  for (size_t s = 0; s < slots.size(); ++s) {
+    if (slots[s].active && slots[s].prefilled == slots[s].ids.size()) {
+      seqs.push_back(static_cast<int64_t>(s));
+      toks.push_back(slots[s].next);
+      decoding.push_back(s);
+    }
+  }
+  std::vector<size_t> prefilling;
+  for (size_t s = 0; s < slots.size(); ++s) {
+    Slot& slot = slots[s];
+    if (!slot.active || slot.prefilled == slot.ids.size()) continue;
+    const int64_t room = o.max_step_rows - static_cast<int64_t>(seqs.size());
+    const auto take = static_cast<size_t>(std::min<int64_t>(
+        {room, o.max_rows_per_sequence, static_cast<int64_t>(slot.ids.size() - slot.prefilled)}));
+    if (take == 0) break;
+    for (size_t i = 0; i < take; ++i) {
+      seqs.push_back(static_cast<int64_t>(s));
+      toks.push_back(slot.ids[slot.prefilled + i]);
+    }
+    slot.prefilled += take;
+    prefilling.push_back(s);
+  }
+  std::vector<std::pair<int64_t, Generation>> done;
+  if (seqs.empty()) return done;
+  gpu_decoder->step(seqs, toks);
+  for (const size_t s : decoding) ++slots[s].out.decode_steps;
+  const std::vector<float> logits = gpu_decoder->logits();
+  const std::vector<int64_t>& who = gpu_decoder->logit_sequences();
+  const auto V = static_cast<size_t>(gpu_decoder->vocab_size());
+  for (size_t i = 0; i < who.size(); ++i) {
+    const auto s = static_cast<size_t>(who[i]);
+    if (slots[s].prefilled < slots[s].ids.size()) continue;  // a prompt chunk, not its last
+    take_logits(s, {logits.data() + i * V, V});
+    if (!slots[s].active) done.emplace_back(static_cast<int64_t>(s), std::move(slots[s].out));
+  }
+  return done;
+}
+
+std::vector<std::pair<int64_t, Generation>> Generator::step() {
+  Impl& I = *impl_;
+  try {
+    return I.gpu_decoder ? I.step_gpu() : I.step_cpu();
+  } catch (...) {
+    abort();
+    throw;
+  }
+}
+
+void Generator::abort() {
+  for (auto& s : impl_->slots) s.active = false;
+}
+
+Generation Generator::run(const GenerateRequest& request) {
+  if (busy()) throw Error("Generator::run: prompts are in flight (batched use)");
+  const int64_t id = start(request);
+  while (true) {
+    for (auto& [done_id, out] : step()) {
+      if (done_id == id) return std::move(out);
+    }
+  }
 }
 
 std::string Generator::tables_summary() const {

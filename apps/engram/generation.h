@@ -1,11 +1,16 @@
 // A checkpoint ready to continue prompts, shared by `engram generate` (one prompt) and
-// `engram serve` (one prompt per request): the model, its tokenizer and hasher, a decoder kept
-// between prompts (infer::Decoder on the CPU, infer::GpuDecoder with device "cuda") and, on the
-// CPU, the Engram tables of .engt files (memory tier: host, or file with prefetch).
+// `engram serve` (many, batched): the model, its tokenizer and hasher, the decoders kept between
+// prompts and, on the CPU, the Engram tables of .engt files (memory tier: host, or file with
+// prefetch). Up to max_batch prompts are decoded together: on the GPU as the sequences of one
+// infer::GpuDecoder (each step feeds every active prompt's next token, and prompt chunks, in one
+// batch), on the CPU with one infer::Decoder per prompt, stepped in turn.
 //
 //   Generator g(ckpt, tokenizer, {.device = "cpu"});
 //   Generation out = g.run({.prompt = "Once", .max_tokens = 20, .sampling = {...}});
 //   std::cout << out.text << "\n";
+//
+//   int64_t id = g.start(request);                    // batched: while g.has_free_slot()
+//   for (auto& [id, out] : g.step()) ...              // the prompts that finished this step
 //
 // A prompt is encoded with the tokenizer (after its BOS token, when it has one); the
 // continuation is sampled (infer::Sampler, its seed per request) until max_tokens, the
@@ -16,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engram/infer/sampler.h"
@@ -28,6 +34,7 @@ struct GeneratorOptions {
   std::vector<std::string> table_paths;  // .engt files, one per Engram layer (CPU only)
   std::string tier = "file";             // "host" or "file" (with table_paths)
   int64_t cache_rows = 0;                // the file tier's DRAM cache
+  int64_t max_batch = 1;                 // prompts decoded together (1 with table_paths)
 };
 
 struct GenerateRequest {
@@ -60,9 +67,22 @@ class Generator {
   Generator(const Generator&) = delete;
   Generator& operator=(const Generator&) = delete;
 
-  // InputError naming "prompt" when it is empty without a BOS token or longer than
-  // model.max_seq_len; "max_tokens" when negative.
+  // One prompt to the end (the batch must be idle). InputError naming "prompt" when it is empty
+  // without a BOS token or longer than model.max_seq_len; "max_tokens" when negative.
   Generation run(const GenerateRequest& request);
+
+  // Batched use. start() takes a free slot for the request (the same InputErrors as run(); Error
+  // when no slot is free) and returns its id; step() advances every started prompt by one step
+  // (a prompt's first step prefills it, in chunks on the GPU) and returns the ones that finished.
+  // A prompt's result does not depend on the others in the batch on the CPU; on the GPU it is the
+  // same up to float rounding of the batched products. If step() throws, every started prompt is
+  // dropped (abort()).
+  int64_t max_batch() const;
+  bool has_free_slot() const;
+  bool busy() const;  // any prompt started and not finished
+  int64_t start(const GenerateRequest& request);
+  std::vector<std::pair<int64_t, Generation>> step();
+  void abort();  // drops every started prompt
 
   const train::LoadedModel& loaded() const;
   const std::string& device() const;

@@ -99,14 +99,16 @@ Commands:
       rows, unique, hits, blocks and bytes read, I/O wait, and stall_ms (time the layers
       waited for their rows).
   serve --ckpt DIR [--host 127.0.0.1] [--port 8080] [--tokenizer DIR] [--device cpu|cuda]
-        [--threads N] [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N]]
+        [--threads N] [--max-batch 8] [--max-queue 64]
+        [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N]]
         [--max-requests N] [--timeout S]
-      HTTP/1.1 JSON API over the generate decoder, one request at a time:
+      HTTP/1.1 JSON API over the generate decoder, prompts decoded in batches of --max-batch
+      (continuous batching; more than --max-queue waiting: 503):
         GET /health -> {"status": "ok", "device", "model", "requests"}
         POST /generate {"prompt", "max_tokens", "temperature", "top_k", "top_p", "seed"}
           -> {"text", "completion", "prompt_tokens", "tokens", "stop", "prefill_ms",
               "decode_ms", "tokens_per_s"[, "tables": per-request file-tier statistics]}
-      Errors are {"error": MESSAGE} with 400/404/405/408/411/413; --port 0 picks a free port
+      Errors are {"error": MESSAGE} with 400/404/405/408/411/413/503; --port 0 picks a free port
       (printed on stderr); --max-requests stops after N requests, Ctrl-C after the current one.
   plot --out FILE.svg [--title T] RUN_DIR...
       One SVG of the loss curves of several runs (their metrics.jsonl).

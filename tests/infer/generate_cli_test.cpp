@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -569,6 +570,68 @@ TEST(ServeCli, AnswersLikeGenerateAndNamesErrors) {
   const std::string err = read_file(s.err_file);
   EXPECT_NE(err.find("POST /generate 200"), std::string::npos) << err;
   EXPECT_NE(err.find("stopped after 8 requests"), std::string::npos) << err;
+}
+
+// Six prompts at once through batches of 4 (two wait in the queue): each answer is what engram
+// generate prints for its options alone. Then, with one slot and no queue, a prompt arriving
+// while another decodes is refused with 503.
+TEST(ServeCli, ConcurrentRequestsAreBatchedAndAnswerAlone) {
+  const Server s = start_server({"--ckpt", checkpoint(), "--tokenizer", tokenizer_path(),
+                                 "--threads", "1", "--max-batch", "4", "--max-requests", "7"},
+                                "serve_batch");
+  ASSERT_GT(s.port, 0) << read_file(s.err_file);
+  const std::vector<std::string> prompts = {"Once upon", "The king", "Hello world", "A cat",
+                                            "In the beginning", "Deep in the forest"};
+  std::vector<Reply> replies(prompts.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] {
+      const nlohmann::json body = {{"prompt", prompts[i]},
+                                   {"max_tokens", 6 + static_cast<int>(i)},
+                                   {"temperature", i % 2 == 0 ? 0.0 : 1.0},
+                                   {"seed", 10 + static_cast<int>(i)}};
+      replies[i] = request(s.port, "POST", "/generate", body.dump());
+    });
+  }
+  for (auto& t : clients) t.join();
+  const Reply health = request(s.port, "GET", "/health");
+  EXPECT_EQ(health.body["max_batch"], 4);
+  EXPECT_EQ(wait_exit(s), 0) << read_file(s.err_file);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(replies[i].status, 200) << replies[i].body.dump();
+    const std::string args = "--ckpt " + checkpoint() + " --tokenizer " + tokenizer_path() +
+                             " --prompt '" + prompts[i] + "' --max-tokens " +
+                             std::to_string(6 + i) + " --temperature " +
+                             (i % 2 == 0 ? "0" : "1") + " --seed " + std::to_string(10 + i);
+    const Result g = run(args);
+    ASSERT_EQ(g.status, 0) << g.err;
+    EXPECT_EQ(replies[i].body["text"].get<std::string>() + "\n", g.out) << prompts[i];
+  }
+
+  // Two long prompts at once (a model of max_seq_len 512, 400 tokens each): whichever arrives
+  // second finds the one slot taken and no queue.
+  static const std::string long_ckpt = [] {
+    std::string toml = kConfig;
+    toml.replace(toml.find("max_seq_len = 40"), 16, "max_seq_len = 512");
+    return write_checkpoint(toml, "checkpoint_512.safetensors", 7);
+  }();
+  const Server one = start_server({"--ckpt", long_ckpt, "--tokenizer", tokenizer_path(),
+                                   "--max-batch", "1", "--max-queue", "0", "--max-requests", "2"},
+                                  "serve_busy");
+  ASSERT_GT(one.port, 0) << read_file(one.err_file);
+  Reply both[2];
+  std::thread a([&] {
+    both[0] = request(one.port, "POST", "/generate",
+                      nlohmann::json{{"prompt", kPrompt}, {"max_tokens", 400}}.dump());
+  });
+  both[1] = request(one.port, "POST", "/generate",
+                    nlohmann::json{{"prompt", kPrompt}, {"max_tokens", 400}}.dump());
+  a.join();
+  EXPECT_EQ(std::min(both[0].status, both[1].status), 200);
+  EXPECT_EQ(std::max(both[0].status, both[1].status), 503);
+  const Reply& busy = both[0].status == 503 ? both[0] : both[1];
+  EXPECT_NE(busy.body["error"].get<std::string>().find("--max-queue"), std::string::npos);
+  EXPECT_EQ(wait_exit(one), 0) << read_file(one.err_file);
 }
 
 TEST(ServeCli, FileTierTablesReportTheirRowsPerRequest) {
