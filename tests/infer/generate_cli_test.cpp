@@ -208,13 +208,18 @@ TEST(GenerateCli, ErrorsNameTheProblem) {
 
 // --device cuda: the same greedy text and the same sampled text (same seed) as the CPU, from a
 // checkpoint with head_dim 64 (the GPU attention's size). Skipped without a GPU.
-TEST(GenerateCli, CudaDeviceGivesTheCpusText) {
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+std::string hd64_checkpoint() {
   static const std::string path = [] {
     std::string toml = kConfig;
     toml.replace(toml.find("num_kv_heads"), 0, "head_dim = 64\n");
     return write_checkpoint(toml, "checkpoint_hd64.safetensors", 6);
   }();
+  return path;
+}
+
+TEST(GenerateCli, CudaDeviceGivesTheCpusText) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  const std::string path = hd64_checkpoint();
   const std::string args = "--ckpt " + path + " --tokenizer " + tokenizer_path() + " --prompt '" +
                            kPrompt + "' --max-tokens 10 ";
   for (const std::string sampling : {"--temperature 0", "--temperature 1 --seed 4"}) {
@@ -632,6 +637,38 @@ TEST(ServeCli, ConcurrentRequestsAreBatchedAndAnswerAlone) {
   const Reply& busy = both[0].status == 503 ? both[0] : both[1];
   EXPECT_NE(busy.body["error"].get<std::string>().find("--max-queue"), std::string::npos);
   EXPECT_EQ(wait_exit(one), 0) << read_file(one.err_file);
+}
+
+// --device cuda: four greedy prompts at once, batched in one GPU decoder (prompt chunks and
+// decode rows mixed), each answered with the CPU's engram generate text. Skipped without a GPU.
+TEST(ServeCli, CudaBatchesGiveTheCpusText) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  const Server s = start_server({"--ckpt", hd64_checkpoint(), "--tokenizer", tokenizer_path(),
+                                 "--device", "cuda", "--max-batch", "4", "--max-requests", "4"},
+                                "serve_cuda");
+  ASSERT_GT(s.port, 0) << read_file(s.err_file);
+  const std::vector<std::string> prompts = {"Once upon", "The king said", "Hello", "A"};
+  std::vector<Reply> replies(prompts.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    clients.emplace_back([&, i] {
+      replies[i] = request(s.port, "POST", "/generate",
+                           nlohmann::json{{"prompt", prompts[i]},
+                                          {"max_tokens", 8 + static_cast<int>(i)},
+                                          {"temperature", 0}}
+                               .dump());
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(wait_exit(s), 0) << read_file(s.err_file);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(replies[i].status, 200) << replies[i].body.dump();
+    const Result g = run("--ckpt " + hd64_checkpoint() + " --tokenizer " + tokenizer_path() +
+                         " --prompt '" + prompts[i] + "' --max-tokens " + std::to_string(8 + i) +
+                         " --temperature 0");
+    ASSERT_EQ(g.status, 0) << g.err;
+    EXPECT_EQ(replies[i].body["text"].get<std::string>() + "\n", g.out) << prompts[i];
+  }
 }
 
 TEST(ServeCli, FileTierTablesReportTheirRowsPerRequest) {
