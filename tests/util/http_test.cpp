@@ -74,40 +74,25 @@ TEST(Http, AGetNeedsNoLength) {
 }
 
 TEST(Http, BadRequestsGetTheirStatus) {
-  {
+  struct Case {
+    const char* request;
+    int status;
+  };
+  const Case cases[] = {
+      {"NONSENSE\r\n\r\n", 400},
+      {"GET / SPDY/3\r\n\r\n", 400},
+      {"GET / HTTP/1.1\r\nno colon here\r\n\r\n", 400},
+      {"POST / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n", 400},
+      {"POST /generate HTTP/1.1\r\n\r\n", 411},
+      {"POST / HTTP/1.1\r\nContent-Length: 2048\r\n\r\n", 413},
+      {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501},
+      {"GET / HTT", 408},  // the head stopped arriving
+      {"", 0},             // nothing arrived in time: no answer
+  };
+  for (const Case& c : cases) {
     Pair p;
-    p.send("NONSENSE\r\n\r\n");
-    EXPECT_EQ(status_of(p), 400);
-  }
-  {
-    Pair p;
-    p.send("GET / SPDY/3\r\n\r\n");
-    EXPECT_EQ(status_of(p), 400);
-  }
-  {
-    Pair p;
-    p.send("GET / HTTP/1.1\r\nno colon here\r\n\r\n");
-    EXPECT_EQ(status_of(p), 400);
-  }
-  {
-    Pair p;
-    p.send("POST / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n");
-    EXPECT_EQ(status_of(p), 400);
-  }
-  {
-    Pair p;
-    p.send("POST /generate HTTP/1.1\r\n\r\n");
-    EXPECT_EQ(status_of(p), 411);
-  }
-  {
-    Pair p;
-    p.send("POST / HTTP/1.1\r\nContent-Length: 2048\r\n\r\n");
-    EXPECT_EQ(status_of(p, 1024), 413);
-  }
-  {
-    Pair p;
-    p.send("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
-    EXPECT_EQ(status_of(p), 501);
+    if (*c.request != '\0') p.send(c.request);
+    EXPECT_EQ(status_of(p, 1024), c.status) << c.request;
   }
   {
     Pair p;
@@ -120,15 +105,6 @@ TEST(Http, BadRequestsGetTheirStatus) {
     p.send("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
     p.close_client();
     EXPECT_EQ(status_of(p), 400);  // the body ended early
-  }
-  {
-    Pair p;
-    p.send("GET / HTT");
-    EXPECT_EQ(status_of(p), 408);  // the head stopped arriving
-  }
-  {
-    Pair p;
-    EXPECT_EQ(status_of(p), 0);  // nothing arrived in time: no answer
   }
   {
     Pair p;
