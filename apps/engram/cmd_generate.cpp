@@ -70,13 +70,13 @@ int run_generate(int argc, char** argv) {
 
   GeneratorOptions go;
   const std::optional<std::string> table_paths = args.optional("engram-tables");
-  go.tier = args.optional("tier").value_or("file");
+  go.tier = args.optional("tier").value_or("");
   if (!table_paths && (args.has("tier") || args.has("cache-rows") || args.has("table-stats")))
     throw UsageError("--tier, --cache-rows and --table-stats need --engram-tables");
-  if (go.tier == "host" && args.has("table-stats"))
-    throw UsageError("--table-stats: the host tier reads no files; use --tier file");
   go.cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
   go.device = args.optional("device").value_or("cpu");
+  if (args.has("table-stats") && (go.tier == "host" || go.device == "cuda"))
+    throw UsageError("--table-stats: only the file tier (CPU) reads files; use --tier file");
   if (table_paths) go.table_paths = split_commas(*table_paths);
   request.step_stats = args.has("table-stats");
 
@@ -102,7 +102,7 @@ int run_generate(int argc, char** argv) {
   const std::string tables = generator.tables_summary();
   if (!tables.empty()) {
     char stall[64] = "";
-    if (go.tier == "file")
+    if (generator.tier() == "file")
       std::snprintf(stall, sizeof stall, " | layers stalled %.1f ms", g.stall_seconds * 1e3);
     std::fprintf(stderr, "[generate] %s%s\n", tables.c_str(), stall);
     if (request.step_stats) write_file_atomic(*args.optional("table-stats"), g.step_lines);

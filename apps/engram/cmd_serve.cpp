@@ -198,13 +198,12 @@ int run_serve(int argc, char** argv) {
   const std::optional<std::string> table_paths = args.optional("engram-tables");
   if (!table_paths && (args.has("tier") || args.has("cache-rows")))
     throw UsageError("--tier and --cache-rows need --engram-tables");
-  go.tier = args.optional("tier").value_or("file");
+  go.tier = args.optional("tier").value_or("");
   go.cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
   if (table_paths) go.table_paths = split_commas(*table_paths);
   go.max_batch = args.integer("max-batch", table_paths ? 1 : 8, 1, 4096);
-  const bool file_tier = table_paths && go.tier == "file";
-
   Generator generator(ckpt, args.optional("tokenizer").value_or(""), go);
+  const bool file_tier = generator.tier() == "file";
   const model::BackboneConfig& m = generator.loaded().config.model;
   Listener listener(host, port);
   std::signal(SIGINT, on_signal);

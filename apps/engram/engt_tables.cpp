@@ -68,26 +68,54 @@ std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
   return ids;
 }
 
+namespace {
+
+constexpr int64_t kChunkRows = 1 << 16;  // rows a gather
+
+// Calls sink(r0, n, rows) for consecutive chunks of the file's decoded rows.
+template <class Sink>
+void for_each_chunk(const std::string& path, Sink&& sink) {
+  const memory::EngtRowStore store(path, memory::EngtTier::kFile);
+  const int64_t rows = store.num_rows(), width = store.width();
+  std::vector<int64_t> chunk;
+  std::vector<float> values;
+  for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
+    chunk.resize(static_cast<size_t>(std::min(kChunkRows, rows - r0)));
+    std::iota(chunk.begin(), chunk.end(), r0);
+    values.resize(chunk.size() * static_cast<size_t>(width));
+    store.gather(chunk, values.data(), width);
+    sink(r0 * width, values);
+  }
+}
+
+}  // namespace
+
+void read_engt_rows(const std::string& path, float* out) {
+  for_each_chunk(path, [&](int64_t at, const std::vector<float>& v) {
+    std::copy(v.begin(), v.end(), out + at);
+  });
+}
+
+void read_engt_rows(const std::string& path, bf16* out) {
+  for_each_chunk(path, [&](int64_t at, const std::vector<float>& v) {
+    for (size_t i = 0; i < v.size(); ++i) out[static_cast<size_t>(at) + i] = float_to_bf16(v[i]);
+  });
+}
+
 void load_engt_tables(const std::vector<std::string>& paths, model::Transformer<float>& model) {
   const std::vector<int> ids = check_engt_tables(paths, model);
-  constexpr int64_t kChunk = 1 << 16;  // rows a gather
   for (size_t e = 0; e < paths.size(); ++e) {
     const auto l = static_cast<size_t>(ids[e]);
     std::vector<float>& table = model.params().layers[l].engram_table;
-    const memory::EngtRowStore store(paths[e], memory::EngtTier::kHost);
-    const int64_t rows = store.num_rows(), width = store.width();
+    const memory::EngtFile file = memory::EngtFile::open(paths[e]);
+    const int64_t rows = file.rows(), width = file.width();
     if (static_cast<int64_t>(table.size()) != rows * width) {
       throw ConfigError(error_message(
           paths[e], "the model's table param.layers." + std::to_string(ids[e]) +
                         ".engram.table is not loaded (" + std::to_string(table.size()) +
                         " values for " + std::to_string(rows * width) + ")"));
     }
-    std::vector<int64_t> chunk;
-    for (int64_t r0 = 0; r0 < rows; r0 += kChunk) {
-      chunk.resize(static_cast<size_t>(std::min(kChunk, rows - r0)));
-      std::iota(chunk.begin(), chunk.end(), r0);
-      store.gather(chunk, table.data() + r0 * width, width);
-    }
+    read_engt_rows(paths[e], table.data());
   }
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engram/model/transformer.h"
+#include "engram/tensor/dtype.h"
 
 namespace engram::cli {
 
@@ -19,6 +20,13 @@ std::vector<std::string> split_commas(const std::string& s);
 // layer ids, in the order of the paths.
 std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
                                    const model::Transformer<float>& model);
+
+// Every row of an .engt file, decoded (what a RowStore over the file returns), into out
+// (rows x width values), read through the file tier in chunks (no whole-file copy). The bf16
+// overload rounds each value to bf16: exact for bf16 and fp8 files (an fp8 value times its
+// power-of-two scale has at most 4 significant bits).
+void read_engt_rows(const std::string& path, float* out);
+void read_engt_rows(const std::string& path, bf16* out);
 
 // Replaces the model's Engram tables by the rows of the .engt files (decoded to float: exactly
 // what a RowStore over the file returns), after check_engt_tables. The tables must be allocated

@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "args.h"
+#include "engram/cuda/buffer.h"
+#include "engram/cuda/gather.h"
 #include "engram/infer/decoder.h"
 #include "engram/infer/gpu_decoder.h"
 #include "engram/infer/model_loader.h"
@@ -67,6 +69,9 @@ struct Generator::Impl {
   std::vector<std::unique_ptr<memory::RowStore>> stores;
   std::vector<const memory::TieredRowStore*> tiered;
   std::vector<std::unique_ptr<infer::Decoder>> decoders;  // CPU: one per slot
+  // GPU: the .engt tables in pinned, mapped host memory (declared before the decoder).
+  std::vector<cuda::MappedHostBuffer<float>> host_f32;
+  std::vector<cuda::MappedHostBuffer<bf16>> host_bf16;
   std::unique_ptr<model::GpuTransformer> gpu_model;
   std::unique_ptr<infer::GpuDecoder> gpu_decoder;
   std::vector<Slot> slots;
@@ -75,6 +80,7 @@ struct Generator::Impl {
   size_t sample_vocab = 0;
 
   void open_tables();
+  std::vector<cuda::DeviceTable> pin_tables();
   // Sampling on slot s's newest logits; finishes the slot (out filled) when it is done.
   void take_logits(size_t s, std::span<const float> logits);
   void finish(size_t s, const char* stop);
@@ -109,6 +115,28 @@ void Generator::Impl::open_tables() {
   }
 }
 
+// The GPU's tables: each .engt file decoded into pinned, mapped host memory, bf16 for bf16 and
+// fp8 files (exact), float32 for f32 and int8 ones.
+std::vector<cuda::DeviceTable> Generator::Impl::pin_tables() {
+  const std::vector<std::string>& paths = options.table_paths;
+  check_engt_tables(paths, *loaded.model);
+  std::vector<cuda::DeviceTable> tables;
+  for (const std::string& path : paths) {
+    const memory::EngtFile file = memory::EngtFile::open(path);
+    const auto values = static_cast<size_t>(file.rows() * file.width());
+    if (file.format() == memory::RowFormat::kBF16 || file.format() == memory::RowFormat::kFP8) {
+      host_bf16.emplace_back(values);
+      read_engt_rows(path, host_bf16.back().host().data());
+      tables.push_back({host_bf16.back().device(), DType::kBF16, file.rows(), file.width()});
+    } else {
+      host_f32.emplace_back(values);
+      read_engt_rows(path, host_f32.back().host().data());
+      tables.push_back({host_f32.back().device(), DType::kF32, file.rows(), file.width()});
+    }
+  }
+  return tables;
+}
+
 Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
                      const GeneratorOptions& options)
     : impl_(std::make_unique<Impl>()) {
@@ -117,12 +145,14 @@ Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
   if (options.device != "cpu" && options.device != "cuda")
     throw UsageError("--device: \"" + options.device + "\" (expected cpu or cuda)");
   const bool tables = !options.table_paths.empty();
-  if (options.device == "cuda" && tables) {
-    throw UsageError("--engram-tables: not supported with --device cuda yet (the GPU decoder "
-                     "reads the checkpoint's tables from GPU memory)");
+  const bool gpu = options.device == "cuda";
+  if (I.options.tier.empty()) I.options.tier = tables ? (gpu ? "host" : "file") : "";
+  if (tables && I.options.tier != "host" && I.options.tier != "file")
+    throw UsageError("--tier: \"" + I.options.tier + "\" (expected host or file)");
+  if (gpu && tables && I.options.tier == "file") {
+    throw UsageError("--tier file: the GPU reads .engt tables from pinned host memory (--tier "
+                     "host); the file tier is CPU only");
   }
-  if (options.tier != "host" && options.tier != "file")
-    throw UsageError("--tier: \"" + options.tier + "\" (expected host or file)");
   // With .engt tables, the checkpoint's own tables stay on disk: memory holds the dense weights.
   infer::LoadOptions load_options;
   load_options.engram_tables = !tables;
@@ -151,6 +181,7 @@ Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
     dopt.max_step_rows = std::max<int64_t>(128, options.max_batch);
     I.gpu_decoder =
         std::make_unique<infer::GpuDecoder>(*I.gpu_model, I.loaded.text.hasher.get(), dopt);
+    if (tables) I.gpu_decoder->set_tables(I.pin_tables());
   } else {
     for (int64_t s = 0; s < options.max_batch; ++s) {
       I.decoders.push_back(
@@ -374,8 +405,16 @@ Generation Generator::run(const GenerateRequest& request) {
   }
 }
 
+const std::string& Generator::tier() const {
+  return impl_->options.tier;
+}
+
 std::string Generator::tables_summary() const {
   const Impl& I = *impl_;
+  if (I.gpu_decoder && !I.options.table_paths.empty()) {
+    return "engram tables: " + std::to_string(I.options.table_paths.size()) +
+           " .engt files in pinned host memory, read by the GPU";
+  }
   if (I.stores.empty()) return "";
   char line[512];
   if (I.tiered.empty()) {

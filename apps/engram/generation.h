@@ -1,7 +1,7 @@
 // A checkpoint ready to continue prompts, shared by `engram generate` (one prompt) and
 // `engram serve` (many, batched): the model, its tokenizer and hasher, the decoders kept between
-// prompts and, on the CPU, the Engram tables of .engt files (memory tier: host, or file with
-// prefetch). Up to max_batch prompts are decoded together: on the GPU as the sequences of one
+// prompts and the Engram tables of .engt files (CPU: memory tier host, or file with prefetch;
+// GPU: decoded into pinned host memory that the GPU reads over PCIe). Up to max_batch prompts are decoded together: on the GPU as the sequences of one
 // infer::GpuDecoder (each step feeds every active prompt's next token, and prompt chunks, in one
 // batch), on the CPU with one infer::Decoder per prompt, stepped in turn.
 //
@@ -31,8 +31,10 @@ namespace engram::cli {
 
 struct GeneratorOptions {
   std::string device = "cpu";            // "cpu" or "cuda"
-  std::vector<std::string> table_paths;  // .engt files, one per Engram layer (CPU only)
-  std::string tier = "file";             // "host" or "file" (with table_paths)
+  std::vector<std::string> table_paths;  // .engt files, one per Engram layer
+  // With table_paths: "host" or "file"; "" picks file on the CPU, host on the GPU (which reads
+  // the tables from pinned host memory over PCIe: the file tier is CPU only).
+  std::string tier;
   int64_t cache_rows = 0;                // the file tier's DRAM cache
   int64_t max_batch = 1;                 // prompts decoded together (1 with table_paths)
 };
@@ -86,6 +88,7 @@ class Generator {
 
   const train::LoadedModel& loaded() const;
   const std::string& device() const;
+  const std::string& tier() const;  // the tier in use with table_paths ("" without)
   // One line describing the Engram tables of .engt files (totals since start), "" without.
   std::string tables_summary() const;
 

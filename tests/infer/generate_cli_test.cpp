@@ -201,9 +201,13 @@ TEST(GenerateCli, ErrorsNameTheProblem) {
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--device: \"tpu\""), std::string::npos) << r.err;
 
-  r = run(base_args() + " --max-tokens 3 --device cuda --engram-tables a.engt");
+  r = run(base_args() + " --max-tokens 3 --device cuda --engram-tables a.engt --tier file");
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.err.find("not supported with --device cuda"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the file tier is CPU only"), std::string::npos) << r.err;
+
+  r = run(base_args() + " --max-tokens 3 --device cuda --engram-tables a.engt --table-stats s");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--table-stats"), std::string::npos) << r.err;
 }
 
 // --device cuda: the same greedy text and the same sampled text (same seed) as the CPU, from a
@@ -453,6 +457,28 @@ TEST(EvalCli, EngramTablesFromEngtFiles) {
 // after --max-requests.
 namespace engram {
 namespace {
+
+// --device cuda --engram-tables: f32 and fp8 .engt tables decoded into pinned host memory and
+// read by the GPU give the CPU's text with the same files. Skipped without a GPU.
+TEST(GenerateCli, CudaDeviceReadsEngtTablesFromHostMemory) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  const std::string ckpt = hd64_checkpoint();
+  for (const std::string format : {"f32", "fp8"}) {
+    const std::string out = temp_dir() + "/hd64_table_" + format + ".engt";
+    const std::string cmd = test::cli_path() + " table convert --in " + ckpt +
+                            " --tensor param.layers.1.engram.table --format " + format +
+                            " --out " + out + " >/dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    const std::string args = "--ckpt " + ckpt + " --tokenizer " + tokenizer_path() +
+                             " --prompt '" + kPrompt + "' --max-tokens 10 --temperature 0" +
+                             " --engram-tables " + out;
+    const Result cpu = run(args), gpu = run(args + " --device cuda");
+    ASSERT_EQ(cpu.status, 0) << cpu.err;
+    ASSERT_EQ(gpu.status, 0) << gpu.err;
+    EXPECT_EQ(gpu.out, cpu.out) << format;
+    EXPECT_NE(gpu.err.find("pinned host memory"), std::string::npos) << gpu.err;
+  }
+}
 
 struct Server {
   pid_t pid = -1;
