@@ -116,7 +116,7 @@ void Generator::Impl::open_tables() {
 }
 
 // The GPU's tables: each .engt file decoded into pinned, mapped host memory, bf16 for bf16 and
-// fp8 files (exact), float32 for f32 and int8 ones.
+// fp8 files (see read_engt_rows), float32 for f32 and int8 ones.
 std::vector<cuda::DeviceTable> Generator::Impl::pin_tables() {
   const std::vector<std::string>& paths = options.table_paths;
   check_engt_tables(paths, *loaded.model);
