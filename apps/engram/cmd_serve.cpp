@@ -201,7 +201,7 @@ int run_serve(int argc, char** argv) {
   go.tier = args.optional("tier").value_or("");
   go.cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
   if (table_paths) go.table_paths = split_commas(*table_paths);
-  go.max_batch = args.integer("max-batch", table_paths ? 1 : 8, 1, 4096);
+  go.max_batch = args.integer("max-batch", table_paths && go.device == "cpu" ? 1 : 8, 1, 4096);
   Generator generator(ckpt, args.optional("tokenizer").value_or(""), go);
   const bool file_tier = generator.tier() == "file";
   const model::BackboneConfig& m = generator.loaded().config.model;

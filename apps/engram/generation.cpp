@@ -153,6 +153,11 @@ Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
     throw UsageError("--tier file: the GPU reads .engt tables from pinned host memory (--tier "
                      "host); the file tier is CPU only");
   }
+  if (options.max_batch < 1) throw UsageError("--max-batch: must be >= 1");
+  if (tables && !gpu && options.max_batch > 1) {
+    throw UsageError("--max-batch: 1 with --engram-tables on the CPU (one decoder reads the "
+                     "tables)");
+  }
   // With .engt tables, the checkpoint's own tables stay on disk: memory holds the dense weights.
   infer::LoadOptions load_options;
   load_options.engram_tables = !tables;
@@ -167,9 +172,6 @@ Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
   for (const auto& t : tok.added_tokens()) {
     if (t.special && !(I.eos && t.id == *I.eos)) I.banned.push_back(t.id);
   }
-  if (options.max_batch < 1) throw UsageError("--max-batch: must be >= 1");
-  if (tables && options.max_batch > 1)
-    throw UsageError("--max-batch: 1 with --engram-tables (one decoder reads the tables)");
   I.slots.resize(static_cast<size_t>(options.max_batch));
   if (options.device == "cuda") {
     model::GpuTransformerOptions go;

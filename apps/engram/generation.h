@@ -36,7 +36,8 @@ struct GeneratorOptions {
   // the tables from pinned host memory over PCIe: the file tier is CPU only).
   std::string tier;
   int64_t cache_rows = 0;                // the file tier's DRAM cache
-  int64_t max_batch = 1;                 // prompts decoded together (1 with table_paths)
+  int64_t max_batch = 1;                 // prompts decoded together (1 with table_paths on
+                                         // the CPU)
 };
 
 struct GenerateRequest {
