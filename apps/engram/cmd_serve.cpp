@@ -279,6 +279,9 @@ int run_serve(int argc, char** argv) {
       }
       if (c.method == "-") ++accepted;
       fail(c, e.status(), e.what());
+    } catch (const std::exception& e) {  // anything else: this request fails, the server goes on
+      if (c.method == "-") ++accepted;
+      fail(c, 500, e.what());
     }
   };
 
