@@ -129,12 +129,8 @@ int main(int argc, char** argv) {
     std::unique_ptr<engram::hash::NgramHasher> hasher;
     std::vector<std::vector<int64_t>> head_sizes;
     if (config.engram) {
-      const int64_t compressed = std::max<int64_t>(1, V * 3 / 4);
-      std::vector<int32_t> lut(static_cast<size_t>(V));
-      for (int64_t id = 0; id < V; ++id)
-        lut[static_cast<size_t>(id)] = static_cast<int32_t>(id % compressed);
-      hasher = std::make_unique<engram::hash::NgramHasher>(config.engram_hash_config(),
-                                                           std::move(lut), compressed);
+      hasher = std::make_unique<engram::hash::NgramHasher>(
+          engram::hash::NgramHasher::synthetic(config.engram_hash_config(), V));
       head_sizes = engram::model::engram_head_sizes(*hasher);
     }
     engram::model::Transformer<float> cpu(config, head_sizes, seed);

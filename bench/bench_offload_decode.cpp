@@ -143,12 +143,7 @@ int main(int argc, char** argv) {
       return usage("the config needs an [engram] section with one layer");
     if (max_len > config.model.max_seq_len) return usage("--max-len exceeds model.max_seq_len");
     const int64_t V = config.model.vocab_size;
-    const int64_t compressed = std::max<int64_t>(1, V * 3 / 4);
-    std::vector<int32_t> lut(static_cast<size_t>(V));
-    for (int64_t id = 0; id < V; ++id)
-      lut[static_cast<size_t>(id)] = static_cast<int32_t>(id % compressed);
-    const engram::hash::NgramHasher hasher(config.engram_hash_config(), std::move(lut),
-                                           compressed);
+    const auto hasher = engram::hash::NgramHasher::synthetic(config.engram_hash_config(), V);
     const auto head_sizes = engram::model::engram_head_sizes(hasher);
 
     // The backbone: random values, uploaded, then dropped from the host.

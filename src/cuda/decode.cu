@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "cuda/check.h"
 #include "cuda/launch.h"
@@ -240,6 +241,21 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(int64_t* out, const fl
   if (threadIdx.x == 0) out[blockIdx.x] = isnan(s_v[0]) ? 0 : s_i[0];
 }
 
+// Calls f(std::integral_constant<int, head_dim / 32>{}) for a head_dim the attention kernels
+// take (32, 64, 128, 256); InputError otherwise.
+template <class F>
+void with_head_dim(int64_t head_dim, F&& f) {
+  switch (head_dim) {
+    case 32: return f(std::integral_constant<int, 1>{});
+    case 64: return f(std::integral_constant<int, 2>{});
+    case 128: return f(std::integral_constant<int, 4>{});
+    case 256: return f(std::integral_constant<int, 8>{});
+    default:
+      throw InputError(error_message("decode_attention", "head_dim " + std::to_string(head_dim) +
+                                                             " (32, 64, 128 or 256)"));
+  }
+}
+
 }  // namespace
 
 void kv_cache_append(float* k_cache, float* v_cache, const float* k, const float* v,
@@ -270,56 +286,21 @@ void decode_attention(float* ctx, const float* q, const float* k_cache, const fl
   }
   const int64_t group = q_heads / kv_heads;
   cudaStream_t s = as_stream(stream);
-  if (group > 1 && group <= kMaxGroup && head_dim <= 128) {
-    const dim3 g(static_cast<unsigned>(rows), static_cast<unsigned>(kv_heads));
-    const int gi = static_cast<int>(group);
-    switch (head_dim) {
-      case 32:
-        decode_attention_grouped_kernel<1><<<g, kAttnWarps * 32, 0, s>>>(
-            ctx, q, k_cache, v_cache, seq, pos, q_heads, gi, max_len, scale);
-        break;
-      case 64:
-        decode_attention_grouped_kernel<2><<<g, kAttnWarps * 32, 0, s>>>(
-            ctx, q, k_cache, v_cache, seq, pos, q_heads, gi, max_len, scale);
-        break;
-      case 128:
-        decode_attention_grouped_kernel<4><<<g, kAttnWarps * 32, 0, s>>>(
-            ctx, q, k_cache, v_cache, seq, pos, q_heads, gi, max_len, scale);
-        break;
-      default:
-        throw InputError(error_message("decode_attention", "head_dim " +
-                                                               std::to_string(head_dim) +
-                                                               " (32, 64, 128 or 256)"));
+  const bool grouped = group > 1 && group <= kMaxGroup && head_dim <= 128;
+  with_head_dim(head_dim, [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    if constexpr (D <= 4) {  // the grouped kernel takes head_dim <= 128
+      if (grouped) {
+        const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(kv_heads));
+        decode_attention_grouped_kernel<D><<<grid, kAttnWarps * 32, 0, s>>>(
+            ctx, q, k_cache, v_cache, seq, pos, q_heads, static_cast<int>(group), max_len, scale);
+        return;
+      }
     }
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(q_heads));
-  switch (head_dim) {
-    case 32:
-      decode_attention_kernel<1><<<grid, kAttnWarps * 32, 0, s>>>(ctx, q, k_cache, v_cache, seq,
-                                                                  pos, q_heads, group, max_len,
-                                                                  scale);
-      break;
-    case 64:
-      decode_attention_kernel<2><<<grid, kAttnWarps * 32, 0, s>>>(ctx, q, k_cache, v_cache, seq,
-                                                                  pos, q_heads, group, max_len,
-                                                                  scale);
-      break;
-    case 128:
-      decode_attention_kernel<4><<<grid, kAttnWarps * 32, 0, s>>>(ctx, q, k_cache, v_cache, seq,
-                                                                  pos, q_heads, group, max_len,
-                                                                  scale);
-      break;
-    case 256:
-      decode_attention_kernel<8><<<grid, kAttnWarps * 32, 0, s>>>(ctx, q, k_cache, v_cache, seq,
-                                                                  pos, q_heads, group, max_len,
-                                                                  scale);
-      break;
-    default:
-      throw InputError(error_message("decode_attention", "head_dim " + std::to_string(head_dim) +
-                                                             " (32, 64, 128 or 256)"));
-  }
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(q_heads));
+    decode_attention_kernel<D><<<grid, kAttnWarps * 32, 0, s>>>(ctx, q, k_cache, v_cache, seq,
+                                                                pos, q_heads, group, max_len, scale);
+  });
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -239,10 +239,10 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
   constexpr DType kA = dtype_of<A>();
   ensure(rows_, tokens * H);
   ensure(slots_, tokens * H);
-  A* e = ensure_as<A>(e_, tokens * dm);
-  A* kv = ensure_as<A>(kv_, tokens * kvr);
-  for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, tokens * M);
-  A* vt = ensure_as<A>(vt_, tokens * M * d);
+  reserve<A>(tokens);
+  A* e = as<A>(e_);
+  A* kv = as<A>(kv_);
+  A* vt = as<A>(vt_);
   mark("");
   detail::launch_table_rows(rows_.data(), slots_.data(), d_hash_ids, d_head_offsets, tokens, H);
   gather_rows(e, table, d_hash_ids, d_head_offsets, tokens, H);
@@ -253,18 +253,7 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
   blas_->gemm(false, true, tokens, kvr, dm, 1.0f, {e, kA, dm}, {w, kA, dm}, 0.0f, {kv, kA, kvr},
               options_.math);
   mark("fwd: projection GEMM");
-  detail::GateArgs<A> gate{kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
-                           key_norm_.data(), query_norm_.data(), key_rstd_.data(),
-                           query_rstd_.data(), score_.data(), alpha_.data(), vt, tokens, M,
-                           d, std::numeric_limits<float>::epsilon()};
-  if (c.short_conv) {
-    gate.conv_norm_w = conv_norm_.data();
-    gate.xn = ensure_as<A>(xn_, tokens * M * d);
-    ensure(conv_rstd_, tokens * M);
-    gate.conv_rstd = conv_rstd_.data();
-    gate.conv_eps = static_cast<float>(c.conv_norm_eps);
-  }
-  detail::launch_gate_forward<A>(gate);
+  detail::launch_gate_forward<A>(gate_args<A>(kv, d_hidden, vt, tokens));
   mark(c.short_conv ? "fwd: gate + conv norm" : "fwd: gate");
   if (c.short_conv) {
     detail::launch_conv_forward<A>(conv_args<A>(), d_out);
@@ -324,25 +313,13 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
     throw;
   }
   blas_->set_stream(nullptr);
-  detail::GateArgs<float> gate{kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
-                               key_norm_.data(), query_norm_.data(), key_rstd_.data(),
-                               query_rstd_.data(), score_.data(), alpha_.data(), vt, rows, M,
-                               d, std::numeric_limits<float>::epsilon()};
-  float* xn = nullptr;
-  if (c.short_conv) {
-    gate.conv_norm_w = conv_norm_.data();
-    xn = as<float>(xn_);
-    gate.xn = xn;
-    gate.conv_rstd = conv_rstd_.data();
-    gate.conv_eps = static_cast<float>(c.conv_norm_eps);
-  }
-  detail::launch_gate_forward<float>(gate, stream);
+  detail::launch_gate_forward<float>(gate_args<float>(kv, d_hidden, vt, rows), stream);
   if (!c.short_conv) {
     detail::launch_copy<float>(d_out, vt, rows * M * d, stream);
     return;
   }
   const detail::ConvStepArgs<float> a{rows, M * d, c.kernel_size, c.max_ngram_size, ring.length,
-                                      vt, xn, conv_weight_t_.data(),
+                                      vt, as<float>(xn_), conv_weight_t_.data(),
                                       static_cast<float*>(ring.data), ring.seq, ring.pos};
   detail::launch_conv_ring_store<float>(a, stream);
   detail::launch_conv_step<float>(a, d_out, stream);
@@ -377,17 +354,39 @@ std::vector<const void*> GpuEngramLayer::step_addresses() const {
 }
 
 void GpuEngramLayer::reserve_step(int64_t rows) {
+  reserve<float>(rows);
+}
+
+template <class A>
+void GpuEngramLayer::reserve(int64_t tokens) {
   const nn::EngramLayerConfig& c = config_;
-  const int64_t M = c.hc_mult, d = c.hidden_size, A = static_cast<int64_t>(sizeof(float));
-  if (rows <= 0) return;
-  ensure(e_, rows * c.mem_dim() * A);
-  ensure(kv_, rows * c.kv_rows() * A);
-  for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, rows * M);
-  ensure(vt_, rows * M * d * A);
+  const int64_t M = c.hc_mult, d = c.hidden_size;
+  if (tokens <= 0) return;
+  ensure_as<A>(e_, tokens * c.mem_dim());
+  ensure_as<A>(kv_, tokens * c.kv_rows());
+  for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, tokens * M);
+  ensure_as<A>(vt_, tokens * M * d);
   if (c.short_conv) {
-    ensure(xn_, rows * M * d * A);
-    ensure(conv_rstd_, rows * M);
+    ensure_as<A>(xn_, tokens * M * d);
+    ensure(conv_rstd_, tokens * M);
   }
+}
+
+template <class A>
+detail::GateArgs<A> GpuEngramLayer::gate_args(const A* kv, const A* hidden, A* vt,
+                                              int64_t tokens) {
+  const nn::EngramLayerConfig& c = config_;
+  detail::GateArgs<A> gate{kv, c.bias ? kv_bias_.data() : nullptr, hidden,
+                           key_norm_.data(), query_norm_.data(), key_rstd_.data(),
+                           query_rstd_.data(), score_.data(), alpha_.data(), vt, tokens,
+                           c.hc_mult, c.hidden_size, std::numeric_limits<float>::epsilon()};
+  if (c.short_conv) {
+    gate.conv_norm_w = conv_norm_.data();
+    gate.xn = as<A>(xn_);
+    gate.conv_rstd = conv_rstd_.data();
+    gate.conv_eps = static_cast<float>(c.conv_norm_eps);
+  }
+  return gate;
 }
 
 template <class A>

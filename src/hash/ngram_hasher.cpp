@@ -167,6 +167,14 @@ struct NgramHasher::Layer {
   std::vector<ModLanes> lanes;               // (N-1, groups)
 };
 
+NgramHasher NgramHasher::synthetic(EngramHashConfig config, int64_t vocab) {
+  const int64_t compressed = std::max<int64_t>(1, vocab * 3 / 4);
+  std::vector<int32_t> lut(static_cast<size_t>(std::max<int64_t>(vocab, 0)));
+  for (size_t id = 0; id < lut.size(); ++id)
+    lut[id] = static_cast<int32_t>(static_cast<int64_t>(id) % compressed);
+  return NgramHasher(std::move(config), std::move(lut), compressed);
+}
+
 NgramHasher::NgramHasher(EngramHashConfig config, std::vector<int32_t> compress_lut,
                          int64_t compressed_vocab)
     : config_(std::move(config)),

@@ -75,7 +75,6 @@ struct GpuDecoder::Impl {
   cuda::GpuMoeSaved<float> moe;
   std::vector<float> host_logits;
 
-  int64_t rows = 0;  // of the last step
   bool profiling = false;
   cuda::PhaseTimer timer;
   void mark(const char* phase) {
@@ -104,7 +103,6 @@ struct GpuDecoder::Impl {
   std::set<std::pair<int64_t, int64_t>> seen, no_graph;
   uint64_t clock = 0;
   std::vector<const void*> captured_addresses;
-  bool has_moe = false;
   // The addresses a captured step holds that can change under it: the MoE scratch (a routed
   // step may grow it) and each Engram layer's step buffers and parameters.
   std::vector<const void*> graph_addresses() const {
@@ -118,6 +116,14 @@ struct GpuDecoder::Impl {
       a.insert(a.end(), e.begin(), e.end());
     }
     return a;
+  }
+  // InputError naming `where` for a sequence outside [0, max_sequences).
+  void check_sequence(const char* where, int64_t sequence) const {
+    if (sequence < 0 || sequence >= options.max_sequences) {
+      throw InputError(error_message(where, "sequence " + std::to_string(sequence) +
+                                                " is outside [0, " +
+                                                std::to_string(options.max_sequences) + ")"));
+    }
   }
   void run_step(int64_t N, int64_t R);
   void run_device(int64_t N, int64_t R);
@@ -167,7 +173,6 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
   I.options = options;
   I.own_blas.set_stream(I.stream.get());
   I.timer.set_stream(I.stream.get());
-  I.has_moe = c.moe.has_value();
   if (c.engram) {
     for (size_t e = 0; e < c.engram->hash.layer_ids.size(); ++e)
       I.rows_ready.push_back(std::make_unique<cuda::Event>());
@@ -312,24 +317,14 @@ int64_t GpuDecoder::vocab_size() const {
 
 void GpuDecoder::reset(int64_t sequence) {
   Impl& I = *impl_;
-  if (sequence < 0 || sequence >= I.options.max_sequences) {
-    throw InputError(error_message("GpuDecoder::reset", "sequence " + std::to_string(sequence) +
-                                                            " is outside [0, " +
-                                                            std::to_string(I.options.max_sequences) +
-                                                            ")"));
-  }
+  I.check_sequence("GpuDecoder::reset", sequence);
   I.length[sz(sequence)] = 0;
   if (!I.streams.empty()) I.streams[sz(sequence)].reset();
 }
 
 int64_t GpuDecoder::position(int64_t sequence) const {
   const Impl& I = *impl_;
-  if (sequence < 0 || sequence >= I.options.max_sequences) {
-    throw InputError(error_message("GpuDecoder::position", "sequence " + std::to_string(sequence) +
-                                                               " is outside [0, " +
-                                                               std::to_string(I.options.max_sequences) +
-                                                               ")"));
-  }
+  I.check_sequence("GpuDecoder::position", sequence);
   return I.length[sz(sequence)];
 }
 
@@ -487,12 +482,11 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
   }
   I.length = std::move(next);
   I.logit_seqs = std::move(logit_seqs);
-  I.rows = N;
 }
 
 // Runs the uploaded step: eagerly, or by replaying (capturing first) a graph of its shape.
 void GpuDecoder::Impl::run_step(int64_t N, int64_t R) {
-  const bool routed = has_moe && N > options.dense_moe_rows;
+  const bool routed = config.moe.has_value() && N > options.dense_moe_rows;
   const std::pair<int64_t, int64_t> key{N, R};
   if (!options.cuda_graphs || profiling || routed || no_graph.count(key) > 0) {
     run_device(N, R);
@@ -705,12 +699,7 @@ std::vector<int64_t> GpuDecoder::greedy() {
 std::span<const float> GpuDecoder::push(int64_t sequence, std::span<const int64_t> tokens) {
   Impl& I = *impl_;
   if (tokens.empty()) throw InputError(error_message("GpuDecoder::push", "no tokens given"));
-  if (sequence < 0 || sequence >= I.options.max_sequences) {
-    throw InputError(error_message("GpuDecoder::push", "sequence " + std::to_string(sequence) +
-                                                           " is outside [0, " +
-                                                           std::to_string(I.options.max_sequences) +
-                                                           ")"));
-  }
+  I.check_sequence("GpuDecoder::push", sequence);
   if (position(sequence) + static_cast<int64_t>(tokens.size()) > I.options.max_len) {
     throw InputError(error_message(
         "GpuDecoder::push", std::to_string(tokens.size()) + " token(s) after " +

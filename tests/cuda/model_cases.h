@@ -114,12 +114,8 @@ struct Hashing {
 inline Hashing make_hashing(const ModelConfig& c) {
   Hashing s;
   if (!c.engram) return s;
-  const int64_t V = c.model.vocab_size, compressed = std::max<int64_t>(1, V * 3 / 4);
-  std::vector<int32_t> lut(static_cast<size_t>(V));
-  for (int64_t id = 0; id < V; ++id)
-    lut[static_cast<size_t>(id)] = static_cast<int32_t>(id % compressed);
-  s.hasher =
-      std::make_unique<hash::NgramHasher>(c.engram_hash_config(), std::move(lut), compressed);
+  s.hasher = std::make_unique<hash::NgramHasher>(
+      hash::NgramHasher::synthetic(c.engram_hash_config(), c.model.vocab_size));
   s.head_sizes = engram_head_sizes(*s.hasher);
   return s;
 }

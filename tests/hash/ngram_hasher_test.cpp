@@ -592,5 +592,16 @@ TEST(NgramHasher, ConstructorRejectsBadSetups) {
             "config: max_ngram_size: 1 is less than 2");
 }
 
+TEST(NgramHasher, SyntheticCompressionIsIdModThreeQuarters) {
+  const NgramHasher h = NgramHasher::synthetic(tiny_config(), 300);
+  EXPECT_EQ(h.tokenizer_vocab(), 300);
+  EXPECT_EQ(h.compressed_vocab(), 225);
+  EXPECT_EQ(h.compress_lut()[0], 0);
+  EXPECT_EQ(h.compress_lut()[224], 224);
+  EXPECT_EQ(h.compress_lut()[225], 0);
+  EXPECT_EQ(h.compress_lut()[299], 74);
+  EXPECT_EQ(NgramHasher::synthetic(tiny_config(), 3).compressed_vocab(), 2);
+}
+
 }  // namespace
 }  // namespace engram::hash

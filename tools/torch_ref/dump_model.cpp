@@ -190,11 +190,7 @@ int run(const Args& a) {
   std::vector<int32_t> hash_ids;
   int64_t n_engram = 0, H = 0;
   if (config.engram) {
-    const int64_t compressed = std::max<int64_t>(1, V * 3 / 4);
-    std::vector<int32_t> lut(static_cast<size_t>(V));
-    for (int64_t id = 0; id < V; ++id)
-      lut[static_cast<size_t>(id)] = static_cast<int32_t>(id % compressed);
-    const engram::hash::NgramHasher hasher(config.engram_hash_config(), std::move(lut), compressed);
+    const auto hasher = engram::hash::NgramHasher::synthetic(config.engram_hash_config(), V);
     head_sizes = engram::model::engram_head_sizes(hasher);
     n_engram = static_cast<int64_t>(hasher.num_layers());
     H = hasher.ids_per_token();

@@ -48,6 +48,8 @@ namespace engram::cuda {
 namespace detail {
 template <class A>
 struct ConvArgs;  // src/cuda/engram_layer_kernel.h
+template <class A>
+struct GateArgs;
 }  // namespace detail
 
 struct GpuEngramOptions {
@@ -160,6 +162,12 @@ class GpuEngramLayer {
   // The short conv's arguments over the saved batch (forward and backward use the same).
   template <class A>
   detail::ConvArgs<A> conv_args();
+  // Grows the per-token buffers of a forward (of either kind) to `tokens` rows of A.
+  template <class A>
+  void reserve(int64_t tokens);
+  // The gate kernel's arguments over those buffers (the conv norm's too, with the short conv).
+  template <class A>
+  detail::GateArgs<A> gate_args(const A* kv, const A* hidden, A* vt, int64_t tokens);
   void check_activations(DType want, const char* where) const;
 
   nn::EngramLayerConfig config_;

@@ -42,6 +42,9 @@ class NgramHasher {
   // the config is invalid, a table entry is outside [0, V'), pad_id is not a tokenizer id, or
   // dead_token_id is one (the dead id must lie outside [0, tokenizer vocabulary)).
   NgramHasher(EngramHashConfig config, std::vector<int32_t> compress_lut, int64_t compressed_vocab);
+  // A hasher without a tokenizer, for benchmarks, parity dumps and tests: `vocab` token ids
+  // compressed by id -> id mod max(1, 3 vocab / 4).
+  static NgramHasher synthetic(EngramHashConfig config, int64_t vocab);
 
   const EngramHashConfig& config() const { return config_; }
   int64_t tokenizer_vocab() const { return static_cast<int64_t>(lut_.size()); }
