@@ -19,19 +19,14 @@ bin="$1"
 out="$2"
 cfg="${3:-configs/gpu_120m.toml}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
-case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-case "$cfg" in /*) ;; *) [ -f "$cfg" ] || cfg="$root/$cfg" ;; esac
-cd "$root" || exit 1
+# shellcheck source=tools/bench/common.sh
+. "$root/tools/bench/common.sh"
+absolute_args
+find_pythons  # py (with torch, or empty), jpy
 batch="${BATCH:-1,64}"
 prompt="${PROMPT:-128}"
 steps="${STEPS:-128}"
-bench=""
-for c in "$bin/bench/bench_decode" "$bin/bench_decode"; do
-  [ -x "$c" ] && { bench="$c"; break; }
-done
-# shellcheck source=tools/bench/pythons.sh
-. "$root/tools/bench/pythons.sh"  # py (with torch, or empty), jpy
+bench="$(find_bench bench_decode)"
 run_lines="$(mktemp)"
 tmp_out="$(mktemp)"
 trap 'rm -f "$run_lines" "$tmp_out"' EXIT

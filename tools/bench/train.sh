@@ -16,8 +16,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="${BUILD:-$root/build}"
 configs=("$@")
 [ ${#configs[@]} -gt 0 ] || configs=(configs/small_engram.toml configs/small_moe.toml)
-# shellcheck source=tools/bench/pythons.sh
-. "$root/tools/bench/pythons.sh"  # py (with torch, or empty), jpy
+# shellcheck source=tools/bench/common.sh
+. "$root/tools/bench/common.sh"
+find_pythons  # py (with torch, or empty), jpy
 [ -n "$py" ] || { echo "$0: no python3 with torch (set PYTHON)" >&2; exit 1; }
 [ -x "$build/bench/bench_train" ] || { echo "$0: $build/bench/bench_train not built" >&2; exit 1; }
 

@@ -34,22 +34,16 @@ bin="$1"
 out="$2"
 cfg="${3:-configs/gpu_120m.toml}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
-case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-case "$cfg" in /*) ;; *) [ -f "$cfg" ] || cfg="$root/$cfg" ;; esac
-[ -f "$cfg" ] && cfg="$(cd "$(dirname "$cfg")" && pwd)/$(basename "$cfg")"
-cd "$root" || exit 1
+# shellcheck source=tools/bench/common.sh
+. "$root/tools/bench/common.sh"
+absolute_args
+find_pythons  # py (with torch, or empty), jpy
 data="${DATA:-data/prepared/gutenberg}"
 budget="${BUDGET_S:-345}"
 engram_steps="${ENGRAM_STEPS:-4}"
 torch_steps="${TORCH_STEPS:-5}"
 
-bench_train=""
-for c in "$bin/bench/bench_train" "$bin/bench_train"; do
-  [ -x "$c" ] && { bench_train="$c"; break; }
-done
-# shellcheck source=tools/bench/pythons.sh
-. "$root/tools/bench/pythons.sh"  # py (with torch, or empty), jpy
+bench_train="$(find_bench bench_train)"
 
 run_lines="$(mktemp)"
 tmp_out="$(mktemp)"
