@@ -127,7 +127,11 @@ GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig& config,
   blas_ = std::make_unique<Blas>();
 }
 
-GpuEngramLayer::~GpuEngramLayer() = default;
+GpuEngramLayer::~GpuEngramLayer() {
+  if (fork_event_ != nullptr) (void)cudaEventDestroy(static_cast<cudaEvent_t>(fork_event_));
+  if (join_event_ != nullptr) (void)cudaEventDestroy(static_cast<cudaEvent_t>(join_event_));
+  if (side_stream_ != nullptr) (void)cudaStreamDestroy(static_cast<cudaStream_t>(side_stream_));
+}
 
 void GpuEngramLayer::mark(const char* phase) {
   if (!profiling_) return;
@@ -214,7 +218,7 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
                                   const int64_t* d_head_offsets, A* d_out) {
   const nn::EngramLayerConfig& c = config_;
   const int64_t tokens = batch * seq, H = c.heads(), D = c.row_width(), dm = c.mem_dim();
-  const int64_t d = c.hidden_size, M = c.hc_mult, kvr = c.kv_rows();
+  const int64_t kvr = c.kv_rows();
   if (batch < 0 || seq < 0) {
     throw InputError(error_message("GpuEngramLayer::forward",
                                    "batch " + std::to_string(batch) + " and seq " +
@@ -242,7 +246,6 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
   reserve<A>(tokens);
   A* e = as<A>(e_);
   A* kv = as<A>(kv_);
-  A* vt = as<A>(vt_);
   mark("");
   detail::launch_table_rows(rows_.data(), slots_.data(), d_hash_ids, d_head_offsets, tokens, H);
   gather_rows(e, table, d_hash_ids, d_head_offsets, tokens, H);
@@ -253,14 +256,15 @@ void GpuEngramLayer::forward_impl(const A* d_hidden, const int32_t* d_hash_ids, 
   blas_->gemm(false, true, tokens, kvr, dm, 1.0f, {e, kA, dm}, {w, kA, dm}, 0.0f, {kv, kA, kvr},
               options_.math);
   mark("fwd: projection GEMM");
-  detail::launch_gate_forward<A>(gate_args<A>(kv, d_hidden, vt, tokens));
+  // Without the short conv the gate writes Vt, the layer's output, into d_out; with it the
+  // gate keeps only per-row statistics and the conv recomputes Vt from v.
+  detail::launch_gate_forward<A>(
+      gate_args<A>(kv, d_hidden, c.short_conv ? nullptr : d_out, nullptr, tokens));
   mark(c.short_conv ? "fwd: gate + conv norm" : "fwd: gate");
   if (c.short_conv) {
     detail::launch_conv_forward<A>(conv_args<A>(), d_out);
-  } else {
-    detail::launch_copy<A>(d_out, vt, tokens * M * d);
+    mark("fwd: short conv");
   }
-  mark("fwd: short conv");
 }
 
 void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_ids, int64_t rows,
@@ -313,7 +317,8 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
     throw;
   }
   blas_->set_stream(nullptr);
-  detail::launch_gate_forward<float>(gate_args<float>(kv, d_hidden, vt, rows), stream);
+  detail::launch_gate_forward<float>(gate_args<float>(kv, d_hidden, vt, c.short_conv ? as<float>(xn_) : nullptr, rows),
+      stream);
   if (!c.short_conv) {
     detail::launch_copy<float>(d_out, vt, rows * M * d, stream);
     return;
@@ -355,25 +360,25 @@ std::vector<const void*> GpuEngramLayer::step_addresses() const {
 
 void GpuEngramLayer::reserve_step(int64_t rows) {
   reserve<float>(rows);
+  if (rows <= 0) return;
+  // A step stores Vt and the conv input xn (the ring keeps xn).
+  ensure_as<float>(vt_, rows * config_.hc_mult * config_.hidden_size);
+  if (config_.short_conv) ensure_as<float>(xn_, rows * config_.hc_mult * config_.hidden_size);
 }
 
 template <class A>
 void GpuEngramLayer::reserve(int64_t tokens) {
   const nn::EngramLayerConfig& c = config_;
-  const int64_t M = c.hc_mult, d = c.hidden_size;
+  const int64_t M = c.hc_mult;
   if (tokens <= 0) return;
   ensure_as<A>(e_, tokens * c.mem_dim());
   ensure_as<A>(kv_, tokens * c.kv_rows());
   for (auto* b : {&key_rstd_, &query_rstd_, &score_, &alpha_}) ensure(*b, tokens * M);
-  ensure_as<A>(vt_, tokens * M * d);
-  if (c.short_conv) {
-    ensure_as<A>(xn_, tokens * M * d);
-    ensure(conv_rstd_, tokens * M);
-  }
+  if (c.short_conv) ensure(conv_rstd_, tokens * M);
 }
 
 template <class A>
-detail::GateArgs<A> GpuEngramLayer::gate_args(const A* kv, const A* hidden, A* vt,
+detail::GateArgs<A> GpuEngramLayer::gate_args(const A* kv, const A* hidden, A* vt, A* xn,
                                               int64_t tokens) {
   const nn::EngramLayerConfig& c = config_;
   detail::GateArgs<A> gate{kv, c.bias ? kv_bias_.data() : nullptr, hidden,
@@ -382,7 +387,7 @@ detail::GateArgs<A> GpuEngramLayer::gate_args(const A* kv, const A* hidden, A* v
                            c.hc_mult, c.hidden_size, std::numeric_limits<float>::epsilon()};
   if (c.short_conv) {
     gate.conv_norm_w = conv_norm_.data();
-    gate.xn = as<A>(xn_);
+    gate.xn = xn;
     gate.conv_rstd = conv_rstd_.data();
     gate.conv_eps = static_cast<float>(c.conv_norm_eps);
   }
@@ -398,13 +403,13 @@ detail::ConvArgs<A> GpuEngramLayer::conv_args() {
           c.hidden_size,
           c.kernel_size,
           c.max_ngram_size,
-          as<A>(vt_),
-          conv_weight_.data(),
+          as<A>(kv_),
+          c.kv_rows(),
+          c.bias ? kv_bias_.data() : nullptr,
+          alpha_.data(),
           conv_weight_t_.data(),
           conv_norm_.data(),
-          as<A>(xn_),
-          conv_rstd_.data(),
-          static_cast<float>(c.conv_norm_eps)};
+          conv_rstd_.data()};
 }
 
 template <class A>
@@ -426,28 +431,49 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
                                    "gradients are not sized for this layer's config"));
   }
   constexpr DType kA = dtype_of<A>();
-  const int64_t conv_cols = M * d * std::max<int64_t>(c.kernel_size, 1);
+  const int64_t conv_cols = M * d * (c.kernel_size + 1);  // the taps' and the norm's
   ensure(partial_, std::max({detail::kColChunks * std::max(kvr, conv_cols),
                              detail::kMaxConvChunks * conv_cols, int64_t{1}}));
-  // dVt = d_out + the short conv's input gradient (d_out itself without the conv).
-  const A* dvt = d_dout;
+  // The sparse table gradient's plan (sort the (token, head) rows, find the distinct ones) needs
+  // only the row ids: it runs on a side stream while the conv and gate backward run.
+  const int64_t n = tokens * H;
+  ensure(rows_sorted_, n);
+  ensure(slots_sorted_, n);
+  ensure(counts_, n);
+  ensure(starts_, n);
+  ensure(num_runs_, 1);
+  ensure(grads.table_rows, n);
+  ensure(grads.table_values, n * D);
+  const int end_bit = static_cast<int>(table_end_bit_);
+  ensure(temp_, static_cast<int64_t>(detail::sparse_rows_temp_bytes(n, end_bit)));
+  A* de = ensure_as<A>(de_, tokens * dm);
+  const detail::SparseRowsArgs<A> sparse{
+      rows_.data(),         slots_.data(),        de,
+      n,                    D,                    end_bit,
+      rows_sorted_.data(),  slots_sorted_.data(), counts_.data(),
+      starts_.data(),       num_runs_.data(),     temp_.data(),
+      temp_.size(),         grads.table_rows.data(), grads.table_values.data()};
+  A* dxn = c.short_conv ? ensure_as<A>(dxn_, n_out) : nullptr;
+  A* dkv = ensure_as<A>(dkv_, tokens * kvr);
+  ensure(ds_, tokens * M);
+  fork_side_stream();
+  detail::launch_sparse_rows_plan<A>(sparse, side_stream_);
+  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(join_event_),
+                                    static_cast<cudaStream_t>(side_stream_)));
+  // The short conv's input gradient dxn; the gate backward adds the norm's backward of it to
+  // d_out (the residual's part) to get d Vt.
   if (c.short_conv) {
-    A* dvt_buf = ensure_as<A>(dvt_, n_out);
-    A* du = ensure_as<A>(du_, n_out);
-    A* dxn = ensure_as<A>(dxn_, n_out);
     const detail::PhaseHook hook{
         [](void* self, const char* phase) { static_cast<GpuEngramLayer*>(self)->mark(phase); },
         this};
-    detail::launch_conv_backward<A>(conv_args<A>(), d_dout, dvt_buf, grads.conv_weight.data(),
-                                    grads.conv_norm.data(), du, dxn, partial_.data(), hook);
-    dvt = dvt_buf;
+    detail::launch_conv_backward<A>(conv_args<A>(), d_dout, dxn, grads.conv_weight.data(),
+                                    grads.conv_norm.data(), partial_.data(), hook);
   }
-  if (c.short_conv) mark("bwd: conv norm weight grad");
   // Gates: dkv, d_hidden, norm weight gradients.
-  A* dkv = ensure_as<A>(dkv_, tokens * kvr);
-  ensure(ds_, tokens * M);
   const A* kv = as<A>(kv_);
-  detail::launch_gate_backward<A>({dvt, kv, c.bias ? kv_bias_.data() : nullptr, d_hidden,
+  detail::launch_gate_backward<A>({d_dout, dxn, c.short_conv ? conv_norm_.data() : nullptr,
+                                   c.short_conv ? conv_rstd_.data() : nullptr, kv,
+                                   c.bias ? kv_bias_.data() : nullptr, d_hidden,
                                    key_norm_.data(), query_norm_.data(), key_rstd_.data(),
                                    query_rstd_.data(), score_.data(), alpha_.data(), dkv,
                                    d_dhidden, ds_.data(), grads.key_norm.data(),
@@ -461,30 +487,32 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
   if (c.bias) detail::launch_bias_grad<A>(grads.kv_bias.data(), dkv, tokens, kvr, partial_.data());
   mark("bwd: bias grad");
   // de (tokens, dm) = dkv (tokens, kvr) W (kvr, dm).
-  A* de = ensure_as<A>(de_, tokens * dm);
   const void* w = kA == DType::kBF16 ? static_cast<const void*>(kv_weight_bf16_.data())
                                      : static_cast<const void*>(kv_weight_.data());
   blas_->gemm(false, false, tokens, dm, kvr, 1.0f, {dkv, kA, kvr}, {w, kA, dm}, 0.0f,
               {de, kA, dm}, options_.math);
   mark("bwd: de GEMM");
-  // Sparse table gradient.
-  const int64_t n = tokens * H;
-  ensure(rows_sorted_, n);
-  ensure(slots_sorted_, n);
-  ensure(counts_, n);
-  ensure(starts_, n);
-  ensure(num_runs_, 1);
-  ensure(grads.table_rows, n);
-  ensure(grads.table_values, n * D);
-  const int end_bit = static_cast<int>(table_end_bit_);
-  const size_t temp_bytes = detail::sparse_rows_temp_bytes(n, end_bit);
-  ensure(temp_, static_cast<int64_t>(temp_bytes));
-  grads.table_unique = detail::launch_sparse_rows_sum<A>(
-      {rows_.data(), slots_.data(), de, n, D, end_bit, rows_sorted_.data(), slots_sorted_.data(),
-       counts_.data(), starts_.data(), num_runs_.data(), temp_.data(), temp_.size(),
-       grads.table_rows.data(), grads.table_values.data()},
-      nullptr);
+  // The sparse table gradient: each distinct row's slot gradients summed (after the plan).
+  ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(nullptr, static_cast<cudaEvent_t>(join_event_), 0));
+  detail::launch_sparse_rows_values<A>(sparse, nullptr);
   mark("bwd: sparse table grad");
+  grads.table_unique = detail::read_sparse_rows_count(num_runs_.data(), nullptr);
+}
+
+void GpuEngramLayer::fork_side_stream() {
+  if (side_stream_ == nullptr) {
+    cudaStream_t s = nullptr;
+    ENGRAM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    side_stream_ = s;
+    cudaEvent_t e = nullptr;
+    ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    fork_event_ = e;
+    ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    join_event_ = e;
+  }
+  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(fork_event_), nullptr));
+  ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(side_stream_),
+                                        static_cast<cudaEvent_t>(fork_event_), 0));
 }
 
 }  // namespace engram::cuda

@@ -210,23 +210,6 @@ __global__ void norm_grad_finish(const float* partial, int64_t cols, const float
   d_query_w[col] += key_w[col] * s;
 }
 
-// Columns c .. c+V-1 lie in one branch (V divides d).
-template <class A>
-struct ConvNormTerm {
-  const A *dxn, *x;
-  const float* rstd;
-  int64_t M, d;
-  template <int V>
-  __device__ void get(int64_t bt, int64_t c, float (&o)[V]) const {
-    float g[V], xx[V];
-    ldv<V>(dxn + bt * M * d + c, g);
-    ldv<V>(x + bt * M * d + c, xx);
-    const float r = rstd[bt * M + c / d];
-#pragma unroll
-    for (int e = 0; e < V; ++e) o[e] = g[e] * xx[e] * r;
-  }
-};
-
 // ---- kernels ----------------------------------------------------------------------------------
 
 __global__ void table_rows_kernel(int64_t* rows, int32_t* slots, const int32_t* ids,
@@ -279,7 +262,8 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
     a.score[i] = score;
     a.alpha[i] = alpha;
   }
-  A* vt = a.vt + i * d;
+  A* vt = a.vt != nullptr ? a.vt + i * d : nullptr;
+  if (vt == nullptr && a.conv_norm_w == nullptr) return;
   float ss[1] = {0.0f};
   for (int64_t j = lane * V; j < d; j += 32 * V) {
     float vv[V], b[V];
@@ -290,23 +274,26 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
       vv[e] = alpha * (vv[e] + b[e]);
       ss[0] += vv[e] * vv[e];
     }
-    stv<V>(vt + j, vv);
+    if (vt != nullptr) stv<V>(vt + j, vv);
   }
   if (a.conv_norm_w == nullptr) return;
   // The short conv's RMSNorm of this vt row (of the values as stored: bf16-rounded for bf16).
   if constexpr (!std::is_same_v<A, float>) {
-    __syncwarp();
-    ss[0] = 0.0f;
-    for (int64_t j = lane * V; j < d; j += 32 * V) {
-      float vv[V];
-      ldv<V>(vt + j, vv);
+    if (vt != nullptr) {
+      __syncwarp();
+      ss[0] = 0.0f;
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
+        float vv[V];
+        ldv<V>(vt + j, vv);
 #pragma unroll
-      for (int e = 0; e < V; ++e) ss[0] += vv[e] * vv[e];
+        for (int e = 0; e < V; ++e) ss[0] += vv[e] * vv[e];
+      }
     }
   }
   warp_sum<1>(ss);
   const float r = 1.0f / sqrtf(ss[0] / static_cast<float>(d) + a.conv_eps);
   if (lane == 0) a.conv_rstd[i] = r;
+  if (a.xn == nullptr) return;
   const float* w = a.conv_norm_w + m * d;
   A* xn = a.xn + i * d;
   __syncwarp();
@@ -320,593 +307,460 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
   }
 }
 
-// One block per token with one warp per branch (blockDim = 32 * M): warp m computes branch m's
-// key and query gradients; then the block sums the value row's gradient over the branches.
+// One block per kGateTokens consecutive tokens with one warp per branch (blockDim = 32 * M):
+// warp m computes branch m's d Vt rows (GateBwdArgs: d out, plus the conv norm's backward with
+// the short conv) and from them the key and query gradients; then the block sums each value row's
+// gradient over the branches. d Vt is never stored: the warps recompute it from its parts. A
+// warp takes its block's tokens together, so that each parameter (norm weights, biases) it reads
+// could serve several (kGateTokens). Measured on the H200 at issue 5's shape (bf16, with the
+// short conv): 1 token a block 0.52 ms with the norm weights' column sum, 2 tokens 0.64 ms, 4
+// tokens 0.78 ms: the kernel is bound by latency, not by the parameters' L2 traffic.
+constexpr int kGateTokens = 1;
+
 template <class A, int V>
 __global__ void gate_backward_kernel(GateBwdArgs<A> a) {
-  const int64_t t = blockIdx.x, d = a.d, M = a.M;
+  constexpr int TB = kGateTokens;
+  __shared__ float branch[TB][3][32];  // per token and branch: alpha, conv rstd, conv norm k
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * TB, d = a.d, M = a.M;
   const int64_t m = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const A* v = a.kv + t * (1 + M) * d;
-  A* dv = a.dkv + t * (1 + M) * d;
+  const int nt = static_cast<int>(a.tokens - t0 < TB ? a.tokens - t0 : TB);  // tokens here
+  const bool conv = a.dxn != nullptr;
   const float inv_sqrt_d = 1.0f / sqrtf(static_cast<float>(d));
-  {
-    const int64_t i = t * M + m;
-    const A* g = a.dvt + i * d;
-    const A* k = v + (1 + m) * d;
-    const A* q = a.hidden + i * d;
-    const float* wk = a.key_w + m * d;
-    const float* wq = a.query_w + m * d;
-    const float* bk = a.bias != nullptr ? a.bias + (1 + m) * d : nullptr;
-    const float rk = a.key_rstd[i], rq = a.query_rstd[i], alpha = a.alpha[i], s = a.score[i];
-    // dalpha, sum nq*wk*k, sum nk*wq*q
-    float r[3] = {0.0f, 0.0f, 0.0f};
-    for (int64_t j = lane * V; j < d; j += 32 * V) {
-      float gg[V], vv[V], bv[V], kk[V], bb[V], qq[V], wkk[V], wqq[V];
-      ldv<V>(g + j, gg);
+  const float* wk = a.key_w + m * d;
+  const float* wq = a.query_w + m * d;
+  const float* bk = a.bias != nullptr ? a.bias + (1 + m) * d : nullptr;
+  const float* wn = conv ? a.conv_norm_w + m * d : nullptr;
+  // Per token (row i = t*M + m): r[0] = sum dvt vb, r[1] = sum nq wk k, r[2] = sum nk wq q; with
+  // the conv, r[3] = sum conv_norm_w dxn vb and r[4] = sum vb^2 (vb = v + bias; vt = alpha vb).
+  float r[TB][5];
+  float rk[TB], rq[TB];
+#pragma unroll
+  for (int b = 0; b < TB; ++b) {
+#pragma unroll
+    for (int x = 0; x < 5; ++x) r[b][x] = 0.0f;
+    const int64_t i = (t0 + (b < nt ? b : 0)) * M + m;
+    rk[b] = a.key_rstd[i];
+    rq[b] = a.query_rstd[i];
+  }
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
+    float bv[V], bb[V], wkk[V], wqq[V], wnn[V];
+    ldb<V>(a.bias, j, bv);
+    ldb<V>(bk, j, bb);
+    ldw<V>(wk + j, wkk);
+    ldw<V>(wq + j, wqq);
+    if (conv) ldw<V>(wn + j, wnn);
+#pragma unroll
+    for (int b = 0; b < TB; ++b) {
+      if (b >= nt) break;
+      const int64_t t = t0 + b, i = t * M + m;
+      const A* v = a.kv + t * (1 + M) * d;
+      float gg[V], vv[V], kk[V], qq[V];
+      ldv<V>(a.dvt + i * d + j, gg);
       ldv<V>(v + j, vv);
-      ldb<V>(a.bias, j, bv);
-      ldv<V>(k + j, kk);
-      ldb<V>(bk, j, bb);
-      ldv<V>(q + j, qq);
-      ldw<V>(wk + j, wkk);
-      ldw<V>(wq + j, wqq);
+      ldv<V>(v + (1 + m) * d + j, kk);
+      ldv<V>(a.hidden + i * d + j, qq);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
-        const float kb = kk[e] + bb[e];
-        const float nq = qq[e] * rq * wqq[e], nk = kb * rk * wkk[e];
-        r[0] += gg[e] * (vv[e] + bv[e]);
-        r[1] += nq * wkk[e] * kb;
-        r[2] += nk * wqq[e] * qq[e];
+        const float kb = kk[e] + bb[e], vb = vv[e] + bv[e];
+        const float nq = qq[e] * rq[b] * wqq[e], nk = kb * rk[b] * wkk[e];
+        r[b][0] += gg[e] * vb;
+        r[b][1] += nq * wkk[e] * kb;
+        r[b][2] += nk * wqq[e] * qq[e];
+      }
+      if (conv) {
+        float gxx[V];
+        ldv<V>(a.dxn + i * d + j, gxx);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float vb = vv[e] + bv[e];
+          r[b][3] += wnn[e] * gxx[e] * vb;
+          r[b][4] += vb * vb;
+        }
       }
     }
-    warp_sum<3>(r);
+  }
+  float ds[TB], ck[TB], cq[TB];
+#pragma unroll
+  for (int b = 0; b < TB; ++b) {
+    warp_sum<5>(r[b]);
+    const int64_t i = (t0 + (b < nt ? b : 0)) * M + m;
+    const float alpha = a.alpha[i], s = a.score[i];
+    // d alpha = sum_j dVt vb = r0 + rc r3 - kc alpha r4, kc = rc^3 / d * alpha * r3.
+    float dalpha = r[b][0], rc = 0.0f, kc = 0.0f;
+    if (conv) {
+      rc = a.conv_rstd[i];
+      kc = rc * rc * rc / static_cast<float>(d) * alpha * r[b][3];
+      dalpha += rc * r[b][3] - kc * alpha * r[b][4];
+    }
+    if (lane == 0) {
+      branch[b][0][m] = alpha;
+      branch[b][1][m] = rc;
+      branch[b][2][m] = kc;
+    }
     const float as = fabsf(s);
     const float ssg = (s != 0.0f && as >= 1e-6f) ? 0.5f / sqrtf(as) : 0.0f;
-    const float ds = r[0] * alpha * (1.0f - alpha) * ssg * inv_sqrt_d;
-    const float ck = ds * r[1] * rk * rk * rk / static_cast<float>(d);
-    const float cq = ds * r[2] * rq * rq * rq / static_cast<float>(d);
-    A* dk = dv + (1 + m) * d;
-    A* dq = a.d_hidden + i * d;
-    for (int64_t j = lane * V; j < d; j += 32 * V) {
-      float kk[V], bb[V], qq[V], wkk[V], wqq[V], dqq[V], dkk[V];
+    ds[b] = dalpha * alpha * (1.0f - alpha) * ssg * inv_sqrt_d;
+    ck[b] = ds[b] * r[b][1] * rk[b] * rk[b] * rk[b] / static_cast<float>(d);
+    cq[b] = ds[b] * r[b][2] * rq[b] * rq[b] * rq[b] / static_cast<float>(d);
+    if (lane == 0 && b < nt) a.ds[i] = ds[b];
+  }
+  for (int64_t j = lane * V; j < d; j += 32 * V) {
+    float bb[V], wkk[V], wqq[V];
+    ldb<V>(bk, j, bb);
+    ldw<V>(wk + j, wkk);
+    ldw<V>(wq + j, wqq);
+#pragma unroll
+    for (int b = 0; b < TB; ++b) {
+      if (b >= nt) break;
+      const int64_t t = t0 + b, i = t * M + m;
+      const A* k = a.kv + t * (1 + M) * d + (1 + m) * d;
+      A* dk = a.dkv + t * (1 + M) * d + (1 + m) * d;
+      A* dq = a.d_hidden + i * d;
+      float kk[V], qq[V], dqq[V], dkk[V];
       ldv<V>(k + j, kk);
-      ldb<V>(bk, j, bb);
-      ldv<V>(q + j, qq);
-      ldw<V>(wk + j, wkk);
-      ldw<V>(wq + j, wqq);
+      ldv<V>(a.hidden + i * d + j, qq);
       ldv<V>(dq + j, dqq);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         const float kb = kk[e] + bb[e];
-        const float nq = qq[e] * rq * wqq[e], nk = kb * rk * wkk[e];
-        dkk[e] = rk * wkk[e] * (ds * nq) - kb * ck;
-        dqq[e] += rq * wqq[e] * (ds * nk) - qq[e] * cq;
+        const float nq = qq[e] * rq[b] * wqq[e], nk = kb * rk[b] * wkk[e];
+        dkk[e] = rk[b] * wkk[e] * (ds[b] * nq) - kb * ck[b];
+        dqq[e] += rq[b] * wqq[e] * (ds[b] * nk) - qq[e] * cq[b];
       }
       stv<V>(dk + j, dkk);
       stv<V>(dq + j, dqq);
     }
-    if (lane == 0) a.ds[i] = ds;
   }
-  // The value row's gradient: sum over branches, in branch order.
+  __syncthreads();
+  // The value rows' gradients: sum over branches of alpha * d Vt, in branch order.
   for (int64_t j = threadIdx.x * V; j < d; j += blockDim.x * V) {
-    float acc[V];
+    float bv[V];
+    ldb<V>(a.bias, j, bv);
 #pragma unroll
-    for (int e = 0; e < V; ++e) acc[e] = 0.0f;
-    for (int64_t mm = 0; mm < M; ++mm) {
-      const float alpha = a.alpha[t * M + mm];
-      float gg[V];
-      ldv<V>(a.dvt + (t * M + mm) * d + j, gg);
+    for (int b = 0; b < TB; ++b) {
+      if (b >= nt) break;
+      const int64_t t = t0 + b;
+      float acc[V], vv[V];
 #pragma unroll
-      for (int e = 0; e < V; ++e) acc[e] += alpha * gg[e];
+      for (int e = 0; e < V; ++e) acc[e] = 0.0f;
+      if (conv) ldv<V>(a.kv + t * (1 + M) * d + j, vv);
+      for (int64_t mm = 0; mm < M; ++mm) {
+        const float alpha = branch[b][0][mm];
+        float gg[V];
+        ldv<V>(a.dvt + (t * M + mm) * d + j, gg);
+        if (conv) {
+          const float rc = branch[b][1][mm], kc = branch[b][2][mm];
+          float gxx[V], wnn[V];
+          ldv<V>(a.dxn + (t * M + mm) * d + j, gxx);
+          ldw<V>(a.conv_norm_w + mm * d + j, wnn);
+#pragma unroll
+          for (int e = 0; e < V; ++e) gg[e] += rc * wnn[e] * gxx[e] - alpha * (vv[e] + bv[e]) * kc;
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[e] += alpha * gg[e];
+      }
+      stv<V>(a.dkv + t * (1 + M) * d + j, acc);
     }
-    stv<V>(dv + j, acc);
   }
 }
 
 // ---- the short conv ---------------------------------------------------------------------------
 //
-// Layout: channels c < C = M*d; tokens bt = b*T + t; the taps are conv_wt (kernel, C).
+// Layout: channels c < C = M*d; tokens bt = b*T + t; the taps are conv_wt (kernel, C). The conv
+// input xn = y * norm_w with y = vt * rstd, and the residual vt, are recomputed from v, alpha and
+// rstd (ConvArgs) wherever they are read.
 //
-// Two sets of kernels. The shared-memory tile kernels (below, "on shared-memory tiles") run
-// when C % 4 == 0 and the conv's reach dilation * (kernel - 1) is at most kMaxTileHalo tokens:
-// every real Engram config. The chunk kernels here take any shape: a 2-D grid (conv_geometry)
-// whose x covers the channels, V per thread (V = 4 when C % 4 == 0), kConvThreads per block,
-// and whose y splits the tokens into chunks of `per` consecutive tokens that a thread walks
-// kChunkU tokens at a time; the rows a tap reads behind a token were read a few tokens earlier
-// by the same thread (L1/L2 hits).
+// Walks. The conv is causal and dilated: u[t] = sum_j w_j xn[t - dil (K-1-j)] reads only the
+// positions of t's residue mod dil. A thread owns V channels (4 when d % 4 == 0, so that they lie
+// in one branch) and walks one residue of one chunk of one sequence, L positions dil apart,
+// keeping the last KT values of y in registers (a ring shifted each step; KT = 4 or 8 >= K, the
+// slots older than the kernel's reach have weight 0): every input is loaded once per walk, plus
+// the K-1 before it. The backward walk keeps the last KT du values as well, runs KT-1 positions
+// past its chunk and emits dxn[s] = sum_j w_j du[s + dil (K-1-j)] once du[s + dil (KT-1)] is
+// known, when s is the ring's oldest slot (so the norm weight's gradient, sum dxn * y, is summed
+// there too). Block (32, kWalksY): 32 channel
+// groups x kWalksY walks. No position limits. kExact: K == KT known at compile time (the
+// default kernel of 4 taps), which lets the compiler share the registers of the three tap
+// orders below.
 //
-// Chunk backward, two passes over the tokens:
-//   conv_du_wgrad_kernel   du = dy SiLU'(u) (u recomputed from xn), and the conv weight
-//                          gradient's per-chunk partial sums, dW[c, j] += du[bt, c] xn[bt-back_j, c];
-//   conv_dxn_norm_kernel   dxn = the transposed conv of du (one warp per (token, branch) row),
-//                          then the RMSNorm backward of that row: dx = dy + rstd w dxn - x k.
-// The norm weight's gradient is a column sum over dxn afterwards.
-//
-// Measured on the H200 at issue 5's shape (bf16, 16,384 tokens, C = 4096), forward: tiles
-// 0.16 ms; chunks of 8 tokens one token a step 0.24 ms, 2 or 4 tokens a step (chunks of 4 to
-// 128) 0.40-0.48 ms. Backward through the norm: tiles 0.35-0.39 + 0.18 ms, chunks 0.84 ms.
+// Measured on the H200 at issue 5's shape: docs/benchmarks.md ("The Engram layer with recomputed
+// Vt and conv walks"): the walk length, walks a block and one position at a time were chosen there.
 constexpr int kMaxTaps = static_cast<int>(kMaxConvKernel);
-constexpr int kConvThreads = 128;
+constexpr int kWalkLen = 64;  // positions a walk computes (L)
+constexpr int kWalksY = 8;    // walks per block (blockDim.y)
 
-// The values an activation of type A stores for v (what a later kernel would read back).
-template <class A>
-__device__ __forceinline__ float as_stored(float v) {
-  if constexpr (std::is_same_v<A, float>) {
-    return v;
-  } else {
-    return __bfloat162float(__float2bfloat16_rn(v));
-  }
-}
-
-struct ConvGeometry {
-  dim3 grid;
-  int64_t per;  // tokens per y chunk
-};
-// `chunks` token chunks (clamped to [1, min(tokens, 65535)]); every chunk but the last holds
-// `per` tokens.
-ConvGeometry conv_geometry(int64_t tokens, int64_t C, int V, int64_t chunks) {
-  chunks = std::max<int64_t>(1, std::min<int64_t>({chunks, tokens, 65535}));
-  const int64_t per = (tokens + chunks - 1) / chunks;
-  chunks = (tokens + per - 1) / per;
-  return {dim3(static_cast<unsigned>((C / V + kConvThreads - 1) / kConvThreads),
-               static_cast<unsigned>(chunks)),
-          per};
-}
-
-// The chunk kernels' geometry (the measured best of the variants above).
-constexpr int64_t kFwdChunkTokens = 8;  // tokens per y chunk of the forward
-constexpr int64_t kDuChunks = 64;       // y chunks of conv_du_wgrad_kernel (<= kMaxConvChunks)
-constexpr int kChunkU = 1;              // tokens a thread loads before computing
-
-// w[j][e] = conv_wt[j, c + e] for j < kernel, else 0.
-template <int V, int KT = kMaxTaps>
-__device__ __forceinline__ void load_taps(const float* conv_wt, int64_t C, int64_t c,
-                                          int64_t kernel, float (&w)[KT][V]) {
-#pragma unroll
-  for (int j = 0; j < KT; ++j) {
-    if (j < kernel) {
-      ldw<V>(conv_wt + j * C + c, w[j]);
-    } else {
-#pragma unroll
-      for (int e = 0; e < V; ++e) w[j][e] = 0.0f;
-    }
-  }
-}
-
-// u[e] = sum_j w[j][e] xn[bt - back_j, c + e] (causal within the sequence; t = bt's position).
-template <class A, int V>
-__device__ __forceinline__ void conv_at(const ConvArgs<A>& a, const float (&w)[kMaxTaps][V],
-                                        int64_t bt, int64_t t, int64_t C, int64_t c,
-                                        float (&u)[V]) {
-#pragma unroll
-  for (int e = 0; e < V; ++e) u[e] = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kMaxTaps; ++j) {
-    if (j >= a.kernel) break;
-    const int64_t back = a.dilation * (a.kernel - 1 - j);
-    if (t - back < 0) continue;
-    float xn[V];
-    ldv<V>(a.xn + (bt - back) * C + c, xn);
-#pragma unroll
-    for (int e = 0; e < V; ++e) u[e] += w[j][e] * xn[e];
-  }
-}
-
-// u = conv(xn) (causal, dilated), out = x + SiLU(u).
-template <class A, int V, int U>
-__global__ void __launch_bounds__(kConvThreads) conv_fwd_kernel(ConvArgs<A> a, A* out,
-                                                                int64_t per) {
-  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x) * V;
-  if (c >= C) return;
-  float w[kMaxTaps][V];
-  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * per;
-  const int64_t r1 = r0 + per < tokens ? r0 + per : tokens;
-  int64_t t = r0 % a.seq;
-  for (int64_t bt = r0; bt < r1; bt += U) {
-    float u[U][V], x[U][V];
-#pragma unroll
-    for (int k = 0; k < U; ++k) {
-      if (bt + k < r1) {
-        conv_at<A, V>(a, w, bt + k, t, C, c, u[k]);
-        ldv<V>(a.x + (bt + k) * C + c, x[k]);
-      }
-      if (++t == a.seq) t = 0;
-    }
-#pragma unroll
-    for (int k = 0; k < U; ++k) {
-      if (bt + k >= r1) break;
-#pragma unroll
-      for (int e = 0; e < V; ++e) x[k][e] += u[k][e] * sigmoidf_(u[k][e]);
-      stv<V>(out + (bt + k) * C + c, x[k]);
-    }
-  }
-}
-
-// du = dy * SiLU'(u), u = conv(xn) recomputed as the forward computed it, and chunk blockIdx.y's
-// partial sums of the conv weight gradient, partial[chunk, j, c] = sum_bt du[bt, c] xn[bt -
-// back_j, c] (du as stored).
-template <class A, int V, int U>
-__global__ void __launch_bounds__(kConvThreads) conv_du_wgrad_kernel(ConvArgs<A> a, const A* dy,
-                                                                     A* du, float* partial,
-                                                                     int64_t per) {
-  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
-  const int64_t c = (static_cast<int64_t>(blockIdx.x) * kConvThreads + threadIdx.x) * V;
-  if (c >= C) return;
-  float w[kMaxTaps][V], acc[kMaxTaps][V];
-  load_taps<V>(a.conv_wt, C, c, a.kernel, w);
-#pragma unroll
-  for (int j = 0; j < kMaxTaps; ++j)
-#pragma unroll
-    for (int e = 0; e < V; ++e) acc[j][e] = 0.0f;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * per;
-  const int64_t r1 = r0 + per < tokens ? r0 + per : tokens;
-  int64_t t = r0 % a.seq;
-  for (int64_t bt = r0; bt < r1; bt += U) {
-    float u[U][V], g[U][V];
-    int64_t tk[U];
-#pragma unroll
-    for (int k = 0; k < U; ++k) {
-      tk[k] = t;
-      if (bt + k < r1) {
-        conv_at<A, V>(a, w, bt + k, t, C, c, u[k]);
-        ldv<V>(dy + (bt + k) * C + c, g[k]);
-      }
-      if (++t == a.seq) t = 0;
-    }
-#pragma unroll
-    for (int k = 0; k < U; ++k) {
-      if (bt + k >= r1) break;
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        const float sg = sigmoidf_(u[k][e]);
-        g[k][e] = as_stored<A>(g[k][e] * sg * (1.0f + u[k][e] * (1.0f - sg)));
-      }
-      stv<V>(du + (bt + k) * C + c, g[k]);
-#pragma unroll
-      for (int j = 0; j < kMaxTaps; ++j) {
-        if (j >= a.kernel) break;
-        const int64_t back = a.dilation * (a.kernel - 1 - j);
-        if (tk[k] < back) continue;
-        float xn[V];
-        ldv<V>(a.xn + (bt + k - back) * C + c, xn);
-#pragma unroll
-        for (int e = 0; e < V; ++e) acc[j][e] += g[k][e] * xn[e];
-      }
-    }
-  }
-  float* p = partial + static_cast<int64_t>(blockIdx.y) * a.kernel * C;
-#pragma unroll
-  for (int j = 0; j < kMaxTaps; ++j) {
-    if (j >= a.kernel) break;
-    stv<V>(p + j * C + c, acc[j]);
-  }
-}
-
-// d_conv_w[c, j] += sum over chunks (in order) of partial[chunk, j, c].
-__global__ void conv_wgrad_finish(const float* partial, int64_t chunks, int64_t C, int64_t K,
-                                  float* out) {
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (o >= C * K) return;
-  const int64_t c = o / K, j = o - c * K;
-  float s = 0.0f;
-  for (int64_t ch = 0; ch < chunks; ++ch) s += partial[(ch * K + j) * C + c];
-  out[o] += s;
-}
-
-// One warp per (token, branch) row i = bt*M + m:
-//   dxn[bt, c] = sum_j w[c, j] du[bt + back_j, c]   (the transpose of the causal conv; stored)
-//   dx = dy + rstd * norm_w * dxn - x * k,  k = rstd^3 / d * sum_c dxn norm_w x.
-template <class A, int V>
-__global__ void __launch_bounds__(kThreads) conv_dxn_norm_kernel(ConvArgs<A> a, const A* du,
-                                                                 const A* dy, A* dxn, A* dx) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (i >= a.batch * a.seq * a.M) return;
-  const int64_t d = a.d, C = a.M * d, bt = i / a.M, m = i - bt * a.M, t = bt % a.seq;
-  const int64_t row = bt * C + m * d;  // this row's offset in (tokens, C)
-  const float* nw = a.norm_w + m * d;
-  const float r = a.rstd[i];
-  float s[1] = {0.0f};
-  for (int64_t j = lane * V; j < d; j += 32 * V) {
-    float acc[V];
-#pragma unroll
-    for (int e = 0; e < V; ++e) acc[e] = 0.0f;
-#pragma unroll
-    for (int jj = kMaxTaps - 1; jj >= 0; --jj) {
-      if (jj >= a.kernel) continue;
-      const int64_t back = a.dilation * (a.kernel - 1 - jj);
-      if (t + back >= a.seq) continue;
-      float wv[V], g[V];
-      ldw<V>(a.conv_wt + jj * C + m * d + j, wv);
-      ldv<V>(du + row + back * C + j, g);
-#pragma unroll
-      for (int e = 0; e < V; ++e) acc[e] += wv[e] * g[e];
-    }
-#pragma unroll
-    for (int e = 0; e < V; ++e) acc[e] = as_stored<A>(acc[e]);
-    stv<V>(dxn + row + j, acc);
-    float ww[V], xx[V];
-    ldw<V>(nw + j, ww);
-    ldv<V>(a.x + row + j, xx);
-#pragma unroll
-    for (int e = 0; e < V; ++e) s[0] += acc[e] * ww[e] * xx[e];
-  }
-  warp_sum<1>(s);
-  const float k = s[0] * r * r * r / static_cast<float>(d);
-  for (int64_t j = lane * V; j < d; j += 32 * V) {
-    float gg[V], ww[V], xx[V], oo[V];
-    ldv<V>(dxn + row + j, gg);  // this lane's own stores above
-    ldw<V>(nw + j, ww);
-    ldv<V>(a.x + row + j, xx);
-    ldv<V>(dy + row + j, oo);
-#pragma unroll
-    for (int e = 0; e < V; ++e) oo[e] += r * ww[e] * gg[e] - xx[e] * k;
-    stv<V>(dx + row + j, oo);
-  }
-}
-
-// dx = dy + RMSNorm backward (the residual's gradient plus the norm's); one warp per
-// (token, branch) row.
-template <class A, int V>
-__global__ void __launch_bounds__(kThreads) conv_norm_backward_kernel(ConvArgs<A> a, const A* dxn,
-                                                                      const A* dy, A* dx) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (i >= a.batch * a.seq * a.M) return;
-  const int64_t m = i % a.M, d = a.d;
-  const A* x = a.x + i * d;
-  const A* g = dxn + i * d;
-  const float* w = a.norm_w + m * d;
-  const float r = a.rstd[i];
-  float s[1] = {0.0f};
-  for (int64_t j = lane * V; j < d; j += 32 * V) {
-    float gg[V], ww[V], xx[V];
-    ldv<V>(g + j, gg);
-    ldw<V>(w + j, ww);
-    ldv<V>(x + j, xx);
-#pragma unroll
-    for (int e = 0; e < V; ++e) s[0] += gg[e] * ww[e] * xx[e];
-  }
-  warp_sum<1>(s);
-  const float k = s[0] * r * r * r / static_cast<float>(d);
-  A* o = dx + i * d;
-  const A* base = dy + i * d;
-  for (int64_t j = lane * V; j < d; j += 32 * V) {
-    float gg[V], ww[V], xx[V], oo[V];
-    ldv<V>(g + j, gg);
-    ldw<V>(w + j, ww);
-    ldv<V>(x + j, xx);
-    ldv<V>(base + j, oo);
-#pragma unroll
-    for (int e = 0; e < V; ++e) oo[e] += r * ww[e] * gg[e] - xx[e] * k;
-    stv<V>(o + j, oo);
-  }
-}
-
-// ---- the short conv on shared-memory tiles (C % 4 == 0, halo <= kMaxTileHalo) ----------------
-//
-// A block of (32, 8) threads owns kTileC = 128 channels (4 a thread) and walks tiles of
-// consecutive tokens (tile blockIdx.y, then + gridDim.y, ...). It first copies the tile's xn rows
-// and the `halo` = dilation * (kernel - 1) rows before them into shared memory (every load of
-// the tile in flight at once), then computes from shared memory; the rows a tap reads behind a
-// token are never fetched twice from global memory. Tokens of the previous sequence in the halo
-// are masked by position (t >= back), as in conv_at.
-constexpr int kTileC = 128;
-constexpr int kTileRowsY = 8;
-constexpr int kFwdTile = 64;
-constexpr int kBwdTile = 32;
-constexpr int64_t kMaxTileHalo = 32;
-
-// The tile kernels apply: 4-channel rows and a halo that fits their shared memory.
-bool tile_path(int64_t C, int64_t halo) { return C % 4 == 0 && halo <= kMaxTileHalo; }
-
-size_t fwd_tile_smem(int64_t halo) {
-  return static_cast<size_t>(kFwdTile + halo) * kTileC * sizeof(float);
-}
-size_t bwd_tile_smem(int64_t halo) {
-  return static_cast<size_t>((kBwdTile + 2 * halo) + (kBwdTile + halo)) * kTileC * sizeof(float);
-}
-
-// rows [first, first + n) of src (tokens, C), channels c .. c+3, into s (n, kTileC) at column
-// 4 * threadIdx.x; rows outside [0, tokens) (or a dead column) are zeros.
-template <class A>
-__device__ __forceinline__ void tile_load(const A* src, int64_t first, int n, int64_t tokens,
-                                          int64_t C, int64_t c, bool live, float* s) {
-#pragma unroll 4
-  for (int r = threadIdx.y; r < n; r += kTileRowsY) {
-    const int64_t bt = first + r;
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (live && bt >= 0 && bt < tokens) ldv<4>(src + bt * C + c, v);
-    *reinterpret_cast<float4*>(s + r * kTileC + 4 * threadIdx.x) = make_float4(v[0], v[1], v[2], v[3]);
-  }
-}
-
-__device__ __forceinline__ void tile_row(const float* s, int r, float (&v)[4]) {
-  const float4 x = *reinterpret_cast<const float4*>(s + r * kTileC + 4 * threadIdx.x);
-  v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
-}
-
-// The taps' reach behind a token, back[j] = dilation * (kernel - 1 - j), for j < kernel (KT
-// entries; those past the kernel are never read). int: the reach is at most kMaxTileHalo.
-template <int KT>
-__device__ __forceinline__ void tap_backs(const int64_t kernel, const int64_t dilation,
-                                          int (&back)[KT]) {
-#pragma unroll
-  for (int j = 0; j < KT; ++j) back[j] = static_cast<int>(dilation * (kernel - 1 - j));
-}
-
-// Position in its sequence of token b0 + r, given t0 = b0 % seq (r >= 0): no 64-bit division
-// per token.
-__device__ __forceinline__ int position(int t0, int r, int seq) {
-  int t = t0 + r;
-  while (t >= seq) t -= seq;
-  return t;
-}
-
-// SiLU's sigmoid with the fast exponential and division (about 2 ulp; the tile kernels are
-// bound by instruction issue, not memory).
+// SiLU's sigmoid with the fast exponential and division (about 2 ulp).
 __device__ __forceinline__ float fast_sigmoid(float v) {
   return __fdividef(1.0f, 1.0f + __expf(-v));
 }
 
-// u = sum_j w[j] xs[row - back[j]] over the taps whose reach stays in the sequence (t >= back[j]);
-// row: the token's row in the tile xs, t: its position in its sequence.
-template <int KT>
-__device__ __forceinline__ void tile_conv(const float* xs, int row, int t, int K,
-                                          const int (&back)[KT], const float (&w)[KT][4],
-                                          float (&u)[4]) {
+// The walks of a batch: walk w is (b, chunk, residue) = (w / (chunks * dil), w / dil % chunks,
+// w % dil); its positions are chunk * dil * L + residue + dil * k, k < L, below seq.
+struct Walks {
+  int64_t count, chunks;
+};
+Walks walks_of(int64_t batch, int64_t seq, int64_t dilation) {
+  const int64_t span = dilation * kWalkLen;
+  const int64_t chunks = (seq + span - 1) / span;
+  return {batch * chunks * dilation, chunks};
+}
+
+// What a walk loads at one position: v (before the bias), alpha and rstd.
+template <int V>
+struct WalkIn {
+  float v[V];
+  float alpha, r;
+};
+
+// A thread's channels c .. c+V-1 of branch m, column j = c - m*d of the value row, and the
+// parameters it reads at every position.
+template <class A, int V, int KT, bool kExact>
+struct WalkChannels {
+  int64_t c, m, j;
+  int K;
+  bool live;
+  float bias[V], norm_w[V];
+  float wp[KT][V];  // wp[i] = tap i - (KT - K), 0 before it: the weight of ring slot i
+  float wr[KT][V];  // wr[q] = tap K-1-q, 0 past the kernel: the taps reversed
+
+  __device__ WalkChannels(const ConvArgs<A>& a) {
+    const int64_t C = a.M * a.d;
+    const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * V;
+    live = c0 < C;
+    c = live ? c0 : 0;
+    m = c / a.d;
+    j = c - m * a.d;
+    K = kExact ? KT : static_cast<int>(a.kernel);
+    ldb<V>(a.v_bias, j, bias);
+    ldw<V>(a.norm_w + c, norm_w);
 #pragma unroll
-  for (int e = 0; e < 4; ++e) u[e] = 0.0f;
+    for (int i = 0; i < KT; ++i) {
+      if (i >= KT - K) {
+        ldw<V>(a.conv_wt + (i - (KT - K)) * C + c, wp[i]);
+      } else {
 #pragma unroll
-  for (int j = 0; j < KT; ++j) {
-    if (j >= K) break;
-    if (t < back[j]) continue;
-    float v[4];
-    tile_row(xs, row - back[j], v);
+        for (int e = 0; e < V; ++e) wp[i][e] = 0.0f;
+      }
+      if (i < K) {
+        ldw<V>(a.conv_wt + (K - 1 - i) * C + c, wr[i]);
+      } else {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) u[e] += w[j][e] * v[e];
+        for (int e = 0; e < V; ++e) wr[i][e] = 0.0f;
+      }
+    }
+  }
+
+  __device__ __forceinline__ void fetch(const ConvArgs<A>& a, int64_t bt, WalkIn<V>& in) const {
+    ldv<V>(a.v + bt * a.v_stride + j, in.v);
+    in.alpha = a.alpha[bt * a.M + m];
+    in.r = a.rstd[bt * a.M + m];
+  }
+  // vt = alpha (v + bias) and y = vt * rstd (xn = y * norm_w).
+  __device__ __forceinline__ void values(const WalkIn<V>& in, float (&vt)[V], float (&y)[V]) const {
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      vt[e] = in.alpha * (in.v[e] + bias[e]);
+      y[e] = vt[e] * in.r;
+    }
+  }
+  // u = norm_w * sum over ring slots of wp * y (the taps in j order).
+  __device__ __forceinline__ void conv(const float (&y)[KT][V], float (&u)[V]) const {
+#pragma unroll
+    for (int e = 0; e < V; ++e) u[e] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < KT; ++i)
+#pragma unroll
+      for (int e = 0; e < V; ++e) u[e] += wp[i][e] * y[i][e];
+#pragma unroll
+    for (int e = 0; e < V; ++e) u[e] *= norm_w[e];
+  }
+};
+
+// Shifts the ring one slot older and puts `in` in the newest slot (KT - 1).
+template <int KT, int V>
+__device__ __forceinline__ void ring_push(float (&x)[KT][V], const float (&in)[V]) {
+#pragma unroll
+  for (int i = 0; i + 1 < KT; ++i)
+#pragma unroll
+    for (int e = 0; e < V; ++e) x[i][e] = x[i + 1][e];
+#pragma unroll
+  for (int e = 0; e < V; ++e) x[KT - 1][e] = in[e];
+}
+
+// The ring before a walk's first position t (whose push then shifts it one slot older): slot
+// KT-i holds y at t - dil*i for 1 <= i < K (zero before the sequence), the rest zero.
+template <class A, int V, int KT, bool kExact>
+__device__ __forceinline__ void ring_fill(const ConvArgs<A>& a,
+                                          const WalkChannels<A, V, KT, kExact>& ch, int64_t row0,
+                                          int t, float (&y)[KT][V]) {
+  const int dil = static_cast<int>(a.dilation);
+#pragma unroll
+  for (int i = 0; i < KT; ++i)
+#pragma unroll
+    for (int e = 0; e < V; ++e) y[i][e] = 0.0f;
+#pragma unroll
+  for (int i = 1; i < KT; ++i) {
+    if (i >= ch.K || t - dil * i < 0) break;
+    WalkIn<V> in;
+    float vt[V];
+    ch.fetch(a, row0 + t - dil * i, in);
+    ch.values(in, vt, y[KT - i]);
   }
 }
 
-// out = x + SiLU(conv(xn)), kFwdTile tokens a tile.
-template <class A, int KT>
-__global__ void __launch_bounds__(256) conv_fwd_tile_kernel(ConvArgs<A> a, A* out, int64_t halo) {
-  extern __shared__ float xs[];  // (kFwdTile + halo, kTileC): xn rows b0 - halo ..
-  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileC + 4 * threadIdx.x;
-  const bool live = c < C;
-  float w[KT][4];
-  load_taps<4, KT>(a.conv_wt, C, live ? c : 0, a.kernel, w);
-  int back[KT];
-  tap_backs<KT>(a.kernel, a.dilation, back);
-  const int h = static_cast<int>(halo), K = static_cast<int>(a.kernel);
-  const int seq = static_cast<int>(a.seq);
-  for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kFwdTile; b0 < tokens;
-       b0 += static_cast<int64_t>(gridDim.y) * kFwdTile) {
-    tile_load<A>(a.xn, b0 - h, kFwdTile + h, tokens, C, c, live, xs);
-    const int t0 = static_cast<int>(b0 % a.seq);
-    __syncthreads();
-#pragma unroll 4
-    for (int r = threadIdx.y; r < kFwdTile; r += kTileRowsY) {
-      const int64_t bt = b0 + r;
-      if (!live || bt >= tokens) continue;
-      const int t = position(t0, r, seq);
-      float u[4], x[4];
-      tile_conv<KT>(xs, r + h, t, K, back, w, u);
-      ldv<4>(a.x + bt * C + c, x);
+// out = vt + SiLU(conv(xn)).
+template <class A, int V, int KT, bool kExact>
+__global__ void __launch_bounds__(32 * kWalksY) conv_fwd_walk_kernel(ConvArgs<A> a, A* out,
+                                                                     Walks walks) {
+  const WalkChannels<A, V, KT, kExact> ch(a);
+  if (!ch.live) return;
+  const int64_t C = a.M * a.d;
+  const int dil = static_cast<int>(a.dilation), seq = static_cast<int>(a.seq);
+  for (int64_t w = static_cast<int64_t>(blockIdx.y) * kWalksY + threadIdx.y; w < walks.count;
+       w += static_cast<int64_t>(gridDim.y) * kWalksY) {
+    const int64_t b = w / (walks.chunks * dil), chunk = w / dil % walks.chunks;
+    const int64_t row0 = b * a.seq;  // the sequence's first token
+    int t = static_cast<int>(chunk * dil * kWalkLen + w % dil);
+    float y[KT][V];
+    ring_fill<A, V, KT, kExact>(a, ch, row0, t, y);
+    for (int k = 0; k < kWalkLen && t < seq; ++k, t += dil) {
+      WalkIn<V> in;
+      float vt[V], yy[V], uu[V];
+      ch.fetch(a, row0 + t, in);
+      ch.values(in, vt, yy);
+      ring_push<KT, V>(y, yy);
+      ch.conv(y, uu);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] += u[e] * fast_sigmoid(u[e]);
-      stv<4>(out + bt * C + c, x);
+      for (int e = 0; e < V; ++e) vt[e] += uu[e] * fast_sigmoid(uu[e]);
+      stv<V>(out + (row0 + t) * C + ch.c, vt);
+    }
+  }
+}
+
+// du = dy SiLU'(u) (u recomputed), dxn = the transposed conv of du (stored), and this block's
+// partial sums of the weight gradients: partial[blockIdx.y, j, c] for tap j < K = norm_w[c] *
+// sum of du[t, c] y[t - dil (K-1-j), c], and partial[blockIdx.y, K, c] = sum of dxn[t, c] y[t, c]
+// (the norm weight's), each over the block's walks' positions (each walk's in position order,
+// then the walks in threadIdx.y order, then the block's successive walks).
+template <class A, int V, int KT, bool kExact>
+__global__ void __launch_bounds__(32 * kWalksY) conv_bwd_walk_kernel(ConvArgs<A> a, const A* dy,
+                                                                     A* dxn, float* partial,
+                                                                     Walks walks) {
+  __shared__ float red[kWalksY][32 * V];
+  const WalkChannels<A, V, KT, kExact> ch(a);
+  const int64_t C = a.M * a.d;
+  const int dil = static_cast<int>(a.dilation), seq = static_cast<int>(a.seq);
+  const int K = ch.K, steps = kWalkLen + KT - 1;
+  float acc[KT][V];  // by ring slot: slot i is tap i - (KT - K)
+  float accn[V];     // the norm weight's
+#pragma unroll
+  for (int e = 0; e < V; ++e) accn[e] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < KT; ++i)
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[i][e] = 0.0f;
+  for (int64_t w = static_cast<int64_t>(blockIdx.y) * kWalksY + threadIdx.y;
+       ch.live && w < walks.count; w += static_cast<int64_t>(gridDim.y) * kWalksY) {
+    const int64_t b = w / (walks.chunks * dil), chunk = w / dil % walks.chunks;
+    const int64_t row0 = b * a.seq;
+    const int first = static_cast<int>(chunk * dil * kWalkLen + w % dil);
+    float y[KT][V], du[KT][V];  // du slot q: du at s + dil q, s = t - dil (KT-1)
+    ring_fill<A, V, KT, kExact>(a, ch, row0, first, y);
+#pragma unroll
+    for (int i = 0; i < KT; ++i)
+#pragma unroll
+      for (int e = 0; e < V; ++e) du[i][e] = 0.0f;
+    int t = first;
+    for (int k = 0; k < steps; ++k, t += dil) {
+      const int s = t - dil * (KT - 1);  // the position whose dxn this step completes
+      if (s >= seq) break;
+      float yy[V] = {}, gg[V] = {};
+      if (t < seq) {
+        WalkIn<V> in;
+        float vt[V], uu[V];
+        ch.fetch(a, row0 + t, in);
+        ldv<V>(dy + (row0 + t) * C + ch.c, gg);
+        ch.values(in, vt, yy);
+        ring_push<KT, V>(y, yy);
+        ch.conv(y, uu);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float sg = fast_sigmoid(uu[e]);
+          gg[e] *= sg * (1.0f + uu[e] * (1.0f - sg));
+        }
+        if (k < kWalkLen) {
+#pragma unroll
+          for (int i = 0; i < KT; ++i)
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[i][e] += gg[e] * y[i][e];
+        }
+      } else {
+        ring_push<KT, V>(y, yy);
+      }
+      ring_push<KT, V>(du, gg);
+      if (s >= first) {
+        // dxn[s] = sum_q wr[q] du-slot[q] (the taps j = K-1-q in descending order); y slot 0 is
+        // y at s.
+        float o[V] = {};
+#pragma unroll
+        for (int q = 0; q < KT; ++q)
+#pragma unroll
+          for (int e = 0; e < V; ++e) o[e] += ch.wr[q][e] * du[q][e];
+        stv<V>(dxn + (row0 + s) * C + ch.c, o);
+#pragma unroll
+        for (int e = 0; e < V; ++e) accn[e] += o[e] * y[0][e];
+      }
+    }
+  }
+  // partial[blockIdx.y, j, c]: the kWalksY walk threads' sums in threadIdx.y order, one tap (then
+  // the norm weight) at a time.
+  float* p = partial + static_cast<int64_t>(blockIdx.y) * (K + 1) * C + ch.c;
+#pragma unroll
+  for (int i = 0; i <= KT; ++i) {
+    if (i < KT - K) continue;
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+      red[threadIdx.y][threadIdx.x * V + e] = i < KT ? acc[i][e] * ch.norm_w[e] : accn[e];
+    __syncthreads();
+    if (threadIdx.y == 0 && ch.live) {
+      float sum[V] = {};
+      for (int yy = 0; yy < kWalksY; ++yy)
+#pragma unroll
+        for (int e = 0; e < V; ++e) sum[e] += red[yy][threadIdx.x * V + e];
+      stv<V>(p + static_cast<int64_t>(i - (KT - K)) * C, sum);
     }
     __syncthreads();
   }
 }
 
-// One pass of the conv backward over kBwdTile-token tiles: du = dy SiLU'(u) (u recomputed; du
-// as stored in A, kept in shared memory only, computed also for the `halo` rows after the tile),
-// dxn[bt] = sum_j w_j du[bt + back_j] (the transposed conv; stored), and this block's partial
-// sums of the weight gradient, partial[blockIdx.y, j, c] = sum over its tiles' tokens of
-// du[bt, c] xn[bt - back_j, c] (summed over threadIdx.y in order).
-template <class A, int KT>
-__global__ void __launch_bounds__(256) conv_bwd_tile_kernel(ConvArgs<A> a, const A* dy, A* dxn,
-                                                            float* partial, int64_t halo) {
-  extern __shared__ float sm[];
-  const int h = static_cast<int>(halo);
-  float* xs = sm;                                 // (kBwdTile + 2h, kTileC): xn rows b0 - h ..
-  float* ds = sm + (kBwdTile + 2 * h) * kTileC;   // (kBwdTile + h, kTileC): du rows b0 ..
-  const int64_t C = a.M * a.d, tokens = a.batch * a.seq;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileC + 4 * threadIdx.x;
-  const bool live = c < C;
-  float w[KT][4], acc[KT][4];
-  load_taps<4, KT>(a.conv_wt, C, live ? c : 0, a.kernel, w);
-  int back[KT];
-  tap_backs<KT>(a.kernel, a.dilation, back);
-  const int K = static_cast<int>(a.kernel), seq = static_cast<int>(a.seq);
-#pragma unroll
-  for (int j = 0; j < KT; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
-  for (int64_t b0 = static_cast<int64_t>(blockIdx.y) * kBwdTile; b0 < tokens;
-       b0 += static_cast<int64_t>(gridDim.y) * kBwdTile) {
-    tile_load<A>(a.xn, b0 - h, kBwdTile + 2 * h, tokens, C, c, live, xs);
-    const int t0 = static_cast<int>(b0 % a.seq);
-    __syncthreads();
-    // du for rows b0 .. b0 + kBwdTile + h (the halo after the tile: for dxn only).
-#pragma unroll 2
-    for (int r = threadIdx.y; r < kBwdTile + h; r += kTileRowsY) {
-      const int64_t bt = b0 + r;
-      float g[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      if (live && bt < tokens) {
-        const int t = position(t0, r, seq);
-        float u[4];
-        tile_conv<KT>(xs, r + h, t, K, back, w, u);
-        ldv<4>(dy + bt * C + c, g);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float sg = fast_sigmoid(u[e]);
-          g[e] = as_stored<A>(g[e] * sg * (1.0f + u[e] * (1.0f - sg)));
-        }
-        if (r < kBwdTile) {
-#pragma unroll
-          for (int j = 0; j < KT; ++j) {
-            if (j >= K) break;
-            if (t < back[j]) continue;
-            float v[4];
-            tile_row(xs, r + h - back[j], v);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][e] += g[e] * v[e];
-          }
-        }
-      }
-      *reinterpret_cast<float4*>(ds + r * kTileC + 4 * threadIdx.x) =
-          make_float4(g[0], g[1], g[2], g[3]);
-    }
-    __syncthreads();
-#pragma unroll 4
-    for (int r = threadIdx.y; r < kBwdTile; r += kTileRowsY) {
-      const int64_t bt = b0 + r;
-      if (!live || bt >= tokens) continue;
-      const int t = position(t0, r, seq);
-      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int j = KT - 1; j >= 0; --j) {
-        if (j >= K) continue;
-        if (t + back[j] >= seq) continue;
-        float v[4];
-        tile_row(ds, r + back[j], v);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[e] += w[j][e] * v[e];
-      }
-      stv<4>(dxn + bt * C + c, s);
-    }
-    __syncthreads();
-  }
-  // partial[blockIdx.y, j, c]: the 8 row threads' sums in threadIdx.y order, one tap at a time.
-  float* red = sm;  // (kTileRowsY, kTileC)
-  for (int j = 0; j < a.kernel; ++j) {
-    *reinterpret_cast<float4*>(red + threadIdx.y * kTileC + 4 * threadIdx.x) =
-        make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
-    __syncthreads();
-    if (threadIdx.y == 0 && live) {
-      float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int y = 0; y < kTileRowsY; ++y) {
-        float v[4];
-        tile_row(red, y, v);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[e] += v[e];
-      }
-      stv<4>(partial + (static_cast<int64_t>(blockIdx.y) * a.kernel + j) * C + c, s);
-    }
-    __syncthreads();
+// d_conv_w[c, j] += sum over chunks (in order) of partial[chunk, j, c] for j < K, and
+// d_norm_w[c] += that of partial[chunk, K, c].
+__global__ void conv_wgrad_finish(const float* partial, int64_t chunks, int64_t C, int64_t K,
+                                  float* d_conv_w, float* d_norm_w) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= C * (K + 1)) return;
+  const int64_t c = o / (K + 1), j = o - c * (K + 1);
+  float s = 0.0f;
+  for (int64_t ch = 0; ch < chunks; ++ch) s += partial[(ch * (K + 1) + j) * C + c];
+  if (j < K) {
+    d_conv_w[c * K + j] += s;
+  } else {
+    d_norm_w[c] += s;
   }
 }
 
 // Row kernels run 4 values per thread when every row start is 16-byte (float) or 8-byte (bf16)
 // aligned: d % 4 == 0 with cudaMalloc'd (256-byte aligned) bases.
 bool vec4(int64_t d) { return d % 4 == 0; }
+
+// The walk kernels' grid: x covers the channels (32 groups of V a block), y the walks (kWalksY a
+// block), at most max_y blocks (blocks then take further walks, gridDim.y apart).
+dim3 walk_grid(int64_t C, int V, const Walks& w, int64_t max_y) {
+  return dim3(static_cast<unsigned>((C / V + 31) / 32),
+              static_cast<unsigned>(std::max<int64_t>(
+                  1, std::min<int64_t>((w.count + kWalksY - 1) / kWalksY, max_y))));
+}
 
 }  // namespace
 
@@ -933,7 +787,7 @@ void launch_gate_forward(const GateArgs<A>& a, void* stream) {
 template <class A>
 void launch_gate_backward(const GateBwdArgs<A>& a) {
   if (a.tokens == 0) return;
-  const auto blocks = static_cast<unsigned>(a.tokens);
+  const auto blocks = static_cast<unsigned>((a.tokens + kGateTokens - 1) / kGateTokens);
   const auto threads = static_cast<unsigned>(32 * a.M);  // M <= 32, checked by the caller
   if (vec4(a.d)) {
     gate_backward_kernel<A, 4><<<blocks, threads>>>(a);
@@ -956,99 +810,73 @@ void launch_gate_backward(const GateBwdArgs<A>& a) {
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
+// Runs F<V, KT, kExact> for the conv's shape: V = 4 when d % 4 == 0, KT = 4 or 8, kExact when
+// the kernel has exactly KT taps.
+template <class F>
+void dispatch_walk(int64_t d, int64_t kernel, const F& f) {
+  const bool v4 = vec4(d);
+  if (kernel == 4) {
+    v4 ? f.template operator()<4, 4, true>() : f.template operator()<1, 4, true>();
+  } else if (kernel < 4) {
+    v4 ? f.template operator()<4, 4, false>() : f.template operator()<1, 4, false>();
+  } else if (kernel == kMaxTaps) {
+    v4 ? f.template operator()<4, kMaxTaps, true>() : f.template operator()<1, kMaxTaps, true>();
+  } else {
+    v4 ? f.template operator()<4, kMaxTaps, false>() : f.template operator()<1, kMaxTaps, false>();
+  }
+}
+
+template <class A>
+struct FwdWalkLaunch {
+  const ConvArgs<A>& a;
+  A* out;
+  Walks w;
+  template <int V, int KT, bool kExact>
+  void operator()() const {
+    conv_fwd_walk_kernel<A, V, KT, kExact>
+        <<<walk_grid(a.M * a.d, V, w, 65535), dim3(32, kWalksY)>>>(a, out, w);
+  }
+};
+
+template <class A>
+struct BwdWalkLaunch {
+  const ConvArgs<A>& a;
+  const A* dy;
+  A* dxn;
+  float* partial;
+  Walks w;
+  unsigned* chunks;
+  template <int V, int KT, bool kExact>
+  void operator()() const {
+    const dim3 grid = walk_grid(a.M * a.d, V, w, kMaxConvChunks);
+    *chunks = grid.y;
+    conv_bwd_walk_kernel<A, V, KT, kExact><<<grid, dim3(32, kWalksY)>>>(a, dy, dxn, partial, w);
+  }
+};
+
 template <class A>
 void launch_conv_forward(const ConvArgs<A>& a, A* out) {
-  const int64_t tokens = a.batch * a.seq, C = a.M * a.d;
-  if (tokens * C == 0) return;
-  const int64_t halo = a.dilation * (a.kernel - 1);
-  if (tile_path(C, halo)) {
-    const dim3 grid(static_cast<unsigned>((C + kTileC - 1) / kTileC),
-                    static_cast<unsigned>(std::min<int64_t>((tokens + kFwdTile - 1) / kFwdTile, 65535)));
-    if (a.kernel <= 4) {
-      conv_fwd_tile_kernel<A, 4><<<grid, dim3(32, kTileRowsY), fwd_tile_smem(halo)>>>(a, out, halo);
-    } else {
-      conv_fwd_tile_kernel<A, kMaxTaps><<<grid, dim3(32, kTileRowsY), fwd_tile_smem(halo)>>>(a, out,
-                                                                                         halo);
-    }
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  const int64_t chunks = (tokens + kFwdChunkTokens - 1) / kFwdChunkTokens;
-  if (C % 4 == 0) {
-    const ConvGeometry g = conv_geometry(tokens, C, 4, chunks);
-    conv_fwd_kernel<A, 4, kChunkU><<<g.grid, kConvThreads>>>(a, out, g.per);
-  } else {
-    const ConvGeometry g = conv_geometry(tokens, C, 1, chunks);
-    conv_fwd_kernel<A, 1, kChunkU><<<g.grid, kConvThreads>>>(a, out, g.per);
-  }
+  if (a.batch * a.seq * a.M * a.d == 0) return;
+  dispatch_walk(a.d, a.kernel, FwdWalkLaunch<A>{a, out, walks_of(a.batch, a.seq, a.dilation)});
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class A>
-void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_conv_w,
-                          float* d_norm_w, A* du, A* dxn, float* partial, PhaseHook hook) {
+void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dxn, float* d_conv_w,
+                          float* d_norm_w, float* partial, PhaseHook hook) {
   const auto phase = [&](const char* name) {
     if (hook.fn != nullptr) hook.fn(hook.ctx, name);
   };
   const int64_t tokens = a.batch * a.seq, C = a.M * a.d, K = a.kernel;
   if (tokens * C == 0) return;
-  const int64_t halo = a.dilation * (a.kernel - 1);
-  if (tile_path(C, halo)) {
-    // More than the default 48 KiB of dynamic shared memory: opted in at every launch, since
-    // the attribute belongs to the current device (cheap next to the kernel).
-    const int smem_limit = static_cast<int>(bwd_tile_smem(kMaxTileHalo));
-    ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, 4>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit));
-    ENGRAM_CUDA_CHECK(cudaFuncSetAttribute(conv_bwd_tile_kernel<A, kMaxTaps>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit));
-    const int64_t tiles = (tokens + kBwdTile - 1) / kBwdTile;
-    const auto chunks = static_cast<unsigned>(std::min<int64_t>(tiles, kMaxConvChunks));
-    const dim3 grid(static_cast<unsigned>((C + kTileC - 1) / kTileC), chunks);
-    if (a.kernel <= 4) {
-      conv_bwd_tile_kernel<A, 4><<<grid, dim3(32, kTileRowsY), bwd_tile_smem(halo)>>>(
-          a, dy, dxn, partial, halo);
-    } else {
-      conv_bwd_tile_kernel<A, kMaxTaps><<<grid, dim3(32, kTileRowsY), bwd_tile_smem(halo)>>>(
-          a, dy, dxn, partial, halo);
-    }
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-    conv_wgrad_finish<<<blocks_for(C * K), kThreads>>>(partial, chunks, C, K, d_conv_w);
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-    phase("bwd: conv du, dxn, weight grad");
-    const auto row_blocks = static_cast<unsigned>((tokens * a.M + kWarps - 1) / kWarps);
-    if (vec4(a.d)) {
-      conv_norm_backward_kernel<A, 4><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
-    } else {
-      conv_norm_backward_kernel<A, 1><<<row_blocks, kThreads>>>(a, dxn, dy, dx);
-    }
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
-    phase("bwd: conv norm backward");
-    column_sum(ConvNormTerm<A>{dxn, a.x, a.rstd, a.M, a.d}, tokens, C, partial, d_norm_w,
-               vec4(a.d));
-    return;
-  }
-  static_assert(kDuChunks <= kMaxConvChunks);
-  const int V = C % 4 == 0 ? 4 : 1;
-  const ConvGeometry g = conv_geometry(tokens, C, V, kDuChunks);
-  if (V == 4) {
-    conv_du_wgrad_kernel<A, 4, kChunkU><<<g.grid, kConvThreads>>>(a, dy, du, partial, g.per);
-  } else {
-    conv_du_wgrad_kernel<A, 1, kChunkU><<<g.grid, kConvThreads>>>(a, dy, du, partial, g.per);
-  }
+  unsigned chunks = 1;
+  dispatch_walk(a.d, a.kernel, BwdWalkLaunch<A>{a, dy, dxn, partial,
+                                                walks_of(a.batch, a.seq, a.dilation), &chunks});
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  conv_wgrad_finish<<<blocks_for(C * K), kThreads>>>(partial, g.grid.y, C, K, d_conv_w);
+  conv_wgrad_finish<<<blocks_for(C * (K + 1)), kThreads>>>(partial, chunks, C, K, d_conv_w,
+                                                           d_norm_w);
   ENGRAM_CUDA_CHECK(cudaGetLastError());
-  phase("bwd: conv du + weight grad");
-  const auto row_blocks = static_cast<unsigned>((tokens * a.M + kWarps - 1) / kWarps);
-  if (vec4(a.d)) {
-    conv_dxn_norm_kernel<A, 4><<<row_blocks, kThreads>>>(a, du, dy, dxn, dx);
-  } else {
-    conv_dxn_norm_kernel<A, 1><<<row_blocks, kThreads>>>(a, du, dy, dxn, dx);
-  }
-  ENGRAM_CUDA_CHECK(cudaGetLastError());
-  phase("bwd: conv dxn + norm backward");
-  column_sum(ConvNormTerm<A>{dxn, a.x, a.rstd, a.M, a.d}, tokens, C, partial, d_norm_w,
-             vec4(a.d));
+  phase("bwd: conv du, dxn, weight grads");
 }
 
 template <class A>
@@ -1119,8 +947,8 @@ void launch_copy(A* out, const A* in, int64_t n, void* stream) {
   template void launch_gate_forward<A>(const GateArgs<A>&, void*);                                 \
   template void launch_gate_backward<A>(const GateBwdArgs<A>&);                                \
   template void launch_conv_forward<A>(const ConvArgs<A>&, A*);                                \
-  template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*, A*, \
-                                        A*, float*, PhaseHook);                                \
+  template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*,      \
+                                        float*, PhaseHook);                                    \
   template void launch_bias_grad<A>(float*, const A*, int64_t, int64_t, float*);               \
   template void launch_copy<A>(A*, const A*, int64_t, void*);                                  \
   template void launch_conv_ring_store<A>(const ConvStepArgs<A>&, void*);                      \

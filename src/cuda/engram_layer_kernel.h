@@ -23,7 +23,7 @@ inline constexpr int kColChunks = 64;
 // The short conv's widest kernel the GPU layer runs (its taps are held in registers).
 inline constexpr int64_t kMaxConvKernel = 8;
 // The most token chunks of the conv backward's weight-gradient partial sums: its scratch needs
-// kMaxConvChunks * C * kernel floats.
+// kMaxConvChunks * C * (kernel + 1) floats.
 inline constexpr int64_t kMaxConvChunks = 256;
 
 // rows[i] = offsets[i % heads] + ids[i], slots[i] = i, for i < tokens*heads.
@@ -41,12 +41,14 @@ struct GateArgs {
   float* query_rstd;     // (tokens, M)
   float* score;          // (tokens, M)
   float* alpha;          // (tokens, M)
-  A* vt;                 // (tokens, M, d)
+  A* vt;                 // (tokens, M, d) or nullptr: Vt = alpha * (v + bias) not stored
   int64_t tokens, M, d;
   float eps;
-  // The short conv's RMSNorm of vt, fused (conv_norm_w == nullptr: not computed).
+  // The short conv's RMSNorm of Vt, fused (conv_norm_w == nullptr: not computed): conv_rstd
+  // always, xn = Vt * conv_rstd * conv_norm_w stored when xn != nullptr (which needs vt). With vt
+  // stored as bf16, the norm is of the stored (rounded) values; otherwise of the float ones.
   const float* conv_norm_w = nullptr;  // (M, d)
-  A* xn = nullptr;                     // (tokens, M, d)
+  A* xn = nullptr;                     // (tokens, M, d) or nullptr
   float* conv_rstd = nullptr;          // (tokens, M)
   float conv_eps = 0.0f;
 };
@@ -55,7 +57,15 @@ void launch_gate_forward(const GateArgs<A>& a, void* stream = nullptr);
 
 template <class A>
 struct GateBwdArgs {
-  const A* dvt;  // (tokens, M, d)
+  // d Vt, the gated value's gradient: without the short conv dvt (tokens, M, d) itself (d out);
+  // with it (dxn != nullptr), dvt (d out, the residual's part) plus the conv norm's backward of
+  // dxn (the conv's input gradient, launch_conv_backward), recomputed per row:
+  //   d Vt = dvt + conv_rstd * conv_norm_w * dxn - vt * k,  k = conv_rstd^3 / d * sum_j dxn
+  //   conv_norm_w vt,  vt = alpha * (v + bias).
+  const A* dvt;
+  const A* dxn;               // (tokens, M, d) or nullptr
+  const float* conv_norm_w;   // (M, d) with dxn
+  const float* conv_rstd;     // (tokens, M) with dxn
   const A* kv;
   const float* bias;  // (kvr) or nullptr
   const A* hidden;
@@ -76,25 +86,30 @@ struct GateBwdArgs {
 template <class A>
 void launch_gate_backward(const GateBwdArgs<A>& a);
 
+// The short conv over a forward's batch. Its input is not stored: every kernel recomputes
+//   vt[bt, m*d + j] = alpha[bt, m] * (v[bt, j] + v_bias[j])      (the gated value, Vt)
+//   xn[bt, m*d + j] = vt * rstd[bt, m] * norm_w[m*d + j]           (its RMSNorm, the conv input)
+// from the projection's value row v (column 0 of kv), the gate's alpha and the norm's rstd (the
+// gate forward's).
 template <class A>
 struct ConvArgs {
   int64_t batch, seq, M, d, kernel, dilation;
-  const A* x;           // (tokens, C): Vt
-  const float* conv_w;  // (C, kernel)
-  const float* conv_wt; // (kernel, C): conv_w transposed, for contiguous loads
-  const float* norm_w;  // (M, d)
-  A* xn;                // (tokens, C)
-  float* rstd;          // (tokens, M)
-  float eps;
+  const A* v;            // (tokens, v_stride): the value row at column 0, before the bias
+  int64_t v_stride;      // (1 + M) * d
+  const float* v_bias;   // (d) or nullptr
+  const float* alpha;    // (tokens, M)
+  const float* conv_wt;  // (kernel, C): the taps, conv_weight (C, kernel) transposed
+  const float* norm_w;   // (M, d)
+  const float* rstd;     // (tokens, M)
 };
-// out = x + SiLU(conv(xn)), xn = RMSNorm(x) as the gate forward saved it (with rstd). The conv
-// output u is not kept: backward recomputes it from xn.
+// out = vt + SiLU(conv(xn)). The conv output u is not kept: backward recomputes it.
 template <class A>
 void launch_conv_forward(const ConvArgs<A>& a, A* out);
 
-// dx = dy + the input gradient through the norm and conv (written, not +=; dx may not alias
-// dy), d_conv_w (+=), d_norm_w (+=) from dy; du, dxn (tokens, C) and partial
-// (max(kColChunks, kMaxConvChunks) * C * kernel floats) are scratch.
+// The conv's backward from dy = d out, up to the conv input: dxn (tokens, C) = d xn (written;
+// the residual's dy and the norm's backward are the gate backward's, launch_gate_backward),
+// d_conv_w (C, kernel) +=, d_norm_w (M, d) += (the norm weight's gradient, sum over tokens of
+// dxn * vt * rstd); partial (kMaxConvChunks * C * (kernel + 1) floats) is scratch.
 // Called between the launches of a multi-kernel step with the name of the part just enqueued
 // (GpuEngramLayer's profiling); fn == nullptr: nothing.
 struct PhaseHook {
@@ -102,8 +117,8 @@ struct PhaseHook {
   void* ctx = nullptr;
 };
 template <class A>
-void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dx, float* d_conv_w,
-                          float* d_norm_w, A* du, A* dxn, float* partial, PhaseHook hook = {});
+void launch_conv_backward(const ConvArgs<A>& a, const A* dy, A* dxn, float* d_conv_w,
+                          float* d_norm_w, float* partial, PhaseHook hook = {});
 
 // d_bias (cols) += column sums of dkv (tokens, cols); partial: kColChunks * cols scratch.
 template <class A>

@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cub/cub.cuh>
 
 #include "cuda/check.h"
@@ -13,23 +14,54 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ float ld(const float* p) { return *p; }
 __device__ __forceinline__ float ld(const bf16* p) {
   return __uint_as_float(static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(p)) << 16);
 }
 
-// out (runs, width): distinct row u = the sum over its slots, in sorted (= slot) order.
-template <class A>
+// V values of a row at p (V = 4: 16-byte float or 8-byte bf16 loads).
+template <int V>
+__device__ __forceinline__ void ldv(const float* p, float (&o)[V]) {
+  if constexpr (V == 4) {
+    const float4 x = *reinterpret_cast<const float4*>(p);
+    o[0] = x.x, o[1] = x.y, o[2] = x.z, o[3] = x.w;
+  } else {
+    o[0] = *p;
+  }
+}
+template <int V>
+__device__ __forceinline__ void ldv(const bf16* p, float (&o)[V]) {
+  if constexpr (V == 4) {
+    const uint2 w = *reinterpret_cast<const uint2*>(p);
+    o[0] = __uint_as_float(w.x << 16), o[1] = __uint_as_float(w.x & 0xffff0000u);
+    o[2] = __uint_as_float(w.y << 16), o[3] = __uint_as_float(w.y & 0xffff0000u);
+  } else {
+    o[0] = ld(p);
+  }
+}
+
+// out (runs, width): distinct row u = the sum over its slots, in sorted (= slot) order; runs is
+// read on the device (*num_runs). A thread sums V columns of one row (V divides width).
+template <class A, int V>
 __global__ void segment_sum_kernel(float* out, const A* values, const int32_t* slots,
-                                   const int32_t* starts, const int32_t* counts, int64_t runs,
-                                   int64_t width) {
-  const int64_t total = runs * width;
+                                   const int32_t* starts, const int32_t* counts,
+                                   const int32_t* num_runs, int64_t width) {
+  const int64_t groups = width / V;
+  const int64_t total = static_cast<int64_t>(*num_runs) * groups;
   for (int64_t i = thread_index(); i < total; i += grid_stride()) {
-    const int64_t u = i / width, col = i - u * width;
+    const int64_t u = i / groups, col = (i - u * groups) * V;
     const int32_t b = starts[u], e = b + counts[u];
-    float s = 0.0f;
-    for (int32_t k = b; k < e; ++k) s += ld(values + static_cast<int64_t>(slots[k]) * width + col);
-    out[i] = s;
+    float s[V] = {};
+    for (int32_t k = b; k < e; ++k) {
+      float v[V];
+      ldv<V>(values + static_cast<int64_t>(slots[k]) * width + col, v);
+#pragma unroll
+      for (int x = 0; x < V; ++x) s[x] += v[x];
+    }
+    if constexpr (V == 4) {
+      *reinterpret_cast<float4*>(out + u * width + col) = make_float4(s[0], s[1], s[2], s[3]);
+    } else {
+      out[i] = s[0];
+    }
   }
 }
 
@@ -50,8 +82,8 @@ size_t sparse_rows_temp_bytes(int64_t n, int end_bit) {
 }
 
 template <class A>
-int64_t launch_sparse_rows_sum(const SparseRowsArgs<A>& a, void* stream) {
-  if (a.n == 0) return 0;
+void launch_sparse_rows_plan(const SparseRowsArgs<A>& a, void* stream) {
+  if (a.n == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const int ni = static_cast<int>(a.n);
   size_t bytes = a.temp_bytes;
@@ -63,20 +95,51 @@ int64_t launch_sparse_rows_sum(const SparseRowsArgs<A>& a, void* stream) {
   ENGRAM_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
       a.temp, bytes, reinterpret_cast<const uint64_t*>(a.rows_sorted),
       reinterpret_cast<uint64_t*>(a.out_rows), a.counts, a.num_runs, ni, s));
-  int32_t runs = 0;
-  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(&runs, a.num_runs, sizeof(runs), cudaMemcpyDeviceToHost, s));
-  ENGRAM_CUDA_CHECK(cudaStreamSynchronize(s));
+  // Over all n counts: the entries past the run count are not read, and a start depends only on
+  // the counts before it.
   bytes = a.temp_bytes;
-  ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(a.temp, bytes, a.counts, a.starts, runs, s));
-  if (runs > 0 && a.width > 0) {
-    segment_sum_kernel<A><<<grid_stride_blocks(int64_t{runs} * a.width, kThreads), kThreads, 0, s>>>(
-        a.out_values, a.values, a.slots_sorted, a.starts, a.counts, runs, a.width);
-    ENGRAM_CUDA_CHECK(cudaGetLastError());
+  ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(a.temp, bytes, a.counts, a.starts, ni, s));
+}
+
+template <class A>
+void launch_sparse_rows_values(const SparseRowsArgs<A>& a, void* stream) {
+  if (a.n == 0 || a.width == 0) return;
+  const auto s = static_cast<cudaStream_t>(stream);
+  // 4 columns a thread when every row starts 16-byte (float) or 8-byte (bf16) aligned.
+  const auto aligned = [](const void* p, size_t to) {
+    return reinterpret_cast<uintptr_t>(p) % to == 0;
+  };
+  if (a.width % 4 == 0 && aligned(a.values, 4 * sizeof(A)) && aligned(a.out_values, 16)) {
+    segment_sum_kernel<A, 4><<<grid_stride_blocks(a.n * a.width / 4, kThreads), kThreads, 0, s>>>(
+        a.out_values, a.values, a.slots_sorted, a.starts, a.counts, a.num_runs, a.width);
+  } else {
+    segment_sum_kernel<A, 1><<<grid_stride_blocks(a.n * a.width, kThreads), kThreads, 0, s>>>(
+        a.out_values, a.values, a.slots_sorted, a.starts, a.counts, a.num_runs, a.width);
   }
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+int64_t read_sparse_rows_count(const int32_t* num_runs, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  int32_t runs = 0;
+  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(&runs, num_runs, sizeof(runs), cudaMemcpyDeviceToHost, s));
+  ENGRAM_CUDA_CHECK(cudaStreamSynchronize(s));
   return runs;
+}
+
+template <class A>
+int64_t launch_sparse_rows_sum(const SparseRowsArgs<A>& a, void* stream) {
+  if (a.n == 0) return 0;
+  launch_sparse_rows_plan(a, stream);
+  launch_sparse_rows_values(a, stream);
+  return read_sparse_rows_count(a.num_runs, stream);
 }
 
 template int64_t launch_sparse_rows_sum<float>(const SparseRowsArgs<float>&, void*);
 template int64_t launch_sparse_rows_sum<bf16>(const SparseRowsArgs<bf16>&, void*);
+template void launch_sparse_rows_plan<float>(const SparseRowsArgs<float>&, void*);
+template void launch_sparse_rows_plan<bf16>(const SparseRowsArgs<bf16>&, void*);
+template void launch_sparse_rows_values<float>(const SparseRowsArgs<float>&, void*);
+template void launch_sparse_rows_values<bf16>(const SparseRowsArgs<bf16>&, void*);
 
 }  // namespace engram::cuda::detail

@@ -36,8 +36,18 @@ struct SparseRowsArgs {
 size_t sparse_rows_temp_bytes(int64_t n, int end_bit);
 
 // Returns the number of distinct rows; waits for `stream` (a cudaStream_t, nullptr = the
-// default stream) to read it back.
+// default stream) to read it back. The three calls below, on one stream.
 template <class A>
 int64_t launch_sparse_rows_sum(const SparseRowsArgs<A>& a, void* stream);
+
+// The parts, enqueued on `stream` without waiting: the plan (sort, run-length encoding into
+// out_rows, counts and num_runs, and the runs' starts) needs only rows and slots, so it can run
+// on another stream before the values exist; the sums then read the run count on the device.
+template <class A>
+void launch_sparse_rows_plan(const SparseRowsArgs<A>& a, void* stream);
+template <class A>
+void launch_sparse_rows_values(const SparseRowsArgs<A>& a, void* stream);
+// The number of distinct rows (waits for `stream`).
+int64_t read_sparse_rows_count(const int32_t* num_runs, void* stream);
 
 }  // namespace engram::cuda::detail

@@ -458,12 +458,18 @@ TEST(EvalCli, EngramTablesFromEngtFiles) {
 namespace engram {
 namespace {
 
-// --device cuda --engram-tables: f32 and fp8 .engt tables decoded into pinned host memory and
-// read by the GPU give the CPU's text with the same files. Skipped without a GPU.
+// --device cuda --engram-tables: .engt tables of every format decoded into pinned host memory
+// and read by the GPU give the CPU's text with the same files. The rows are 32 values wide (the
+// fp8 and int8 formats hold one scale per 32 values). Skipped without a GPU.
 TEST(GenerateCli, CudaDeviceReadsEngtTablesFromHostMemory) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
-  const std::string ckpt = hd64_checkpoint();
-  for (const std::string format : {"f32", "fp8"}) {
+  static const std::string ckpt = [] {
+    std::string toml = kConfig;
+    toml.replace(toml.find("num_kv_heads"), 0, "head_dim = 64\n");
+    toml.replace(toml.find("n_embed_per_ngram = 8"), 21, "n_embed_per_ngram = 64");
+    return write_checkpoint(toml, "checkpoint_hd64_w32.safetensors", 7);
+  }();
+  for (const std::string format : {"f32", "bf16", "fp8", "int8"}) {
     const std::string out = temp_dir() + "/hd64_table_" + format + ".engt";
     const std::string cmd = test::cli_path() + " table convert --in " + ckpt +
                             " --tensor param.layers.1.engram.table --format " + format +

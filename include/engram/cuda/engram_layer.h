@@ -13,16 +13,22 @@
 //                                    rounding (the default)
 //   activations kF32, Math::kTf32    the same with TF32 tensor-core projections
 //   activations kBF16                hidden, out, d_out, d_hidden and every saved per-token tensor
-//                                    (gathered rows, projections, gate and conv intermediates) are
-//                                    bf16; the projections run on bf16 tensor cores against a bf16
-//                                    copy of the float32 weight; per-row statistics, parameters,
-//                                    their gradients and all arithmetic stay float32
+//                                    (gathered rows, projections) and backward intermediate (the
+//                                    conv input's gradient, dkv, de) are bf16; the projections run
+//                                    on bf16 tensor cores against a bf16 copy of the float32
+//                                    weight; per-row statistics, parameters, their gradients and
+//                                    all arithmetic stay float32
 // The norms, gate, short conv and their backwards are kernels; the projection's bias is added
-// inside the gate kernels (forward and backward), not stored, and the short conv's RMSNorm runs
-// inside the gate forward. The conv output u is not stored: backward recomputes it. Limits of
-// the kernels (ConfigError otherwise): kernel_size <= 8 with the short conv, hc_mult <= 32. The table gradient is sparse: the
-// (token, head) row ids are radix-sorted (stably) with their slots and each distinct row's slot
-// gradients summed in slot order; no table-sized buffer exists. Forward keeps what backward
+// inside the gate kernels (forward and backward), not stored. What forward saves per token is
+// the gathered rows e, the projections kv (v, k_0 .. k_{M-1}) and per-row statistics (the norms'
+// rstd, the score, the gate alpha): the gated value Vt = alpha (v + bias), its RMSNorm (the conv
+// input) and the conv output are recomputed wherever they are needed, in float32 (so with bf16
+// activations they are not rounded to bf16). The short conv runs as register walks along each
+// sequence's positions (src/cuda/engram_layer.cu); its backward writes the conv input's gradient
+// and the gate backward folds the conv norm's backward into d Vt without storing it. Limits of
+// the kernels (ConfigError otherwise): kernel_size <= 8 with the short conv, hc_mult <= 32. The
+// table gradient is sparse: the (token, head) row ids are radix-sorted (stably) with their slots
+// and each distinct row's slot gradients summed in slot order; no table-sized buffer exists. Forward keeps what backward
 // needs inside the object (one forward, then its backward; repeated steps reuse the buffers).
 // forward() and backward() run on the default stream; the decoding entry points (forward_step,
 // prefetch_step) on the stream they are given. In a build without CUDA every entry point throws
@@ -162,13 +168,17 @@ class GpuEngramLayer {
   // The short conv's arguments over the saved batch (forward and backward use the same).
   template <class A>
   detail::ConvArgs<A> conv_args();
-  // Grows the per-token buffers of a forward (of either kind) to `tokens` rows of A.
+  // Grows the per-token buffers of a forward (of either kind) to `tokens` rows of A (a step's
+  // Vt and xn: reserve_step).
   template <class A>
   void reserve(int64_t tokens);
   // The gate kernel's arguments over those buffers (the conv norm's too, with the short conv).
   template <class A>
-  detail::GateArgs<A> gate_args(const A* kv, const A* hidden, A* vt, int64_t tokens);
+  detail::GateArgs<A> gate_args(const A* kv, const A* hidden, A* vt, A* xn, int64_t tokens);
   void check_activations(DType want, const char* where) const;
+  // Makes side_stream_ wait for the default stream's work so far (creating it and the events on
+  // first use).
+  void fork_side_stream();
 
   nn::EngramLayerConfig config_;
   GpuEngramOptions options_;
@@ -185,14 +195,20 @@ class GpuEngramLayer {
   const void* prefetched_table_ = nullptr;
   DeviceBuffer<int64_t> rows_;
   DeviceBuffer<int32_t> slots_;
-  DeviceBuffer<uint8_t> e_, kv_, vt_, xn_;
+  DeviceBuffer<uint8_t> e_, kv_;
+  DeviceBuffer<uint8_t> vt_, xn_;  // forward_step's Vt and conv input
   DeviceBuffer<float> key_rstd_, query_rstd_, score_, alpha_, conv_rstd_;
   // Backward's scratch.
-  DeviceBuffer<uint8_t> dvt_, du_, dxn_, dkv_, de_;
+  DeviceBuffer<uint8_t> dxn_, dkv_, de_;
   DeviceBuffer<float> ds_, partial_;
   DeviceBuffer<int64_t> rows_sorted_;
   DeviceBuffer<int32_t> slots_sorted_, counts_, starts_, num_runs_;
   DeviceBuffer<uint8_t> temp_;
+  // backward's side stream (cudaStream_t, non-blocking) and its fork and join events
+  // (cudaEvent_t): the sparse table gradient's plan runs there.
+  void* side_stream_ = nullptr;
+  void* fork_event_ = nullptr;
+  void* join_event_ = nullptr;
   // Profiling.
   bool profiling_ = false;
   PhaseTimer timer_;
