@@ -457,6 +457,15 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
   A* dkv = ensure_as<A>(dkv_, tokens * kvr);
   ensure(ds_, tokens * M);
   fork_side_stream();
+  // If anything below throws before the join, the side stream's work must end before its
+  // buffers can be touched again (the next forward rewrites the rows it sorts).
+  struct JoinOnUnwind {
+    void* stream;
+    bool armed = true;
+    ~JoinOnUnwind() {
+      if (armed) (void)cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+    }
+  } join_on_unwind{side_stream_};
   detail::launch_sparse_rows_plan<A>(sparse, side_stream_);
   ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(join_event_),
                                     static_cast<cudaStream_t>(side_stream_)));
@@ -494,6 +503,7 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
   mark("bwd: de GEMM");
   // The sparse table gradient: each distinct row's slot gradients summed (after the plan).
   ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(nullptr, static_cast<cudaEvent_t>(join_event_), 0));
+  join_on_unwind.armed = false;
   detail::launch_sparse_rows_values<A>(sparse, nullptr);
   mark("bwd: sparse table grad");
   grads.table_unique = detail::read_sparse_rows_count(num_runs_.data(), nullptr);
@@ -501,14 +511,21 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
 
 void GpuEngramLayer::fork_side_stream() {
   if (side_stream_ == nullptr) {
+    // Each handle is kept as soon as it exists (the destructor releases it); the stream, created
+    // last, marks the set complete.
+    if (fork_event_ == nullptr) {
+      cudaEvent_t e = nullptr;
+      ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      fork_event_ = e;
+    }
+    if (join_event_ == nullptr) {
+      cudaEvent_t e = nullptr;
+      ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      join_event_ = e;
+    }
     cudaStream_t s = nullptr;
     ENGRAM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     side_stream_ = s;
-    cudaEvent_t e = nullptr;
-    ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    fork_event_ = e;
-    ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    join_event_ = e;
   }
   ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(fork_event_), nullptr));
   ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(side_stream_),

@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <type_traits>
 
 #include "cuda/check.h"
 #include "cuda/engram_layer_kernel.h"
@@ -277,23 +276,12 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
     if (vt != nullptr) stv<V>(vt + j, vv);
   }
   if (a.conv_norm_w == nullptr) return;
-  // The short conv's RMSNorm of this vt row (of the values as stored: bf16-rounded for bf16).
-  if constexpr (!std::is_same_v<A, float>) {
-    if (vt != nullptr) {
-      __syncwarp();
-      ss[0] = 0.0f;
-  for (int64_t j = lane * V; j < d; j += 32 * V) {
-        float vv[V];
-        ldv<V>(vt + j, vv);
-#pragma unroll
-        for (int e = 0; e < V; ++e) ss[0] += vv[e] * vv[e];
-      }
-    }
-  }
+  // The short conv's RMSNorm of this vt row, of the float values (as the conv kernels recompute
+  // them).
   warp_sum<1>(ss);
   const float r = 1.0f / sqrtf(ss[0] / static_cast<float>(d) + a.conv_eps);
   if (lane == 0) a.conv_rstd[i] = r;
-  if (a.xn == nullptr) return;
+  if (a.xn == nullptr || vt == nullptr) return;
   const float* w = a.conv_norm_w + m * d;
   A* xn = a.xn + i * d;
   __syncwarp();
@@ -490,7 +478,8 @@ constexpr int kMaxTaps = static_cast<int>(kMaxConvKernel);
 constexpr int kWalkLen = 64;  // positions a walk computes (L)
 constexpr int kWalksY = 8;    // walks per block (blockDim.y)
 
-// SiLU's sigmoid with the fast exponential and division (about 2 ulp).
+// SiLU's sigmoid with the fast exponential and division (__expf's error grows with |v|: a few
+// ulp at the magnitudes here).
 __device__ __forceinline__ float fast_sigmoid(float v) {
   return __fdividef(1.0f, 1.0f + __expf(-v));
 }
@@ -564,14 +553,17 @@ struct WalkChannels {
       y[e] = vt[e] * in.r;
     }
   }
-  // u = norm_w * sum over ring slots of wp * y (the taps in j order).
+  // u = norm_w * sum over ring slots of wp * y (the taps in j order; the slots older than the
+  // kernel's reach are skipped, not multiplied by 0, so that a non-finite value there stays out).
   __device__ __forceinline__ void conv(const float (&y)[KT][V], float (&u)[V]) const {
 #pragma unroll
     for (int e = 0; e < V; ++e) u[e] = 0.0f;
 #pragma unroll
-    for (int i = 0; i < KT; ++i)
+    for (int i = 0; i < KT; ++i) {
+      if (i < KT - K) continue;
 #pragma unroll
       for (int e = 0; e < V; ++e) u[e] += wp[i][e] * y[i][e];
+    }
 #pragma unroll
     for (int e = 0; e < V; ++e) u[e] *= norm_w[e];
   }
@@ -641,8 +633,9 @@ __global__ void __launch_bounds__(32 * kWalksY) conv_fwd_walk_kernel(ConvArgs<A>
 // du = dy SiLU'(u) (u recomputed), dxn = the transposed conv of du (stored), and this block's
 // partial sums of the weight gradients: partial[blockIdx.y, j, c] for tap j < K = norm_w[c] *
 // sum of du[t, c] y[t - dil (K-1-j), c], and partial[blockIdx.y, K, c] = sum of dxn[t, c] y[t, c]
-// (the norm weight's), each over the block's walks' positions (each walk's in position order,
-// then the walks in threadIdx.y order, then the block's successive walks).
+// (the norm weight's), each over the block's walks' positions: a thread sums its walks (in
+// position order, then its next walk gridDim.y * kWalksY further), then the block its threads in
+// threadIdx.y order. Deterministic.
 template <class A, int V, int KT, bool kExact>
 __global__ void __launch_bounds__(32 * kWalksY) conv_bwd_walk_kernel(ConvArgs<A> a, const A* dy,
                                                                      A* dxn, float* partial,
@@ -704,9 +697,11 @@ __global__ void __launch_bounds__(32 * kWalksY) conv_bwd_walk_kernel(ConvArgs<A>
         // y at s.
         float o[V] = {};
 #pragma unroll
-        for (int q = 0; q < KT; ++q)
+        for (int q = 0; q < KT; ++q) {
+          if (q >= K) break;
 #pragma unroll
           for (int e = 0; e < V; ++e) o[e] += ch.wr[q][e] * du[q][e];
+        }
         stv<V>(dxn + (row0 + s) * C + ch.c, o);
 #pragma unroll
         for (int e = 0; e < V; ++e) accn[e] += o[e] * y[0][e];

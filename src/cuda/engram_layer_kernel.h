@@ -44,9 +44,9 @@ struct GateArgs {
   A* vt;                 // (tokens, M, d) or nullptr: Vt = alpha * (v + bias) not stored
   int64_t tokens, M, d;
   float eps;
-  // The short conv's RMSNorm of Vt, fused (conv_norm_w == nullptr: not computed): conv_rstd
-  // always, xn = Vt * conv_rstd * conv_norm_w stored when xn != nullptr (which needs vt). With vt
-  // stored as bf16, the norm is of the stored (rounded) values; otherwise of the float ones.
+  // The short conv's RMSNorm of Vt (of the float values), fused (conv_norm_w == nullptr: not
+  // computed): conv_rstd always, xn = Vt * conv_rstd * conv_norm_w stored when both xn and vt
+  // are given.
   const float* conv_norm_w = nullptr;  // (M, d)
   A* xn = nullptr;                     // (tokens, M, d) or nullptr
   float* conv_rstd = nullptr;          // (tokens, M)
@@ -151,7 +151,7 @@ void launch_conv_step(const ConvStepArgs<A>& a, A* out, void* stream = nullptr);
 template <class A>
 void launch_copy(A* out, const A* in, int64_t n, void* stream = nullptr);
 
-// The sparse table gradient: detail::launch_sparse_rows_sum (src/cuda/sparse_rows_kernel.h)
-// over the rows and slots of launch_table_rows.
+// The sparse table gradient: detail::launch_sparse_rows_plan, _values and read_sparse_rows_count
+// (src/cuda/sparse_rows_kernel.h) over the rows and slots of launch_table_rows.
 
 }  // namespace engram::cuda::detail

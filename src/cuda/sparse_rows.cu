@@ -86,6 +86,7 @@ void launch_sparse_rows_plan(const SparseRowsArgs<A>& a, void* stream) {
   if (a.n == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const int ni = static_cast<int>(a.n);
+  ENGRAM_CUDA_CHECK(cudaMemsetAsync(a.counts, 0, static_cast<size_t>(a.n) * sizeof(int32_t), s));
   size_t bytes = a.temp_bytes;
   // Radix sort is stable: a row's slots stay in slot order, as in the CPU's sums.
   ENGRAM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
@@ -95,8 +96,8 @@ void launch_sparse_rows_plan(const SparseRowsArgs<A>& a, void* stream) {
   ENGRAM_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
       a.temp, bytes, reinterpret_cast<const uint64_t*>(a.rows_sorted),
       reinterpret_cast<uint64_t*>(a.out_rows), a.counts, a.num_runs, ni, s));
-  // Over all n counts: the entries past the run count are not read, and a start depends only on
-  // the counts before it.
+  // Over all n counts (the run count stays on the device): the entries past it, zeroed first,
+  // are not read, and a start depends only on the counts before it.
   bytes = a.temp_bytes;
   ENGRAM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(a.temp, bytes, a.counts, a.starts, ni, s));
 }

@@ -342,10 +342,10 @@ std::vector<Case> cases() {
   out.push_back({4, true, true, 2, 33, 256, DType::kBF16, Prec::kBf16});
   out.push_back({2, false, true, 3, 20, 42, DType::kF32, Prec::kBf16});
   out.push_back({1, true, false, 2, 16, 64, DType::kF32, Prec::kBf16});
-  // Other conv shapes. The conv walks take 32 positions of one residue mod the dilation: a
-  // sequence longer than 32 * dilation has several chunks, whose walks start from the inputs
+  // Other conv shapes. The conv walks take 64 positions of one residue mod the dilation: a
+  // sequence longer than 64 * dilation has several chunks, whose walks start from the inputs
   // the previous chunk's last positions hold. Kernels up to 4 taps keep a 4-slot ring, wider
-  // ones 8; d % 4 != 0 walks one channel a thread.
+  // ones 8 (4 and 8 taps exactly: compile-time taps); d % 4 != 0 walks one channel a thread.
   out.push_back({2, true, true, 2, 70, 40, DType::kF32, Prec::kF32, 8, 4});   // 8 taps
   out.push_back({1, false, true, 3, 45, 16, DType::kF32, Prec::kF32, 2, 2});  // 2 taps
   out.push_back({2, true, true, 2, 90, 40, DType::kF32, Prec::kF32, 5, 8});   // reach 32
@@ -354,12 +354,17 @@ std::vector<Case> cases() {
   out.push_back({4, true, true, 2, 80, 64, DType::kF32, Prec::kF32, 7, 5});   // 7 taps
   out.push_back({4, true, true, 2, 70, 256, DType::kBF16, Prec::kBf16, 6, 4}); // bf16, 6 taps
   out.push_back({4, true, true, 2, 80, 64, DType::kBF16, Prec::kBf16, 7, 5});  // bf16, 7 taps
-  out.push_back({2, true, true, 2, 300, 40, DType::kF32});                     // 4 chunks
-  out.push_back({2, false, true, 3, 250, 42, DType::kF32, Prec::kF32, 3, 2});  // 4 chunks, 1-wide
-  out.push_back({4, true, true, 1, 700, 64, DType::kBF16, Prec::kBf16, 7, 5}); // 5 chunks, 8 slots
-  out.push_back({2, true, true, 2, 200, 40, DType::kF32, Prec::kF32, 1, 3});   // 1 tap
+  out.push_back({2, true, true, 2, 300, 40, DType::kF32});                     // 2 chunks
+  out.push_back({2, false, true, 3, 250, 42, DType::kF32, Prec::kF32, 3, 2});  // 2 chunks, 1-wide
+  out.push_back({4, true, true, 1, 700, 64, DType::kBF16, Prec::kBf16, 7, 5}); // 3 chunks, 8 slots
+  out.push_back({2, true, true, 2, 200, 40, DType::kF32, Prec::kF32, 1, 3});   // 1 tap, 2 chunks
+  out.push_back({2, true, true, 1, 600, 40, DType::kF32, Prec::kF32, 8, 4});   // 8 taps, 3 chunks
+  out.push_back({2, true, true, 1, 400, 40, DType::kF32, Prec::kF32, 5, 3});   // 5 taps, 3 chunks
+  // 2,160 walks (720 sequences x 3 residues): more than the conv backward's 256 blocks of 8 in
+  // y hold, so blocks take several walks and sum them.
+  out.push_back({1, true, true, 720, 20, 8, DType::kF32});
   // More tokens than a grid's y dimension holds (65,535): the gate and norm kernels stride over
-  // tokens, and the backward conv's blocks (at most 256 in y) take several walks each.
+  // tokens.
   out.push_back({1, true, true, 1, 66000, 8, DType::kF32});
   return out;
 }

@@ -28,10 +28,11 @@
 // and the gate backward folds the conv norm's backward into d Vt without storing it. Limits of
 // the kernels (ConfigError otherwise): kernel_size <= 8 with the short conv, hc_mult <= 32. The
 // table gradient is sparse: the (token, head) row ids are radix-sorted (stably) with their slots
-// and each distinct row's slot gradients summed in slot order; no table-sized buffer exists. Forward keeps what backward
-// needs inside the object (one forward, then its backward; repeated steps reuse the buffers).
-// forward() and backward() run on the default stream; the decoding entry points (forward_step,
-// prefetch_step) on the stream they are given. In a build without CUDA every entry point throws
+// and each distinct row's slot gradients summed in slot order; no table-sized buffer exists.
+// Forward keeps what backward needs inside the object (one forward, then its backward; repeated
+// steps reuse the buffers). forward() and backward() run on the default stream (backward sorts
+// the table rows on a stream of its own, forked from and joined back into the default stream);
+// the decoding entry points (forward_step, prefetch_step) on the stream they are given. In a build without CUDA every entry point throws
 // engram::Error("... built without CUDA").
 #pragma once
 
