@@ -8,36 +8,12 @@
 #include "cuda/check.h"
 #include "cuda/launch.h"
 #include "cuda/sparse_rows_kernel.h"
+#include "cuda/vec_io.h"
 
 namespace engram::cuda::detail {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float ld(const bf16* p) {
-  return __uint_as_float(static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(p)) << 16);
-}
-
-// V values of a row at p (V = 4: 16-byte float or 8-byte bf16 loads).
-template <int V>
-__device__ __forceinline__ void ldv(const float* p, float (&o)[V]) {
-  if constexpr (V == 4) {
-    const float4 x = *reinterpret_cast<const float4*>(p);
-    o[0] = x.x, o[1] = x.y, o[2] = x.z, o[3] = x.w;
-  } else {
-    o[0] = *p;
-  }
-}
-template <int V>
-__device__ __forceinline__ void ldv(const bf16* p, float (&o)[V]) {
-  if constexpr (V == 4) {
-    const uint2 w = *reinterpret_cast<const uint2*>(p);
-    o[0] = __uint_as_float(w.x << 16), o[1] = __uint_as_float(w.x & 0xffff0000u);
-    o[2] = __uint_as_float(w.y << 16), o[3] = __uint_as_float(w.y & 0xffff0000u);
-  } else {
-    o[0] = ld(p);
-  }
-}
 
 // out (runs, width): distinct row u = the sum over its slots, in sorted (= slot) order; runs is
 // read on the device (*num_runs). A thread sums V columns of one row (V divides width).
