@@ -13,7 +13,8 @@
 //   forward            GpuEngramLayer::forward
 //   forward_backward   forward, then backward (backward waits for the device: it reads back
 //                      the number of unique rows)
-//   gather             gather_rows alone (the forward's table read), for the achieved GB/s
+//   gather             gather_rows alone (the forward's table read), for the achieved GB/s; also
+//                      from fp8 and int8 tables, dequantized into f32 and bf16 e
 // Times: device-synchronised wall clock, mean (and min) of 20 after 3 warm-ups.
 // gb_per_s = rows read x row bytes / gather time (gb_per_s_rw adds the f32 e written);
 // tflop_per_s = 2*N*d_mem*(1+M)*d (forward), x3 (forward+backward) / layer time.
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <span>
 #include <string>
@@ -202,6 +204,49 @@ int main(int argc, char** argv) {
                   gm.what, t.mean_ms, t.min_ms, fwd_flop / t.mean_ms / 1e9,
                   fwd_flop / t.mean_ms / 1e9 / kPeakBf16TFlops);
       std::fflush(stdout);
+    }
+  }
+  // The gather from quantized tables (fp8 E4M3 + UE8M0 per 32, int8 + float32 per 32; codes
+  // random, scales 1), dequantized into f32 and bf16 e, beside the bf16 table into bf16 e: the
+  // cost of dequantizing in the gather. Row bytes: fp8 66, int8 72, bf16 128.
+  {
+    DeviceBuffer<engram::bf16> e16(static_cast<size_t>(N * d_mem));
+    for (const DType dt : {DType::kF8E4M3, DType::kI8, DType::kBF16}) {
+      const int64_t row_bytes = dt == DType::kF8E4M3 ? D + D / 32 : dt == DType::kI8 ? D + D / 8 : 2 * D;
+      std::vector<uint8_t> bytes(static_cast<size_t>(table_rows * row_bytes));
+      Rng rng{11};
+      for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng.next() >> 56);
+      for (int64_t r = 0; r < table_rows && dt != DType::kBF16; ++r) {
+        uint8_t* scales = bytes.data() + r * row_bytes + D;
+        for (int64_t g = 0; g < D / 32; ++g) {
+          if (dt == DType::kF8E4M3) {
+            scales[g] = 127;
+          } else {
+            const float one = 1.0f;
+            std::memcpy(scales + 4 * g, &one, 4);
+          }
+        }
+      }
+      const DeviceBuffer<uint8_t> d_q{std::span<const uint8_t>(bytes)};
+      const DeviceTable table{d_q.data(), dt, table_rows, D};
+      const double read_bytes = static_cast<double>(N * H * row_bytes);
+      for (const bool to_bf16 : {false, true}) {
+        if (dt == DType::kBF16 && !to_bf16) continue;  // the f32-out bf16 gather is below
+        const Timing g = time_it(reps, [&] {
+          if (to_bf16) {
+            engram::cuda::gather_rows(e16.data(), table, d_ids.data(), d_offsets.data(), N, H);
+          } else {
+            engram::cuda::gather_rows(d_e.data(), table, d_ids.data(), d_offsets.data(), N, H);
+          }
+        });
+        std::printf("{\"bench\": \"cuda_engram\", \"table\": \"%s\", \"out\": \"%s\", "
+                    "\"what\": \"gather\", \"mean_ms\": %.4f, \"min_ms\": %.4f, "
+                    "\"row_bytes\": %lld, \"gb_per_s\": %.1f}\n",
+                    dt == DType::kF8E4M3 ? "fp8" : dt == DType::kI8 ? "int8" : "bf16",
+                    to_bf16 ? "bf16" : "f32", g.mean_ms, g.min_ms,
+                    static_cast<long long>(row_bytes), read_bytes / g.mean_ms / 1e6);
+        std::fflush(stdout);
+      }
     }
   }
   for (const DType dt : {DType::kF32, DType::kBF16}) {

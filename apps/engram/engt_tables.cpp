@@ -2,6 +2,7 @@
 #include "engt_tables.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <numeric>
 
@@ -99,6 +100,14 @@ void read_engt_rows(const std::string& path, float* out) {
 void read_engt_rows(const std::string& path, bf16* out) {
   for_each_chunk(path, [&](int64_t at, const std::vector<float>& v) {
     for (size_t i = 0; i < v.size(); ++i) out[static_cast<size_t>(at) + i] = float_to_bf16(v[i]);
+  });
+}
+
+void read_engt_encoded_rows(const std::string& path, uint8_t* out) {
+  const memory::EngtFile file = memory::EngtFile::open(path);
+  const int64_t row_bytes = file.row_bytes();
+  file.for_each_group([&](int64_t first_row, int64_t count, const uint8_t* rows) {
+    std::memcpy(out + first_row * row_bytes, rows, static_cast<size_t>(count * row_bytes));
   });
 }
 

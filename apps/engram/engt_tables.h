@@ -2,6 +2,7 @@
 // engram eval --engram-tables F.engt[,F.engt...]): one file per Engram layer, in layer_ids order.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,9 @@ std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
 // smallest subnormal, 2^-133.
 void read_engt_rows(const std::string& path, float* out);
 void read_engt_rows(const std::string& path, bf16* out);
+// Every row of an .engt file as stored (rows x row_bytes bytes, the file's row format), each
+// block checked against its checksum: what the GPU's gather dequantizes (cuda::DeviceTable).
+void read_engt_encoded_rows(const std::string& path, uint8_t* out);
 
 // Replaces the model's Engram tables by the rows of the .engt files (decoded to float: exactly
 // what a RowStore over the file returns), after check_engt_tables. The tables must be allocated

@@ -72,6 +72,7 @@ struct Generator::Impl {
   // GPU: the .engt tables in pinned, mapped host memory (declared before the decoder).
   std::vector<cuda::MappedHostBuffer<float>> host_f32;
   std::vector<cuda::MappedHostBuffer<bf16>> host_bf16;
+  std::vector<cuda::MappedHostBuffer<uint8_t>> host_bytes;  // fp8 and int8 rows as encoded
   std::unique_ptr<model::GpuTransformer> gpu_model;
   std::unique_ptr<infer::GpuDecoder> gpu_decoder;
   std::vector<Slot> slots;
@@ -115,8 +116,9 @@ void Generator::Impl::open_tables() {
   }
 }
 
-// The GPU's tables: each .engt file decoded into pinned, mapped host memory, bf16 for bf16 and
-// fp8 files (see read_engt_rows), float32 for f32 and int8 ones.
+// The GPU's tables: each .engt file's rows in pinned, mapped host memory in the file's own
+// format (f32 and bf16 values; fp8 and int8 rows as encoded, dequantized by the GPU's gather), so
+// that an fp8 table takes about 1 byte a value there.
 std::vector<cuda::DeviceTable> Generator::Impl::pin_tables() {
   const std::vector<std::string>& paths = options.table_paths;
   check_engt_tables(paths, *loaded.model);
@@ -124,14 +126,25 @@ std::vector<cuda::DeviceTable> Generator::Impl::pin_tables() {
   for (const std::string& path : paths) {
     const memory::EngtFile file = memory::EngtFile::open(path);
     const auto values = static_cast<size_t>(file.rows() * file.width());
-    if (file.format() == memory::RowFormat::kBF16 || file.format() == memory::RowFormat::kFP8) {
-      host_bf16.emplace_back(values);
-      read_engt_rows(path, host_bf16.back().host().data());
-      tables.push_back({host_bf16.back().device(), DType::kBF16, file.rows(), file.width()});
-    } else {
-      host_f32.emplace_back(values);
-      read_engt_rows(path, host_f32.back().host().data());
-      tables.push_back({host_f32.back().device(), DType::kF32, file.rows(), file.width()});
+    switch (file.format()) {
+      case memory::RowFormat::kF32:
+        host_f32.emplace_back(values);
+        read_engt_rows(path, host_f32.back().host().data());
+        tables.push_back({host_f32.back().device(), DType::kF32, file.rows(), file.width()});
+        break;
+      case memory::RowFormat::kBF16:
+        host_bf16.emplace_back(values);
+        read_engt_rows(path, host_bf16.back().host().data());
+        tables.push_back({host_bf16.back().device(), DType::kBF16, file.rows(), file.width()});
+        break;
+      case memory::RowFormat::kFP8:
+      case memory::RowFormat::kINT8:
+        host_bytes.emplace_back(static_cast<size_t>(file.rows() * file.row_bytes()));
+        read_engt_encoded_rows(path, host_bytes.back().host().data());
+        tables.push_back({host_bytes.back().device(),
+                          file.format() == memory::RowFormat::kFP8 ? DType::kF8E4M3 : DType::kI8,
+                          file.rows(), file.width()});
+        break;
     }
   }
   return tables;

@@ -90,7 +90,8 @@ Commands:
            [--engram-tables F.engt[,...] [--tier host|file] [--cache-rows N] [--table-stats FILE]]
       Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
       --device cuda decodes on the GPU (CUDA graphs; the checkpoint's tables in GPU memory, or
-      .engt tables decoded into pinned host memory that the GPU reads: --tier host only).
+      .engt tables in pinned host memory that the GPU reads, fp8 and int8 rows dequantized as
+      the GPU gathers them: --tier host only).
       --engram-tables reads the Engram tables (one .engt per Engram layer, layer_ids order,
       each with the model's table rows and width) from the memory tier instead of the
       checkpoint, whose tables then stay on disk (memory holds the dense weights only).

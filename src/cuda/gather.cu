@@ -13,6 +13,7 @@ namespace engram::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kQuantGroup = 32;  // values per scale (memory::kQuantGroupSize)
 
 struct GatherArgs {
   void* out;               // (tokens, heads * width), float or bf16
@@ -79,6 +80,79 @@ __global__ void __launch_bounds__(kThreads) gather_kernel(GatherArgs a) {
   }
 }
 
+// ---- quantized rows (memory/row_format.h): fp8 E4M3 + UE8M0 per 32, int8 + float32 per 32 ----
+
+// The value of an FP8 E4M3FN code (exact; the NaN codes S.1111.111 give NaN).
+__device__ __forceinline__ float e4m3_value(uint32_t c) {
+  const uint32_t sign = (c & 0x80u) << 24, e = (c >> 3) & 15u, m = c & 7u;
+  if (e == 15u && m == 7u) return __uint_as_float(sign | 0x7fc00000u);
+  const float v = e == 0u ? static_cast<float>(m) * 0.001953125f  // m * 2^-9
+                          : __uint_as_float(((e + 120u) << 23) | (m << 20));
+  return __uint_as_float(__float_as_uint(v) | sign);
+}
+
+// 2^(b - 127) (2^-127 is a subnormal float); NaN for 255.
+__device__ __forceinline__ float ue8m0_value(uint32_t b) {
+  if (b == 255u) return __int_as_float(0x7fc00000);
+  return b == 0u ? __uint_as_float(0x00400000u) : __uint_as_float(b << 23);
+}
+
+// 4 values an item, as gather_kernel, from rows of row_bytes bytes: fp8 (kFp8) or int8 codes,
+// then the groups' scales (UE8M0 bytes or float32). Each value is code * scale in float, the
+// CPU's decode_rows exactly. kVec4Out: the output is aligned for 4-value stores.
+template <bool kFp8, bool kVec4Out, class O>
+__global__ void __launch_bounds__(kThreads) gather_quant_kernel(GatherArgs a, int64_t row_bytes) {
+  const int64_t chunks = a.width / 4;
+  const int64_t items = a.tokens * a.heads * chunks;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const auto* table = static_cast<const uint8_t*>(a.table);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < items;
+       i += stride) {
+    const int64_t token_head = i / chunks;
+    const int64_t col = (i - token_head * chunks) * 4;
+    const int32_t id = __ldg(a.ids + token_head);
+    const int64_t row = id + __ldg(a.offsets + token_head % a.heads);
+    O* o = static_cast<O*>(a.out) + i * 4;
+    float4 v;
+    if (id < 0 || row < 0 || row >= a.rows) {
+      const float nan = __int_as_float(0x7fc00000);
+      v = make_float4(nan, nan, nan, nan);
+    } else {
+      const uint8_t* r = table + row * row_bytes;
+      const int64_t g = col / 32;  // memory::kQuantGroupSize
+      float c[4];
+      float scale;
+      if constexpr (kFp8) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[j] = e4m3_value(__ldg(r + col + j));
+        scale = ue8m0_value(__ldg(r + a.width + g));
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) c[j] = static_cast<float>(static_cast<int8_t>(__ldg(r + col + j)));
+        scale = __ldg(reinterpret_cast<const float*>(r + a.width) + g);
+      }
+      v = make_float4(c[0] * scale, c[1] * scale, c[2] * scale, c[3] * scale);
+    }
+    if constexpr (kVec4Out) {
+      store4(o, v);
+    } else {
+      store1(o, v.x), store1(o + 1, v.y), store1(o + 2, v.z), store1(o + 3, v.w);
+    }
+  }
+}
+
+template <bool kFp8, class O>
+void launch_quant(const GatherArgs& a, int64_t row_bytes, bool vec4_out, cudaStream_t s) {
+  const int64_t items = a.tokens * a.heads * (a.width / 4);
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((items + kThreads - 1) / kThreads, INT32_MAX));
+  if (vec4_out) {
+    gather_quant_kernel<kFp8, true, O><<<blocks, kThreads, 0, s>>>(a, row_bytes);
+  } else {
+    gather_quant_kernel<kFp8, false, O><<<blocks, kThreads, 0, s>>>(a, row_bytes);
+  }
+}
+
 template <bool kBf16, class O>
 void launch(const GatherArgs& a, bool vec4, cudaStream_t s) {
   const int64_t items = a.tokens * a.heads * (vec4 ? a.width / 4 : a.width);
@@ -94,10 +168,17 @@ void launch(const GatherArgs& a, bool vec4, cudaStream_t s) {
 template <class O>
 void gather_any(O* d_out, const DeviceTable& table, const int32_t* d_ids,
                 const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
-  if (table.dtype != DType::kF32 && table.dtype != DType::kBF16) {
+  const bool quant = table.dtype == DType::kF8E4M3 || table.dtype == DType::kI8;
+  if (table.dtype != DType::kF32 && table.dtype != DType::kBF16 && !quant) {
     throw InputError(error_message(
-        "gather_rows",
-        "table dtype " + std::string(dtype_name(table.dtype)) + " is not F32 or BF16"));
+        "gather_rows", "table dtype " + std::string(dtype_name(table.dtype)) +
+                           " is not F32, BF16, F8E4M3 or I8"));
+  }
+  if (quant && table.width % kQuantGroup != 0) {
+    throw InputError(error_message(
+        "gather_rows", "a " + std::string(dtype_name(table.dtype)) + " table of width " +
+                           std::to_string(table.width) + ": quantized rows hold whole groups of " +
+                           std::to_string(kQuantGroup) + " values"));
   }
   if (tokens < 0 || heads < 0 || table.rows < 0 || table.width < 0) {
     throw InputError(error_message(
@@ -106,8 +187,28 @@ void gather_any(O* d_out, const DeviceTable& table, const int32_t* d_ids,
                            std::to_string(table.width) + " must be >= 0"));
   }
   if (tokens == 0 || heads == 0 || table.width == 0) return;
-  const bool bf16 = table.dtype == DType::kBF16;
   const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  if (quant) {
+    const bool fp8 = table.dtype == DType::kF8E4M3;
+    const int64_t groups = table.width / kQuantGroup;
+    const int64_t row_bytes = table.width + groups * (fp8 ? 1 : 4);
+    if (!fp8 && addr(table.data) % 4 != 0) {
+      throw InputError(error_message("gather_rows",
+                                     "an I8 table's data must be 4-byte aligned (float scales)"));
+    }
+    const GatherArgs args{d_out,      table.data,  d_ids,  d_head_offsets,
+                          table.rows, table.width, tokens, heads};
+    const bool vec4_out = addr(d_out) % (4 * sizeof(O)) == 0;
+    const auto s = static_cast<cudaStream_t>(stream);
+    if (fp8) {
+      launch_quant<true, O>(args, row_bytes, vec4_out, s);
+    } else {
+      launch_quant<false, O>(args, row_bytes, vec4_out, s);
+    }
+    ENGRAM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const bool bf16 = table.dtype == DType::kBF16;
   // 4 values: a 16-byte (f32) or 8-byte (bf16) store and load.
   const bool vec4 = table.width % 4 == 0 && addr(d_out) % (4 * sizeof(O)) == 0 &&
                     addr(table.data) % (bf16 ? 8 : 16) == 0;

@@ -347,13 +347,16 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
     const int64_t layer = c.engram->hash.layer_ids[e];
     const cuda::DeviceTable& own = I.w.layers[sz(layer)].table;
     const cuda::DeviceTable& t = tables[e];
+    const bool quant = t.dtype == DType::kF8E4M3 || t.dtype == DType::kI8;
     if (t.data == nullptr || t.rows != own.rows || t.width != own.width ||
-        (t.dtype != DType::kF32 && t.dtype != DType::kBF16)) {
+        (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && !quant) ||
+        (quant && t.width % 32 != 0)) {
       throw config_error("set_tables: Engram layer " + std::to_string(layer),
                          std::to_string(t.rows) + " rows of " + std::to_string(t.width) + " (" +
                              std::string(dtype_name(t.dtype)) + (t.data ? "" : ", no data") +
                              "), the model's table " + std::to_string(own.rows) + " rows of " +
-                             std::to_string(own.width) + " (f32 or bf16)");
+                             std::to_string(own.width) +
+                             " (f32 or bf16; fp8 or int8 rows of a width that is a multiple of 32)");
     }
   }
   I.tables = std::move(tables);

@@ -8,10 +8,12 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/device.h"
+#include "engram/memory/row_format.h"
 #include "engram/memory/row_store.h"
 #include "engram/tensor/tensor.h"
 #include "engram/util/error.h"
@@ -172,6 +174,90 @@ TEST(GpuGather, OutOfTableIdsGiveNanRowsAndBadArgumentsThrow) {
       gather_rows(static_cast<float*>(nullptr), DeviceTable{nullptr, DType::kF64, 1, 1}, nullptr, nullptr, 1, 1),
       InputError);
   EXPECT_THROW(gather_rows(static_cast<float*>(nullptr), DeviceTable{}, nullptr, nullptr, -1, 1), InputError);
+}
+
+// fp8 and int8 rows (memory/row_format.h) dequantized in the gather: bit for bit the CPU's
+// decode_rows of the same encoded rows, into f32 (and into bf16: that value rounded), from a
+// table in device memory and in mapped pinned host memory. Groups are scaled from 1e-38 to 1e30
+// so that scales reach both ends (subnormal fp8 codes, the smallest UE8M0 scales), plus a group
+// of zeros, and ids out of the table give rows of NaN.
+TEST(GpuGather, DequantizesFp8AndInt8RowsAsTheCpuDecodes) {
+  SKIP_WITHOUT_GPU();
+  for (const memory::RowFormat format : {memory::RowFormat::kFP8, memory::RowFormat::kINT8}) {
+    for (const bool mapped : {false, true}) {
+      const int64_t width = 64;
+      Case c = make_case(3, width, 200, mapped ? 31 : 32);
+      c.ids[7] = -1;
+      std::mt19937_64 rng(9);
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      const float scales[] = {1e-38f, 1e-30f, 1e-6f, 1.0f, 3e4f, 1e30f, 0.0f};
+      std::vector<float> values(static_cast<size_t>(c.rows * width));
+      for (size_t g = 0; g < values.size() / 32; ++g) {
+        const float s = scales[g % 7];
+        for (size_t j = 0; j < 32; ++j) values[g * 32 + j] = normal(rng) * s;
+      }
+      const int64_t row_bytes = memory::row_bytes(format, width);
+      std::vector<uint8_t> encoded(static_cast<size_t>(c.rows * row_bytes));
+      memory::encode_rows(format, values.data(), c.rows, width, encoded.data());
+      // The CPU's values of the gathered rows (NaN for the bad id).
+      std::vector<float> want;
+      for (int64_t t = 0; t < c.tokens; ++t) {
+        for (int64_t h = 0; h < c.heads; ++h) {
+          const int32_t id = c.ids[static_cast<size_t>(t * c.heads + h)];
+          std::vector<float> row(static_cast<size_t>(width), std::nanf(""));
+          if (id >= 0) {
+            memory::decode_rows(format, encoded.data() + (c.offsets[h] + id) * row_bytes, 1,
+                                width, row.data(), width);
+          }
+          want.insert(want.end(), row.begin(), row.end());
+        }
+      }
+      DeviceBuffer<uint8_t> d_table;
+      MappedHostBuffer<uint8_t> h_table;
+      const void* data = nullptr;
+      if (mapped) {
+        h_table = MappedHostBuffer<uint8_t>(encoded.size());
+        std::memcpy(h_table.host().data(), encoded.data(), encoded.size());
+        data = h_table.device();
+      } else {
+        d_table = DeviceBuffer<uint8_t>(std::span<const uint8_t>(encoded));
+        data = d_table.data();
+      }
+      const DType dt = format == memory::RowFormat::kFP8 ? DType::kF8E4M3 : DType::kI8;
+      const DeviceTable table{data, dt, c.rows, width};
+      const DeviceBuffer<int32_t> d_ids{std::span<const int32_t>(c.ids)};
+      const DeviceBuffer<int64_t> d_offsets{std::span<const int64_t>(c.offsets)};
+      const size_t n = want.size();
+      DeviceBuffer<float> d_f32(n);
+      DeviceBuffer<bf16> d_bf16(n + 1);
+      gather_rows(d_f32.data(), table, d_ids.data(), d_offsets.data(), c.tokens, c.heads);
+      gather_rows(d_bf16.data() + 1, table, d_ids.data(), d_offsets.data(), c.tokens, c.heads);
+      std::vector<float> got(n);
+      d_f32.download(got);
+      std::vector<bf16> got16(n + 1);
+      d_bf16.download(got16);
+      size_t bad = 0, bad16 = 0, nans = 0;
+      for (size_t i = 0; i < n; ++i) {
+        if (std::isnan(want[i])) {
+          ++nans;
+          bad += !std::isnan(got[i]);
+          bad16 += !std::isnan(bf16_to_float(got16[i + 1]));
+          continue;
+        }
+        bad += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+        bad16 += got16[i + 1].bits != float_to_bf16(want[i]).bits;
+      }
+      const std::string what = std::string(memory::format_name(format)) +
+                               (mapped ? ", mapped host" : ", device");
+      EXPECT_EQ(nans, static_cast<size_t>(width)) << what;
+      EXPECT_EQ(bad, 0u) << what;
+      EXPECT_EQ(bad16, 0u) << what;
+    }
+  }
+  // Quantized rows hold whole groups of 32.
+  EXPECT_THROW(gather_rows(static_cast<float*>(nullptr), DeviceTable{nullptr, DType::kF8E4M3, 4, 48},
+                           nullptr, nullptr, 1, 1),
+               InputError);
 }
 
 // copy_rows: the table's raw rows, bit for bit (the output has the table's dtype), from a table in

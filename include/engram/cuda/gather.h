@@ -3,10 +3,14 @@
 //
 // For hash ids (tokens, H) and per-head row offsets (H):
 //   out[t, h*w .. h*w + w) = table[offsets[h] + ids[t, h], 0 .. w)          out is (tokens, H*w)
-// Tables of F32 or BF16 rows; out is f32 (bf16 values are widened exactly) or bf16 (bf16 rows
-// copied bit for bit, f32 rows rounded to nearest even). Rows are copied
-// 4 values per thread (16-byte stores, 16- or 8-byte loads) when the width is a multiple of 4
-// and the pointers are aligned for it, one value per thread otherwise.
+// Tables of F32 or BF16 rows, or of the memory tier's quantized rows (memory/row_format.h),
+// dequantized in the gather: F8E4M3 (width FP8 E4M3FN codes, then width/32 UE8M0 scale bytes:
+// DeepSeek-V4.1's layout) or I8 (width int8 codes, then width/32 float32 scales), each value
+// code * scale in float, exactly what memory::decode_rows gives. out is f32 (bf16 values are
+// widened exactly) or bf16 (bf16 rows copied bit for bit, others rounded to nearest even; an fp8
+// value is exact in bf16 unless its scale puts it below 2^-133). Rows are copied 4 values per
+// thread (16-byte stores, 16- or 8-byte loads) when the width is a multiple of 4 and the pointers
+// are aligned for it, one value per thread otherwise (quantized rows: 4 values a thread always).
 #pragma once
 
 #include <cstdint>
@@ -15,10 +19,13 @@
 
 namespace engram::cuda {
 
-// A table in device memory: (rows, width) values of `dtype`, row-major, contiguous.
+// A table the device can read (device memory, or mapped pinned host memory): rows of `width`
+// values of `dtype`, row-major, back to back. kF32 and kBF16 rows hold plain values; kF8E4M3 and
+// kI8 rows are memory::RowFormat::kFP8 and kINT8 rows (width + width/32 and width + 4 width/32
+// bytes; width a multiple of 32; I8 data 4-byte aligned).
 struct DeviceTable {
   const void* data = nullptr;
-  DType dtype = DType::kF32;  // kF32 or kBF16
+  DType dtype = DType::kF32;  // kF32, kBF16, kF8E4M3 or kI8
   int64_t rows = 0;
   int64_t width = 0;
 };
@@ -29,7 +36,8 @@ struct DeviceTable {
 // nullptr = the default stream), asynchronously.
 // Precondition: offsets[h] + ids[t, h] names a row of head h. The kernel checks only that the
 // read stays inside the table: an id < 0 or a row >= table.rows gives a row of NaN.
-// Throws InputError for another dtype or a negative size, engram::Error on a launch failure.
+// Throws InputError for another dtype, a negative size, a quantized table whose width is not a
+// multiple of 32 or an I8 table off the 4-byte grid; engram::Error on a launch failure.
 void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
                  const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
                  void* stream = nullptr);

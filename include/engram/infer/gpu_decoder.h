@@ -114,8 +114,9 @@ class GpuDecoder {
   std::span<const float> push(int64_t sequence, std::span<const int64_t> tokens);
 
   // Reads Engram layer e's rows (layer_ids order) from tables[e] instead of the model's arena: a
-  // device-accessible pointer (GPU memory, or mapped pinned host memory) to float32 or bf16 rows
-  // of the model's row count and width (ConfigError otherwise). Empty: the model's tables. Waits
+  // device-accessible pointer (GPU memory, or mapped pinned host memory) to float32 or bf16 rows,
+  // or to fp8 / int8 rows dequantized in the gather (cuda::DeviceTable), of the model's row count
+  // and width (ConfigError otherwise). Empty: the model's tables. Waits
   // for the steps in flight first, so the old tables may be freed once it returns.
   void set_tables(std::vector<cuda::DeviceTable> tables);
 
