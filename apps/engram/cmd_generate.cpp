@@ -76,7 +76,8 @@ int run_generate(int argc, char** argv) {
   go.cache_rows = args.integer("cache-rows", 0, 0, INT64_MAX);
   go.device = args.optional("device").value_or("cpu");
   if (args.has("table-stats") && (go.tier == "host" || go.device == "cuda"))
-    throw UsageError("--table-stats: only the file tier (CPU) reads files; use --tier file");
+    throw UsageError("--table-stats: per-step statistics come from the CPU's file tier (--tier "
+                     "file on --device cpu); on the GPU the summary line gives the totals");
   if (table_paths) go.table_paths = split_commas(*table_paths);
   request.step_stats = args.has("table-stats");
 

@@ -203,7 +203,9 @@ int run_serve(int argc, char** argv) {
   if (table_paths) go.table_paths = split_commas(*table_paths);
   go.max_batch = args.integer("max-batch", table_paths && go.device == "cpu" ? 1 : 8, 1, 4096);
   Generator generator(ckpt, args.optional("tokenizer").value_or(""), go);
-  const bool file_tier = generator.tier() == "file";
+  // Per-request table statistics: the CPU's prefetched file tier (a GPU step serves several
+  // requests; its totals go to the summary line).
+  const bool file_tier = generator.tier() == "file" && generator.device() != "cuda";
   const model::BackboneConfig& m = generator.loaded().config.model;
   Listener listener(host, port);
   std::signal(SIGINT, on_signal);

@@ -92,7 +92,8 @@ struct Generator::Impl {
 };
 
 // Opens the .engt files (checking each header against the model's Engram layer before a host
-// tier loads it) and hands them to the decoder; the file tier is prefetched.
+// tier loads it) and hands them to the decoder; on the CPU the file tier is prefetched, on the
+// GPU each step's rows are gathered through it before the step runs.
 void Generator::Impl::open_tables() {
   const std::vector<std::string>& paths = options.table_paths;
   check_engt_tables(paths, *loaded.model);
@@ -107,7 +108,12 @@ void Generator::Impl::open_tables() {
       stores.push_back(std::move(store));
     }
   }
-  if (tiered.empty()) {
+  if (gpu_decoder) {
+    // The GPU gathers each step's rows through the file tier into pinned staging.
+    std::vector<const memory::RowStore*> p;
+    for (const auto& s : stores) p.push_back(s.get());
+    gpu_decoder->set_table_stores(std::move(p));
+  } else if (tiered.empty()) {
     std::vector<const memory::RowStore*> p;
     for (const auto& s : stores) p.push_back(s.get());
     decoders.front()->set_table_stores(std::move(p));
@@ -162,10 +168,7 @@ Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
   if (I.options.tier.empty()) I.options.tier = tables ? (gpu ? "host" : "file") : "";
   if (tables && I.options.tier != "host" && I.options.tier != "file")
     throw UsageError("--tier: \"" + I.options.tier + "\" (expected host or file)");
-  if (gpu && tables && I.options.tier == "file") {
-    throw UsageError("--tier file: the GPU reads .engt tables from pinned host memory (--tier "
-                     "host); the file tier is CPU only");
-  }
+
   if (options.max_batch < 1) throw UsageError("--max-batch: must be >= 1");
   if (tables && !gpu && options.max_batch > 1) {
     throw UsageError("--max-batch: 1 with --engram-tables on the CPU (one decoder reads the "
@@ -196,7 +199,8 @@ Generator::Generator(const std::string& ckpt, const std::string& tokenizer,
     dopt.max_step_rows = std::max<int64_t>(128, options.max_batch);
     I.gpu_decoder =
         std::make_unique<infer::GpuDecoder>(*I.gpu_model, I.loaded.text.hasher.get(), dopt);
-    if (tables) I.gpu_decoder->set_tables(I.pin_tables());
+    if (tables && I.options.tier == "host") I.gpu_decoder->set_tables(I.pin_tables());
+    if (tables && I.options.tier == "file") I.open_tables();
   } else {
     for (int64_t s = 0; s < options.max_batch; ++s) {
       I.decoders.push_back(
@@ -426,7 +430,7 @@ const std::string& Generator::tier() const {
 
 std::string Generator::tables_summary() const {
   const Impl& I = *impl_;
-  if (I.gpu_decoder && !I.options.table_paths.empty()) {
+  if (I.gpu_decoder && !I.options.table_paths.empty() && I.options.tier == "host") {
     return "engram tables: " + std::to_string(I.options.table_paths.size()) +
            " .engt files in pinned host memory, read by the GPU";
   }
@@ -439,10 +443,11 @@ std::string Generator::tables_summary() const {
   memory::TierStats t;
   for (const auto* s : I.tiered) t += s->total_stats();
   std::snprintf(line, sizeof line,
-                "engram tables: %zu .engt files, file tier (%s), prefetched | %lld rows "
+                "engram tables: %zu .engt files, file tier (%s), %s | %lld rows "
                 "requested, %lld unique, %.1f %% from the cache | %lld blocks, %.2f MiB read | "
                 "waiting on reads %.1f ms",
                 I.stores.size(), std::string(I.tiered.front()->reader().backend_name()).c_str(),
+                I.gpu_decoder ? "gathered into pinned staging for the GPU" : "prefetched",
                 static_cast<long long>(t.requested), static_cast<long long>(t.unique),
                 100.0 * t.hit_rate(), static_cast<long long>(t.blocks_read),
                 static_cast<double>(t.bytes_read) / (1 << 20), t.io_seconds * 1e3);

@@ -91,7 +91,8 @@ Commands:
       Continues the prompt (KV cache; greedy at temperature 0) and prints the text.
       --device cuda decodes on the GPU (CUDA graphs; the checkpoint's tables in GPU memory, or
       .engt tables in pinned host memory that the GPU reads, fp8 and int8 rows dequantized as
-      the GPU gathers them: --tier host only).
+      the GPU gathers them (--tier host, the default there), or with --tier file each step's
+      rows gathered through the file tier into pinned staging before the step runs).
       --engram-tables reads the Engram tables (one .engt per Engram layer, layer_ids order,
       each with the model's table rows and width) from the memory tier instead of the
       checkpoint, whose tables then stay on disk (memory holds the dense weights only).

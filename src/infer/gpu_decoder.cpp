@@ -50,6 +50,24 @@ struct GpuDecoder::Impl {
   const hash::NgramHasher* hasher = nullptr;
   std::vector<int> engram_index;  // per layer: index into layer_ids, or -1
   std::vector<cuda::DeviceTable> tables;  // per Engram layer: set_tables' or the model's
+  // set_table_stores: per Engram layer the store (or null), its pinned staging of one step's
+  // rows, and the host head offsets; the staged layers read row r * heads + h of the staging
+  // (ids r * heads, offsets h).
+  std::vector<const memory::RowStore*> stores;
+  std::vector<cuda::DeviceTable> base_tables;  // the staged layers' tables before staging
+  std::vector<cuda::MappedHostBuffer<float>> staging;
+  std::vector<std::vector<int64_t>> host_offsets;
+  cuda::DeviceBuffer<int32_t> staged_ids;
+  cuda::DeviceBuffer<int64_t> staged_offsets;
+  std::vector<int64_t> staged_rows;
+  bool staged(size_t e) const { return e < stores.size() && stores[e] != nullptr; }
+  // Engram layer e's ids and head offsets for a step of N rows (device).
+  const int32_t* step_ids(size_t e, int64_t N) const {
+    return staged(e) ? staged_ids.data() : d_hash.data() + e * sz(N * ids_per_token);
+  }
+  const int64_t* step_offsets(size_t e, const model::GpuLayerWeights& L) const {
+    return staged(e) ? staged_offsets.data() : L.head_offsets;
+  }
   int64_t token_limit = 0;
   int64_t ring_len = 0;
   int64_t ids_per_token = 0;
@@ -360,6 +378,70 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
     }
   }
   I.tables = std::move(tables);
+  I.stores.clear();
+  I.staging.clear();
+  I.graphs.clear();  // the captured steps read the old tables' addresses
+}
+
+void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
+  Impl& I = *impl_;
+  I.stream.synchronize();  // a step in flight may still read the old staging
+  const model::ModelConfig& c = I.config;
+  const size_t n = c.engram ? c.engram->hash.layer_ids.size() : 0;
+  // The layers' own tables again (set_tables' or the model's), not the staging.
+  const auto unstage = [&] {
+    for (size_t e = 0; e < I.tables.size(); ++e)
+      if (I.staged(e)) I.tables[e] = I.base_tables[e];
+    I.stores.clear();
+    I.staging.clear();
+    I.graphs.clear();
+  };
+  if (stores.empty()) {
+    unstage();
+    return;
+  }
+  if (stores.size() != n) {
+    throw config_error("set_table_stores", std::to_string(stores.size()) +
+                                               " stores given, the model has " +
+                                               std::to_string(n) + " Engram layers");
+  }
+  const int64_t H = I.ids_per_token, S = I.options.max_step_rows;
+  for (size_t e = 0; e < n; ++e) {
+    const int64_t layer = c.engram->hash.layer_ids[e];
+    const cuda::DeviceTable& own = I.w.layers[sz(layer)].table;
+    const memory::RowStore* st = stores[e];
+    if (st != nullptr && (st->num_rows() != own.rows || st->width() != own.width)) {
+      throw config_error("set_table_stores: Engram layer " + std::to_string(layer),
+                         std::to_string(st->num_rows()) + " rows of " +
+                             std::to_string(st->width()) + ", the model's table " +
+                             std::to_string(own.rows) + " rows of " + std::to_string(own.width));
+    }
+  }
+  std::vector<cuda::MappedHostBuffer<float>> staging(n);
+  std::vector<std::vector<int64_t>> offsets(n);
+  for (size_t e = 0; e < n; ++e) {
+    if (stores[e] == nullptr) continue;
+    staging[e] = cuda::MappedHostBuffer<float>(sz(S * H * stores[e]->width()));
+    offsets[e] = I.hasher->head_offsets(e);
+  }
+  if (I.staged_ids.size() < sz(S * H)) {
+    std::vector<int32_t> ids(sz(S * H));
+    for (int64_t r = 0; r < S; ++r)
+      for (int64_t h = 0; h < H; ++h) ids[sz(r * H + h)] = static_cast<int32_t>(r * H);
+    std::vector<int64_t> offs(sz(H));
+    for (int64_t h = 0; h < H; ++h) offs[sz(h)] = h;
+    I.staged_ids = cuda::DeviceBuffer<int32_t>(std::span<const int32_t>(ids));
+    I.staged_offsets = cuda::DeviceBuffer<int64_t>(std::span<const int64_t>(offs));
+  }
+  unstage();
+  I.base_tables = I.tables;
+  for (size_t e = 0; e < n; ++e) {
+    if (stores[e] == nullptr) continue;
+    I.tables[e] = cuda::DeviceTable{staging[e].device(), DType::kF32, S * H, stores[e]->width()};
+  }
+  I.stores = std::move(stores);
+  I.staging = std::move(staging);
+  I.host_offsets = std::move(offsets);
   I.graphs.clear();  // the captured steps read the old tables' addresses
 }
 
@@ -476,6 +558,17 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     cuda::copy_to_device(I.d_logit_rows.data(), I.h_logit_rows.data(), sz(R) * sizeof(int32_t));
     if (n_engram > 0)
       cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
+    // The staged layers' rows (the copies above waited for the previous step, the staging's
+    // last reader).
+    for (size_t e = 0; e < n_engram; ++e) {
+      if (!I.staged(e)) continue;
+      I.staged_rows.resize(sz(N) * H);
+      const std::vector<int64_t>& off = I.host_offsets[e];
+      for (int64_t r = 0; r < N; ++r)
+        for (size_t h = 0; h < H; ++h)
+          I.staged_rows[sz(r) * H + h] = off[h] + I.h_hash[(e * sz(N) + sz(r)) * H + h];
+      I.stores[e]->gather(I.staged_rows, I.staging[e].host().data(), I.stores[e]->width());
+    }
     I.mark("upload");
     I.run_step(N, R);
   } catch (...) {
@@ -551,8 +644,7 @@ void GpuDecoder::Impl::run_device(int64_t N, int64_t R) {
     step_start.wait(side);
     for (size_t e = 0; e < tables.size(); ++e) {
       const model::GpuLayerWeights& L = w.layers[sz(config.engram->hash.layer_ids[e])];
-      L.engram->prefetch_step(d_hash.data() + e * sz(N * ids_per_token), N, tables[e],
-                              L.head_offsets, side.get());
+      L.engram->prefetch_step(step_ids(e, N), N, tables[e], step_offsets(e, L), side.get());
       rows_ready[e]->record(side);
     }
   }
@@ -603,8 +695,8 @@ void GpuDecoder::Impl::engram(int64_t l, int64_t N) {
   ring.seq = d_seq.data();
   ring.pos = d_pos.data();
   if (options.prefetch_rows) rows_ready[e]->wait(stream);
-  L.engram->forward_step(x.data(), d_hash.data() + e * sz(N * ids_per_token), N, tables[e],
-                         L.head_offsets, ring, engram_out.data(), st());
+  L.engram->forward_step(x.data(), step_ids(e, N), N, tables[e], step_offsets(e, L), ring,
+                         engram_out.data(), st());
   cuda::add_inplace(x.data(), engram_out.data(), N * n * C, st());
 }
 

@@ -22,8 +22,10 @@
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/decode.h"
 #include "engram/cuda/model_ops.h"
+#include "engram/memory/row_store.h"
 #include "engram/model/gpu_transformer.h"
 #include "engram/model/transformer.h"
+#include "engram/tensor/tensor.h"
 #include "engram/util/error.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/model_cases.h"
@@ -342,6 +344,58 @@ TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
   bad = host_tables;
   bad.pop_back();
   EXPECT_THROW(dec.set_tables(bad), ConfigError);
+}
+
+// set_table_stores: each step's rows gathered on the host through a RowStore into pinned
+// staging give the same logits, bit for bit, as the model's tables (eager steps and graph
+// replays); an empty list returns to the model's tables; a store of the wrong size is refused.
+TEST(GpuDecoder, TableStoresStageEachStepsRows) {
+  SKIP_WITHOUT_GPU();
+  TestModel s = make_setup(engram_case(), 7);
+  const model::ModelConfig& c = s.c.config;
+  const int64_t V = c.model.vocab_size;
+  const std::vector<int64_t> ids = random_tokens(30, V, 9);
+  GpuDecoderOptions o;
+  o.max_rows_per_sequence = 4;  // 8 steps, repeated shapes: graphs replay
+  GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
+  auto decode = [&] {
+    dec.reset(0);
+    const std::span<const float> l = dec.push(0, ids);
+    return std::vector<float>(l.begin(), l.end());
+  };
+  const std::vector<float> own = decode();
+  std::vector<Tensor> tables;
+  std::vector<std::unique_ptr<memory::TensorRowStore>> stores;
+  std::vector<const memory::RowStore*> ptrs;
+  for (const int layer : c.engram->hash.layer_ids) {
+    const auto& L = s.cpu->params().layers[sz(layer)];
+    const int64_t rows = L.engram->table_rows(), width = L.engram->config().row_width();
+    tables.emplace_back(DType::kF32, std::vector<int64_t>{rows, width});
+    std::copy(L.engram_table.begin(), L.engram_table.end(), tables.back().data<float>());
+  }
+  for (const Tensor& t : tables) {
+    stores.push_back(std::make_unique<memory::TensorRowStore>(t));
+    ptrs.push_back(stores.back().get());
+  }
+  dec.set_table_stores(ptrs);
+  for (int round = 0; round < 2; ++round) {
+    const std::vector<float> staged = decode();
+    ASSERT_EQ(staged.size(), own.size());
+    EXPECT_EQ(std::memcmp(staged.data(), own.data(), own.size() * sizeof(float)), 0) << round;
+  }
+  dec.set_table_stores({});
+  const std::vector<float> again = decode();
+  EXPECT_EQ(std::memcmp(again.data(), own.data(), own.size() * sizeof(float)), 0);
+
+  Tensor small(DType::kF32, {tables[0].shape()[0] - 1, tables[0].shape()[1]});
+  const memory::TensorRowStore wrong(small);
+  std::vector<const memory::RowStore*> bad = ptrs;
+  bad[0] = &wrong;
+  EXPECT_THROW(dec.set_table_stores(bad), ConfigError);
+  bad.pop_back();
+  if (!bad.empty()) {
+    EXPECT_THROW(dec.set_table_stores(bad), ConfigError);
+  }
 }
 
 using test::error_of;

@@ -201,10 +201,6 @@ TEST(GenerateCli, ErrorsNameTheProblem) {
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--device: \"tpu\""), std::string::npos) << r.err;
 
-  r = run(base_args() + " --max-tokens 3 --device cuda --engram-tables a.engt --tier file");
-  EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.err.find("the file tier is CPU only"), std::string::npos) << r.err;
-
   r = run(base_args() + " --max-tokens 3 --device cuda --engram-tables a.engt --table-stats s");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--table-stats"), std::string::npos) << r.err;
@@ -458,9 +454,10 @@ TEST(EvalCli, EngramTablesFromEngtFiles) {
 namespace engram {
 namespace {
 
-// --device cuda --engram-tables: .engt tables of every format decoded into pinned host memory
-// and read by the GPU give the CPU's text with the same files. The rows are 32 values wide (the
-// fp8 and int8 formats hold one scale per 32 values). Skipped without a GPU.
+// --device cuda --engram-tables: .engt tables of every format in pinned host memory (fp8 and
+// int8 rows dequantized by the GPU's gather), and through the file tier (each step's rows
+// gathered into pinned staging), give the CPU's text with the same files. The rows are 32 values
+// wide (the fp8 and int8 formats hold one scale per 32 values). Skipped without a GPU.
 TEST(GenerateCli, CudaDeviceReadsEngtTablesFromHostMemory) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
   static const std::string ckpt = [] {
@@ -483,6 +480,10 @@ TEST(GenerateCli, CudaDeviceReadsEngtTablesFromHostMemory) {
     ASSERT_EQ(gpu.status, 0) << gpu.err;
     EXPECT_EQ(gpu.out, cpu.out) << format;
     EXPECT_NE(gpu.err.find("pinned host memory"), std::string::npos) << gpu.err;
+    const Result file = run(args + " --device cuda --tier file --cache-rows 64");
+    ASSERT_EQ(file.status, 0) << file.err;
+    EXPECT_EQ(file.out, cpu.out) << format << " through the file tier";
+    EXPECT_NE(file.err.find("gathered into pinned staging"), std::string::npos) << file.err;
   }
 }
 

@@ -44,6 +44,7 @@
 
 #include "engram/cuda/gather.h"
 #include "engram/hash/ngram_hasher.h"
+#include "engram/memory/row_store.h"
 #include "engram/model/gpu_transformer.h"
 
 namespace engram::infer {
@@ -119,6 +120,15 @@ class GpuDecoder {
   // and width (ConfigError otherwise). Empty: the model's tables. Waits
   // for the steps in flight first, so the old tables may be freed once it returns.
   void set_tables(std::vector<cuda::DeviceTable> tables);
+  // Reads Engram layer e's rows from stores[e] instead (a null entry keeps the layer's table):
+  // at each step, once the previous step's device work is done, the step's rows are gathered on
+  // the host through the store (e.g. a memory::TieredRowStore: the file tier with its DRAM cache)
+  // into a pinned, mapped staging buffer of max_step_rows * heads rows, which the GPU reads
+  // over PCIe (decoded float32 rows). A store error (an unreadable block, a checksum mismatch)
+  // fails the step as an input error does. Each store must have the model's row count and width
+  // (ConfigError otherwise) and outlive its use here. A null entry, or an empty list for all:
+  // the layer's own table (set_tables' or the model's). set_tables drops the stores.
+  void set_table_stores(std::vector<const memory::RowStore*> stores);
 
   // Profiling: when on, each step records CUDA events between its phases, and phase_times()
   // (which waits for the device) returns the last step's phases in order with their device
