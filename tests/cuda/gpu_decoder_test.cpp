@@ -284,6 +284,13 @@ TEST(GpuDecoder, PushChecksEveryChunkFirst) {
   EXPECT_LE(row_error(got.data(), ref.data() + 9 * V, V), 1e-4);
 }
 
+// Sequence 0 decoded from the start: the last token's logits.
+std::vector<float> decode_from_start(GpuDecoder& dec, const std::vector<int64_t>& ids) {
+  dec.reset(0);
+  const std::span<const float> l = dec.push(0, ids);
+  return std::vector<float>(l.begin(), l.end());
+}
+
 TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
   SKIP_WITHOUT_GPU();
   TestModel s = make_setup(engram_case(), 7);
@@ -293,11 +300,7 @@ TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
   GpuDecoderOptions o;
   o.max_rows_per_sequence = 8;
   GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
-  auto decode = [&] {
-    dec.reset(0);
-    const std::span<const float> l = dec.push(0, ids);
-    return std::vector<float>(l.begin(), l.end());
-  };
+  auto decode = [&] { return decode_from_start(dec, ids); };
   const std::vector<float> own = decode();
   ASSERT_EQ(own.size(), sz(V));
 
@@ -358,11 +361,7 @@ TEST(GpuDecoder, TableStoresStageEachStepsRows) {
   GpuDecoderOptions o;
   o.max_rows_per_sequence = 4;  // 8 steps, repeated shapes: graphs replay
   GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
-  auto decode = [&] {
-    dec.reset(0);
-    const std::span<const float> l = dec.push(0, ids);
-    return std::vector<float>(l.begin(), l.end());
-  };
+  auto decode = [&] { return decode_from_start(dec, ids); };
   const std::vector<float> own = decode();
   std::vector<Tensor> tables;
   std::vector<std::unique_ptr<memory::TensorRowStore>> stores;
