@@ -33,7 +33,8 @@ struct GeneratorOptions {
   std::string device = "cpu";            // "cpu" or "cuda"
   std::vector<std::string> table_paths;  // .engt files, one per Engram layer
   // With table_paths: "host" or "file"; "" picks file on the CPU, host on the GPU (which reads
-  // the tables from pinned host memory over PCIe: the file tier is CPU only).
+  // the tables from pinned host memory over PCIe; its file tier gathers each step's rows into
+  // pinned staging before the step).
   std::string tier;
   int64_t cache_rows = 0;                // the file tier's DRAM cache
   int64_t max_batch = 1;                 // prompts decoded together (1 with table_paths on

@@ -96,8 +96,9 @@ Commands:
       --engram-tables reads the Engram tables (one .engt per Engram layer, layer_ids order,
       each with the model's table rows and width) from the memory tier instead of the
       checkpoint, whose tables then stay on disk (memory holds the dense weights only).
-      --tier file (default) prefetches each step's rows on a background thread as soon as
-      the step's tokens are hashed; each Engram layer waits only for its own rows. --tier host
+      --tier file (default on the CPU) prefetches each step's rows on a background thread as
+      soon as the step's tokens are hashed; each Engram layer waits only for its own rows (on
+      the GPU the rows are gathered before the step). --tier host
       loads the tables into memory. --table-stats (file tier) writes one JSON line per step:
       rows, unique, hits, blocks and bytes read, I/O wait, and stall_ms (time the layers
       waited for their rows).
@@ -110,7 +111,8 @@ Commands:
         GET /health -> {"status": "ok", "device", "model", "requests"}
         POST /generate {"prompt", "max_tokens", "temperature", "top_k", "top_p", "seed"}
           -> {"text", "completion", "prompt_tokens", "tokens", "stop", "prefill_ms",
-              "decode_ms", "tokens_per_s"[, "tables": per-request file-tier statistics]}
+              "decode_ms", "tokens_per_s"[, "tables": per-request file-tier statistics,
+              CPU only]}
       Errors are {"error": MESSAGE} with 400/404/405/408/411/413/503; --port 0 picks a free port
       (printed on stderr); --max-requests stops after N requests, Ctrl-C after the current one.
   plot --out FILE.svg [--title T] RUN_DIR...

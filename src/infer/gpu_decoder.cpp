@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <set>
 #include <optional>
@@ -61,6 +62,11 @@ struct GpuDecoder::Impl {
   cuda::DeviceBuffer<int64_t> staged_offsets;
   std::vector<int64_t> staged_rows;
   bool staged(size_t e) const { return e < stores.size() && stores[e] != nullptr; }
+  // Waits for the decoder's work on both of its streams.
+  void synchronize() const {
+    stream.synchronize();
+    side.synchronize();
+  }
   // Engram layer e's ids and head offsets for a step of N rows (device).
   const int32_t* step_ids(size_t e, int64_t N) const {
     return staged(e) ? staged_ids.data() : d_hash.data() + e * sz(N * ids_per_token);
@@ -348,12 +354,14 @@ int64_t GpuDecoder::position(int64_t sequence) const {
 
 void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
   Impl& I = *impl_;
-  I.stream.synchronize();  // a step in flight may still read the old tables
+  I.synchronize();  // a step in flight may still read the old tables
   const model::ModelConfig& c = I.config;
   const size_t n = c.engram ? c.engram->hash.layer_ids.size() : 0;
   if (tables.empty()) {
     I.tables.clear();
     for (size_t e = 0; e < n; ++e) I.tables.push_back(I.w.layers[sz(c.engram->hash.layer_ids[e])].table);
+    I.stores.clear();
+    I.staging.clear();
     I.graphs.clear();
     return;
   }
@@ -368,13 +376,15 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
     const bool quant = t.dtype == DType::kF8E4M3 || t.dtype == DType::kI8;
     if (t.data == nullptr || t.rows != own.rows || t.width != own.width ||
         (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && !quant) ||
-        (quant && t.width % 32 != 0)) {
+        (quant && t.width % 32 != 0) ||
+        (t.dtype == DType::kI8 && reinterpret_cast<uintptr_t>(t.data) % 4 != 0)) {
       throw config_error("set_tables: Engram layer " + std::to_string(layer),
                          std::to_string(t.rows) + " rows of " + std::to_string(t.width) + " (" +
                              std::string(dtype_name(t.dtype)) + (t.data ? "" : ", no data") +
                              "), the model's table " + std::to_string(own.rows) + " rows of " +
                              std::to_string(own.width) +
-                             " (f32 or bf16; fp8 or int8 rows of a width that is a multiple of 32)");
+                             " (f32 or bf16; fp8 or int8 rows of a width that is a multiple of "
+                             "32, int8 data 4-byte aligned)");
     }
   }
   I.tables = std::move(tables);
@@ -385,7 +395,7 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
 
 void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
   Impl& I = *impl_;
-  I.stream.synchronize();  // a step in flight may still read the old staging
+  I.synchronize();  // a step in flight may still read the old staging
   const model::ModelConfig& c = I.config;
   const size_t n = c.engram ? c.engram->hash.layer_ids.size() : 0;
   // The layers' own tables again (set_tables' or the model's), not the staging.
@@ -558,8 +568,9 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     cuda::copy_to_device(I.d_logit_rows.data(), I.h_logit_rows.data(), sz(R) * sizeof(int32_t));
     if (n_engram > 0)
       cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
-    // The staged layers' rows (the copies above waited for the previous step, the staging's
-    // last reader).
+    // The staged layers' rows, once the previous step (the staging's last reader, on both
+    // streams) is done.
+    if (!I.stores.empty()) I.synchronize();
     for (size_t e = 0; e < n_engram; ++e) {
       if (!I.staged(e)) continue;
       I.staged_rows.resize(sz(N) * H);

@@ -178,9 +178,10 @@ TEST(GpuGather, OutOfTableIdsGiveNanRowsAndBadArgumentsThrow) {
 
 // fp8 and int8 rows (memory/row_format.h) dequantized in the gather: bit for bit the CPU's
 // decode_rows of the same encoded rows, into f32 (and into bf16: that value rounded), from a
-// table in device memory and in mapped pinned host memory. Groups are scaled from 1e-38 to 1e30
-// so that scales reach both ends (subnormal fp8 codes, the smallest UE8M0 scales), plus a group
-// of zeros, and ids out of the table give rows of NaN.
+// table in device memory and in mapped pinned host memory. Groups are scaled from 1e-38 (the
+// smallest UE8M0 scale, 2^-127, subnormal products) to 1e30, plus a group of zeros, and ids out
+// of the table give rows of NaN. (NaN codes and the NaN scale byte decode to NaN on both sides,
+// not necessarily with the same payload bits.)
 TEST(GpuGather, DequantizesFp8AndInt8RowsAsTheCpuDecodes) {
   SKIP_WITHOUT_GPU();
   for (const memory::RowFormat format : {memory::RowFormat::kFP8, memory::RowFormat::kINT8}) {

@@ -351,7 +351,8 @@ TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
 
 // set_table_stores: each step's rows gathered on the host through a RowStore into pinned
 // staging give the same logits, bit for bit, as the model's tables (eager steps and graph
-// replays); an empty list returns to the model's tables; a store of the wrong size is refused.
+// replays); an empty list, or set_tables, returns to the model's tables; a store of the wrong
+// size is refused.
 TEST(GpuDecoder, TableStoresStageEachStepsRows) {
   SKIP_WITHOUT_GPU();
   TestModel s = make_setup(engram_case(), 7);
@@ -385,6 +386,10 @@ TEST(GpuDecoder, TableStoresStageEachStepsRows) {
   dec.set_table_stores({});
   const std::vector<float> again = decode();
   EXPECT_EQ(std::memcmp(again.data(), own.data(), own.size() * sizeof(float)), 0);
+  dec.set_table_stores(ptrs);
+  dec.set_tables({});  // drops the stores too
+  const std::vector<float> back = decode();
+  EXPECT_EQ(std::memcmp(back.data(), own.data(), own.size() * sizeof(float)), 0);
 
   Tensor small(DType::kF32, {tables[0].shape()[0] - 1, tables[0].shape()[1]});
   const memory::TensorRowStore wrong(small);

@@ -6,7 +6,8 @@
 // Tables of F32 or BF16 rows, or of the memory tier's quantized rows (memory/row_format.h),
 // dequantized in the gather: F8E4M3 (width FP8 E4M3FN codes, then width/32 UE8M0 scale bytes:
 // DeepSeek-V4.1's layout) or I8 (width int8 codes, then width/32 float32 scales), each value
-// code * scale in float, exactly what memory::decode_rows gives. out is f32 (bf16 values are
+// code * scale in float, exactly what memory::decode_rows gives (NaN codes and scales give NaN,
+// whose payload bits may differ; exact with denormals on, i.e. without -ftz / fast math). out is f32 (bf16 values are
 // widened exactly) or bf16 (bf16 rows copied bit for bit, others rounded to nearest even; an fp8
 // value is exact in bf16 unless its scale puts it below 2^-133). Rows are copied 4 values per
 // thread (16-byte stores, 16- or 8-byte loads) when the width is a multiple of 4 and the pointers

@@ -21,7 +21,9 @@
 //   dec.reset(s);                                // sequence s starts again, empty
 //
 // The Engram tables are the model's (in its parameter arena) unless set_tables gives others,
-// e.g. a cuda::MappedHostBuffer's device pointer (the pinned host tier, read over PCIe).
+// e.g. a cuda::MappedHostBuffer's device pointer (the pinned host tier, read over PCIe), or
+// set_table_stores has each step's rows gathered on the host (the file tier; a step then also
+// reads files, and a damaged block fails it).
 // Everything runs on the decoder's own CUDA stream (a blocking one: ordered with the default
 // stream). A step uploads its inputs with synchronous copies, which wait for the previous step's
 // device work; it then returns once its own work is enqueued (routed MoE layers wait for their
