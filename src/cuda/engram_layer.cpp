@@ -127,11 +127,7 @@ GpuEngramLayer::GpuEngramLayer(const nn::EngramLayerConfig& config,
   blas_ = std::make_unique<Blas>();
 }
 
-GpuEngramLayer::~GpuEngramLayer() {
-  if (fork_event_ != nullptr) (void)cudaEventDestroy(static_cast<cudaEvent_t>(fork_event_));
-  if (join_event_ != nullptr) (void)cudaEventDestroy(static_cast<cudaEvent_t>(join_event_));
-  if (side_stream_ != nullptr) (void)cudaStreamDestroy(static_cast<cudaStream_t>(side_stream_));
-}
+GpuEngramLayer::~GpuEngramLayer() = default;
 
 void GpuEngramLayer::mark(const char* phase) {
   if (!profiling_) return;
@@ -456,19 +452,20 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
   A* dxn = c.short_conv ? ensure_as<A>(dxn_, n_out) : nullptr;
   A* dkv = ensure_as<A>(dkv_, tokens * kvr);
   ensure(ds_, tokens * M);
-  fork_side_stream();
+  if (!side_) side_ = std::make_unique<SideStream>();
+  side_->fork.record(nullptr);  // after the forward's rows, on the default stream
+  side_->fork.wait(side_->stream);
   // If anything below throws before the join, the side stream's work must end before its
   // buffers can be touched again (the next forward rewrites the rows it sorts).
   struct JoinOnUnwind {
-    void* stream;
+    const Stream& stream;
     bool armed = true;
     ~JoinOnUnwind() {
-      if (armed) (void)cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+      if (armed) (void)cudaStreamSynchronize(static_cast<cudaStream_t>(stream.get()));
     }
-  } join_on_unwind{side_stream_};
-  detail::launch_sparse_rows_plan<A>(sparse, side_stream_);
-  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(join_event_),
-                                    static_cast<cudaStream_t>(side_stream_)));
+  } join_on_unwind{side_->stream};
+  detail::launch_sparse_rows_plan<A>(sparse, side_->stream.get());
+  side_->join.record(side_->stream);
   // The short conv's input gradient dxn; the gate backward adds the norm's backward of it to
   // d_out (the residual's part) to get d Vt.
   if (c.short_conv) {
@@ -502,34 +499,12 @@ void GpuEngramLayer::backward_impl(const A* d_dout, const A* d_hidden, A* d_dhid
               {de, kA, dm}, options_.math);
   mark("bwd: de GEMM");
   // The sparse table gradient: each distinct row's slot gradients summed (after the plan).
-  ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(nullptr, static_cast<cudaEvent_t>(join_event_), 0));
+  side_->join.wait(nullptr);
   join_on_unwind.armed = false;
   detail::launch_sparse_rows_values<A>(sparse, nullptr);
   mark("bwd: sparse table grad");
   grads.table_unique = detail::read_sparse_rows_count(num_runs_.data(), nullptr);
 }
 
-void GpuEngramLayer::fork_side_stream() {
-  if (side_stream_ == nullptr) {
-    // Each handle is kept as soon as it exists (the destructor releases it); the stream, created
-    // last, marks the set complete.
-    if (fork_event_ == nullptr) {
-      cudaEvent_t e = nullptr;
-      ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      fork_event_ = e;
-    }
-    if (join_event_ == nullptr) {
-      cudaEvent_t e = nullptr;
-      ENGRAM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      join_event_ = e;
-    }
-    cudaStream_t s = nullptr;
-    ENGRAM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    side_stream_ = s;
-  }
-  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(fork_event_), nullptr));
-  ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(side_stream_),
-                                        static_cast<cudaEvent_t>(fork_event_), 0));
-}
 
 }  // namespace engram::cuda

@@ -9,6 +9,7 @@
 
 #include "cuda/check.h"
 #include "cuda/engram_layer_kernel.h"
+#include "cuda/reduce.h"
 #include "cuda/vec_io.h"
 
 namespace engram::cuda::detail {
@@ -42,14 +43,11 @@ __device__ __forceinline__ void ldb(const float* bias, int64_t j, float (&o)[V])
   }
 }
 
-// Sums N values over the warp; every lane gets the sums (a fixed butterfly: deterministic).
+// Sums N values over the warp; every lane gets the sums (reduce.h's fixed butterfly each).
 template <int N>
 __device__ __forceinline__ void warp_sum(float (&v)[N]) {
 #pragma unroll
-  for (int i = 0; i < N; ++i) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
-  }
+  for (int i = 0; i < N; ++i) v[i] = detail::warp_sum(v[i]);
 }
 
 // ---- deterministic column reduction: out[col] += sum_r f(r, col) ---------------------------

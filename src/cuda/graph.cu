@@ -16,9 +16,10 @@ cudaStream_t as_stream(const Stream& s) {
 
 }  // namespace
 
-Stream::Stream() {
+Stream::Stream(bool non_blocking) {
   cudaStream_t s = nullptr;
-  ENGRAM_CUDA_CHECK(cudaStreamCreate(&s));
+  ENGRAM_CUDA_CHECK(
+      cudaStreamCreateWithFlags(&s, non_blocking ? cudaStreamNonBlocking : cudaStreamDefault));
   stream_ = s;
 }
 
@@ -41,11 +42,21 @@ Event::~Event() {
 }
 
 void Event::record(const Stream& s) {
-  ENGRAM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), as_stream(s)));
+  record(s.get());
 }
 
 void Event::wait(const Stream& s) const {
-  ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(as_stream(s), static_cast<cudaEvent_t>(event_), 0));
+  wait(s.get());
+}
+
+void Event::record(void* stream) {
+  ENGRAM_CUDA_CHECK(
+      cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(stream)));
+}
+
+void Event::wait(void* stream) const {
+  ENGRAM_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream),
+                                        static_cast<cudaEvent_t>(event_), 0));
 }
 
 Graph::~Graph() {

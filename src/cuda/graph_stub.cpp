@@ -12,7 +12,7 @@ namespace {
 
 }  // namespace
 
-Stream::Stream() {
+Stream::Stream(bool) {
   no_cuda("cuda::Stream");
 }
 Stream::~Stream() = default;
@@ -27,6 +27,12 @@ void Event::record(const Stream&) {
   no_cuda("cuda::Event::record");
 }
 void Event::wait(const Stream&) const {
+  no_cuda("cuda::Event::wait");
+}
+void Event::record(void*) {
+  no_cuda("cuda::Event::record");
+}
+void Event::wait(void*) const {
   no_cuda("cuda::Event::wait");
 }
 Graph::~Graph() = default;

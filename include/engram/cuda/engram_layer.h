@@ -46,6 +46,7 @@
 #include "engram/cuda/blas.h"
 #include "engram/cuda/buffer.h"
 #include "engram/cuda/gather.h"
+#include "engram/cuda/graph.h"
 #include "engram/cuda/phase_timer.h"
 #include "engram/nn/engram_layer.h"
 #include "engram/tensor/dtype.h"
@@ -177,9 +178,6 @@ class GpuEngramLayer {
   template <class A>
   detail::GateArgs<A> gate_args(const A* kv, const A* hidden, A* vt, A* xn, int64_t tokens);
   void check_activations(DType want, const char* where) const;
-  // Makes side_stream_ wait for the default stream's work so far (creating it and the events on
-  // first use).
-  void fork_side_stream();
 
   nn::EngramLayerConfig config_;
   GpuEngramOptions options_;
@@ -205,11 +203,13 @@ class GpuEngramLayer {
   DeviceBuffer<int64_t> rows_sorted_;
   DeviceBuffer<int32_t> slots_sorted_, counts_, starts_, num_runs_;
   DeviceBuffer<uint8_t> temp_;
-  // backward's side stream (cudaStream_t, non-blocking) and its fork and join events
-  // (cudaEvent_t): the sparse table gradient's plan runs there.
-  void* side_stream_ = nullptr;
-  void* fork_event_ = nullptr;
-  void* join_event_ = nullptr;
+  // backward's side stream (non-blocking) and its fork and join events: the sparse table
+  // gradient's plan runs there. Made on the first backward.
+  struct SideStream {
+    Stream stream{true};
+    Event fork, join;
+  };
+  std::unique_ptr<SideStream> side_;
   // Profiling.
   bool profiling_ = false;
   PhaseTimer timer_;

@@ -16,7 +16,9 @@ namespace engram::cuda {
 
 class Stream {
  public:
-  Stream();
+  // non_blocking: not ordered with the legacy default stream (cudaStreamNonBlocking); order it
+  // with events.
+  explicit Stream(bool non_blocking = false);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
@@ -36,6 +38,9 @@ class Event {
   Event& operator=(const Event&) = delete;
   void record(const Stream& s);           // marks the point reached by s's work so far
   void wait(const Stream& s) const;       // s's later work waits for that point
+  // The same on a raw cudaStream_t (nullptr: the legacy default stream).
+  void record(void* stream);
+  void wait(void* stream) const;
 
  private:
   void* event_ = nullptr;  // cudaEvent_t
