@@ -1,10 +1,12 @@
 // The paper's offload experiment at our scale: a dense backbone with one Engram layer whose table
-// lives in GPU memory or in pinned host memory (read by the GPU over PCIe, zero-copy), decoding
-// many sequences of random lengths; tokens/s per tier.
+// lives in GPU memory, in pinned host memory (read by the GPU over PCIe, zero-copy) or in an
+// .engt file on disk (the file tier), decoding many sequences of random lengths; tokens/s per
+// tier.
 //
 //   build/bench/bench_offload_decode --config configs/offload_4b.toml [--sequences 512]
 //       [--min-len 100] [--max-len 1024] [--batch 64] [--tiers gpu,host,host-sync] [--math tf32]
-//       [--seed 1] [--threads N]
+//       [--seed 1] [--threads N] [--engt FILE.engt [--keep-engt]] [--cache-gib 4]
+//       [--policy frequency|lru]
 //
 // The model's parameters are random (uniform, std 0.02; norms 1), filled on the host in
 // parallel, uploaded once (model::GpuTransformer, inference only) and dropped from the host.
@@ -12,7 +14,13 @@
 // host memory; the gpu tier copies it to GPU memory. The rows of a step are prefetched
 // (GpuDecoderOptions::prefetch_rows: gathered on a second stream from the step's start, while the
 // layers before the Engram layer run), except in tier host-sync (host memory, gathered inside the
-// Engram layer). Hashing: the model's n-gram hasher over a
+// Engram layer). Tiers file and file-warm (they need --engt): the table is first written to FILE
+// (bf16 rows; removed at the end unless --keep-engt) and read through a memory::TieredRowStore
+// (O_DIRECT reads with io_uring, a DRAM cache of --cache-gib GiB of rows, --policy) into the
+// decoder's pinned staging at each step (infer::GpuDecoder::set_table_stores: gathered on the
+// host while the layers before the Engram layer run on the GPU); file starts with an empty
+// cache (cold), file-warm runs the same workload again through the same store (its cache as the
+// file run left it). Hashing: the model's n-gram hasher over a
 // synthetic compression (id -> id mod 3V/4), on the host, timed. Per tier the same workload:
 // `sequences` sequences with lengths uniform in [min-len, max-len] (seeded), decoded by an
 // infer::GpuDecoder with `batch` slots: every step feeds one token to every active sequence
@@ -22,7 +30,8 @@
 // Prints one JSON line per tier:
 //   {"bench":"offload_decode", "tier", "gpu", "config", "backbone_params", "table_params",
 //    "table_gib", "sequences", "tokens", "steps", "seconds", "tokens_per_s", "ms_per_step",
-//    "vs_gpu" (tokens_per_s / the gpu tier's - 1, when both ran)}
+//    "vs_gpu" (tokens_per_s / the gpu tier's - 1, when both ran); the file tiers add
+//    "cache_rows", "hit_rate", "rows_read", "bytes_read", "io_s" (the store's, over the run)}
 // and progress lines on stderr.
 #include <algorithm>
 #include <chrono>
@@ -39,6 +48,8 @@
 #include "engram/cuda/device.h"
 #include "engram/hash/ngram_hasher.h"
 #include "engram/infer/gpu_decoder.h"
+#include "engram/memory/engt_file.h"
+#include "engram/memory/tiered_store.h"
 #include "engram/model/config.h"
 #include "engram/model/gpu_transformer.h"
 #include "engram/model/transformer.h"
@@ -87,7 +98,9 @@ int usage(const char* why) {
   std::fprintf(stderr,
                "bench_offload_decode: %s\nusage: bench_offload_decode --config FILE.toml "
                "[--sequences 512] [--min-len 100] [--max-len 1024] [--batch 64] "
-               "[--tiers gpu,host,host-sync] [--math exact|tf32] [--seed 1] [--threads N]\n",
+               "[--tiers gpu,host,host-sync,file,file-warm] [--math exact|tf32] [--seed 1] "
+               "[--threads N] [--engt FILE.engt [--keep-engt]] [--cache-gib 4] "
+               "[--policy frequency|lru]\n",
                why);
   return 2;
 }
@@ -95,11 +108,18 @@ int usage(const char* why) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path, tiers = "gpu,host,host-sync", math = "tf32";
+  std::string config_path, tiers = "gpu,host,host-sync", math = "tf32", engt_path,
+      policy = "frequency";
   int64_t sequences = 512, min_len = 100, max_len = 1024, batch = 64, threads = 0;
+  double cache_gib = 4.0;
+  bool keep_engt = false;
   uint64_t seed = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--keep-engt") {
+      keep_engt = true;
+      continue;
+    }
     if (i + 1 >= argc) return usage(("missing value after " + a).c_str());
     const std::string v = argv[++i];
     if (a == "--config") {
@@ -120,6 +140,12 @@ int main(int argc, char** argv) {
       seed = std::stoull(v);
     } else if (a == "--threads") {
       threads = std::stoll(v);
+    } else if (a == "--engt") {
+      engt_path = v;
+    } else if (a == "--cache-gib") {
+      cache_gib = std::stod(v);
+    } else if (a == "--policy") {
+      policy = v;
     } else {
       return usage(("unknown option " + a).c_str());
     }
@@ -128,10 +154,17 @@ int main(int argc, char** argv) {
   if (sequences < 1 || batch < 1 || min_len < 1 || max_len < min_len)
     return usage("--sequences, --batch >= 1 and 1 <= --min-len <= --max-len");
   if (math != "exact" && math != "tf32") return usage("--math must be exact or tf32");
+  if (policy != "frequency" && policy != "lru") return usage("--policy must be frequency or lru");
+  if (!(cache_gib >= 0)) return usage("--cache-gib must be >= 0");
+  bool file_tiers = false, file_seen = false;
   for (const std::string& t : split(tiers)) {
-    if (t != "gpu" && t != "host" && t != "host-sync")
-      return usage("--tiers: gpu, host and/or host-sync");
+    if (t != "gpu" && t != "host" && t != "host-sync" && t != "file" && t != "file-warm")
+      return usage("--tiers: gpu, host, host-sync, file and/or file-warm");
+    if (t == "file-warm" && !file_seen) return usage("--tiers: file-warm needs a file run before it");
+    file_seen = file_seen || t == "file";
+    file_tiers = file_tiers || t == "file";
   }
+  if (file_tiers && engt_path.empty()) return usage("the file tiers need --engt FILE.engt");
   try {
     engram::set_default_threads(static_cast<int>(threads));
     if (engram::cuda::device_count() == 0) {
@@ -192,6 +225,29 @@ int main(int argc, char** argv) {
                  static_cast<long long>(width), static_cast<double>(values) / 1e9, table_gib,
                  since(t0));
 
+    // The file tier's table: the same rows written to an .engt file.
+    std::unique_ptr<engram::memory::TieredRowStore> store;
+    if (file_tiers) {
+      t0 = Clock::now();
+      engram::memory::write_engt(
+          engt_path, engram::memory::RowFormat::kBF16, rows, width,
+          [&](int64_t first_row, int64_t count, float* out) {
+            const engram::bf16* src = ht + first_row * width;
+            fill_parallel(static_cast<size_t>(count * width),
+                          [&](size_t i) { out[i] = engram::bf16_to_float(src[i]); });
+          },
+          "bench_offload_decode");
+      std::fprintf(stderr, "[offload] table written to %s in %.1f s\n", engt_path.c_str(),
+                   since(t0));
+    }
+    struct RemoveFile {
+      const std::string& path;
+      bool on;
+      ~RemoveFile() {
+        if (on) std::remove(path.c_str());
+      }
+    } remove_engt{engt_path, file_tiers && !keep_engt};
+
     // The workload, the same for every tier.
     std::mt19937_64 rng(seed + 5);
     std::vector<int64_t> lengths(static_cast<size_t>(sequences)), first(lengths.size());
@@ -221,7 +277,22 @@ int main(int argc, char** argv) {
       o.max_rows_per_sequence = 1;
       o.prefetch_rows = tier != "host-sync";
       engram::infer::GpuDecoder dec(gpu, &hasher, o);
-      dec.set_tables({table});
+      const bool file = tier == "file" || tier == "file-warm";
+      if (tier == "file") {
+        engram::memory::TieredStoreOptions so;
+        so.cache_rows = static_cast<int64_t>(cache_gib * 1024.0 * 1024.0 * 1024.0 /
+                                             static_cast<double>(width * 2));
+        so.policy = policy == "lru" ? engram::memory::CachePolicy::kLru
+                                    : engram::memory::CachePolicy::kFrequency;
+        store.reset();  // (a second file run starts cold again)
+        store = std::make_unique<engram::memory::TieredRowStore>(engt_path, so);
+      }
+      if (file) {
+        store->reset_stats();
+        dec.set_table_stores({store.get()});
+      } else {
+        dec.set_tables({table});
+      }
 
       // Slots: the sequence each decodes (-1: idle), its next token.
       std::vector<int64_t> slot_seq(static_cast<size_t>(batch), -1), next(static_cast<size_t>(batch));
@@ -283,6 +354,18 @@ int main(int argc, char** argv) {
           static_cast<long long>(max_len), static_cast<long long>(done_tokens),
           static_cast<long long>(steps), seconds, tps, 1e3 * seconds / static_cast<double>(steps));
       if (tier != "gpu" && gpu_tps > 0) std::printf(",\"vs_gpu\":%.5f", tps / gpu_tps - 1.0);
+      if (file) {
+        const engram::memory::TierStats st = store->total_stats();
+        std::printf(",\"policy\":\"%s\",\"cache_gib\":%.2f,\"cache_rows\":%lld,"
+                    "\"hit_rate\":%.4f,\"unique_rows\":%lld,\"rows_read\":%lld,"
+                    "\"bytes_read\":%lld,\"io_s\":%.3f,\"gather_s\":%.3f",
+                    policy.c_str(), cache_gib,
+                    static_cast<long long>(cache_gib * 1024.0 * 1024.0 * 1024.0 /
+                                           static_cast<double>(width * 2)),
+                    st.hit_rate(), static_cast<long long>(st.unique),
+                    static_cast<long long>(st.misses), static_cast<long long>(st.bytes_read),
+                    st.io_seconds, st.seconds);
+      }
       std::printf("}\n");
       std::fflush(stdout);
     }

@@ -181,7 +181,10 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
   const float* wk = a.key_w + m * d;
   const float* wq = a.query_w + m * d;
   const float* bk = a.bias != nullptr ? a.bias + (1 + m) * d : nullptr;
-  float s[3] = {0.0f, 0.0f, 0.0f};
+  const bool conv = a.conv_norm_w != nullptr;
+  // s[0] = sum kb^2, s[1] = sum q^2, s[2] = sum (kb wk)(q wq); with the conv, s[3] = sum vb^2
+  // (vb = v + bias: the conv norm's sum of Vt^2 is alpha^2 s[3], so Vt need not be formed here).
+  float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t j = lane * V; j < d; j += 32 * V) {
     float kk[V], qq[V], wkk[V], wqq[V], b[V];
     ldv<V>(k + j, kk);
@@ -196,50 +199,49 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
       s[1] += qq[e] * qq[e];
       s[2] += (kk[e] * wkk[e]) * (qq[e] * wqq[e]);
     }
+    if (conv) {
+      float vv[V], bv[V];
+      ldv<V>(v + j, vv);
+      ldb<V>(a.bias, j, bv);
+#pragma unroll
+      for (int e = 0; e < V; ++e) s[3] += (vv[e] + bv[e]) * (vv[e] + bv[e]);
+    }
   }
-  warp_sum<3>(s);
+  warp_sum<4>(s);
   const float rk = 1.0f / sqrtf(s[0] / static_cast<float>(d) + a.eps);
   const float rq = 1.0f / sqrtf(s[1] / static_cast<float>(d) + a.eps);
   const float score = s[2] * rk * rq / sqrtf(static_cast<float>(d));
   const float mag = sqrtf(fmaxf(fabsf(score), 1e-6f));
   const float alpha = sigmoidf_(score > 0.0f ? mag : (score < 0.0f ? -mag : 0.0f));
+  // The short conv's RMSNorm of this Vt row.
+  const float r =
+      conv ? 1.0f / sqrtf(alpha * alpha * s[3] / static_cast<float>(d) + a.conv_eps) : 0.0f;
   if (lane == 0) {
     a.key_rstd[i] = rk;
     a.query_rstd[i] = rq;
     a.score[i] = score;
     a.alpha[i] = alpha;
+    if (conv) a.conv_rstd[i] = r;
   }
   A* vt = a.vt != nullptr ? a.vt + i * d : nullptr;
-  if (vt == nullptr && a.conv_norm_w == nullptr) return;
-  float ss[1] = {0.0f};
+  if (vt == nullptr) return;
+  A* xn = conv ? a.xn : nullptr;
+  if (xn != nullptr) xn += i * d;
+  const float* w = conv ? a.conv_norm_w + m * d : nullptr;
   for (int64_t j = lane * V; j < d; j += 32 * V) {
     float vv[V], b[V];
     ldv<V>(v + j, vv);
     ldb<V>(a.bias, j, b);
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      vv[e] = alpha * (vv[e] + b[e]);
-      ss[0] += vv[e] * vv[e];
-    }
-    if (vt != nullptr) stv<V>(vt + j, vv);
-  }
-  if (a.conv_norm_w == nullptr) return;
-  // The short conv's RMSNorm of this vt row, of the float values (as the conv kernels recompute
-  // them).
-  warp_sum<1>(ss);
-  const float r = 1.0f / sqrtf(ss[0] / static_cast<float>(d) + a.conv_eps);
-  if (lane == 0) a.conv_rstd[i] = r;
-  if (a.xn == nullptr || vt == nullptr) return;
-  const float* w = a.conv_norm_w + m * d;
-  A* xn = a.xn + i * d;
-  __syncwarp();
-  for (int64_t j = lane * V; j < d; j += 32 * V) {
-    float vv[V], ww[V];
-    ldv<V>(vt + j, vv);
-    ldw<V>(w + j, ww);
+    for (int e = 0; e < V; ++e) vv[e] = alpha * (vv[e] + b[e]);
+    stv<V>(vt + j, vv);
+    if (xn != nullptr) {
+      float ww[V];
+      ldw<V>(w + j, ww);
 #pragma unroll
-    for (int e = 0; e < V; ++e) vv[e] = vv[e] * r * ww[e];
-    stv<V>(xn + j, vv);
+      for (int e = 0; e < V; ++e) vv[e] = vv[e] * r * ww[e];
+      stv<V>(xn + j, vv);
+    }
   }
 }
 
@@ -250,7 +252,10 @@ __global__ void __launch_bounds__(kThreads) gate_forward_kernel(GateArgs<A> a) {
 // warp takes its block's tokens together, so that each parameter (norm weights, biases) it reads
 // could serve several (kGateTokens). Measured on the H200 at issue 5's shape (bf16, with the
 // short conv): 1 token a block 0.52 ms with the norm weights' column sum, 2 tokens 0.64 ms, 4
-// tokens 0.78 ms: the kernel is bound by latency, not by the parameters' L2 traffic.
+// tokens 0.78 ms: the kernel is bound by latency, not by the parameters' L2 traffic. Persistent
+// blocks (each a contiguous run of tokens, summing the norm weights' and the bias's gradients in
+// shared memory instead of the column-sum passes over the activations) measured 0.61-0.64 ms
+// against 0.57 for this kernel with its passes (docs/benchmarks.md).
 constexpr int kGateTokens = 1;
 
 template <class A, int V>
@@ -425,6 +430,10 @@ __global__ void gate_backward_kernel(GateBwdArgs<A> a) {
 constexpr int kMaxTaps = static_cast<int>(kMaxConvKernel);
 constexpr int kWalkLen = 64;  // positions a walk computes (L)
 constexpr int kWalksY = 8;    // walks per block (blockDim.y)
+// The forward walk's registers are capped for 4 blocks an SM (64; 72 uncapped, 3 blocks): the
+// conv forward 0.130 -> 0.112 ms at issue 5's shape, a few bytes spilled. The backward walk's
+// (111) stay: capped for 3 blocks it spills ~250 bytes and takes twice as long.
+constexpr int kFwdWalkBlocks = 4;
 
 // SiLU's sigmoid with the fast exponential and division (__expf's error grows with |v|: a few
 // ulp at the magnitudes here).
@@ -551,8 +560,8 @@ __device__ __forceinline__ void ring_fill(const ConvArgs<A>& a,
 
 // out = vt + SiLU(conv(xn)).
 template <class A, int V, int KT, bool kExact>
-__global__ void __launch_bounds__(32 * kWalksY) conv_fwd_walk_kernel(ConvArgs<A> a, A* out,
-                                                                     Walks walks) {
+__global__ void __launch_bounds__(32 * kWalksY, kFwdWalkBlocks)
+    conv_fwd_walk_kernel(ConvArgs<A> a, A* out, Walks walks) {
   const WalkChannels<A, V, KT, kExact> ch(a);
   if (!ch.live) return;
   const int64_t C = a.M * a.d;

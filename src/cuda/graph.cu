@@ -1,4 +1,4 @@
-// cuda::Stream and cuda::Graph (include/engram/cuda/graph.h). src/cuda/graph_stub.cpp stands in
+// cuda::Stream, cuda::Event, cuda::HostGate and cuda::Graph (include/engram/cuda/graph.h). src/cuda/graph_stub.cpp stands in
 // for this file in builds without CUDA.
 #include <cuda_runtime.h>
 
@@ -12,6 +12,13 @@ namespace {
 
 cudaStream_t as_stream(const Stream& s) {
   return static_cast<cudaStream_t>(s.get());
+}
+
+// Spins until *gate (pinned host memory, read over the bus each time) is nonzero. The system-
+// scope fence orders the later work's reads of host memory after the flag's.
+__global__ void host_gate_wait_kernel(const volatile int* gate) {
+  while (*gate == 0) __nanosleep(1000);
+  __threadfence_system();
 }
 
 }  // namespace
@@ -52,6 +59,37 @@ void Event::wait(const Stream& s) const {
 void Event::record(void* stream) {
   ENGRAM_CUDA_CHECK(
       cudaEventRecord(static_cast<cudaEvent_t>(event_), static_cast<cudaStream_t>(stream)));
+}
+
+HostGate::HostGate() {
+  void* host = nullptr;
+  void* device = nullptr;
+  ENGRAM_CUDA_CHECK(cudaHostAlloc(&host, sizeof(int), cudaHostAllocMapped));
+  if (const cudaError_t e = cudaHostGetDevicePointer(&device, host, 0); e != cudaSuccess) {
+    (void)cudaFreeHost(host);
+    ENGRAM_CUDA_CHECK(e);
+  }
+  host_ = static_cast<int*>(host);
+  device_ = static_cast<const int*>(device);
+  open();
+}
+
+HostGate::~HostGate() {
+  if (host_ != nullptr) (void)cudaFreeHost(host_);
+}
+
+void HostGate::close() {
+  __atomic_store_n(host_, 0, __ATOMIC_SEQ_CST);
+}
+
+void HostGate::open() {
+  // Sequentially consistent: the host's earlier writes are visible before the flag is.
+  __atomic_store_n(host_, 1, __ATOMIC_SEQ_CST);
+}
+
+void HostGate::wait(void* stream) const {
+  host_gate_wait_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(device_);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
 void Event::wait(void* stream) const {

@@ -35,6 +35,19 @@ void Event::record(void*) {
 void Event::wait(void*) const {
   no_cuda("cuda::Event::wait");
 }
+HostGate::HostGate() {
+  no_cuda("cuda::HostGate");
+}
+HostGate::~HostGate() = default;
+void HostGate::close() {
+  no_cuda("cuda::HostGate::close");
+}
+void HostGate::open() {
+  no_cuda("cuda::HostGate::open");
+}
+void HostGate::wait(void*) const {
+  no_cuda("cuda::HostGate::wait");
+}
 Graph::~Graph() = default;
 Graph::Graph(Graph&&) noexcept = default;
 Graph& Graph::operator=(Graph&&) noexcept = default;

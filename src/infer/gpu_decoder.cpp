@@ -61,7 +61,26 @@ struct GpuDecoder::Impl {
   cuda::DeviceBuffer<int32_t> staged_ids;
   cuda::DeviceBuffer<int64_t> staged_offsets;
   std::vector<int64_t> staged_rows;
+  // The staged layers' rows are gathered on the host while the step's device work starts: the
+  // first staged layer's gather (on the side stream with prefetch_rows, else in the layer) waits
+  // at this gate until they are in the staging.
+  std::unique_ptr<cuda::HostGate> gate;  // made by set_table_stores
   bool staged(size_t e) const { return e < stores.size() && stores[e] != nullptr; }
+  bool any_staged() const {
+    return std::any_of(stores.begin(), stores.end(), [](const auto* p) { return p != nullptr; });
+  }
+  // The staged layers' rows of the uploaded step (N rows) into their staging.
+  void gather_staged(int64_t N);
+  // A step of N rows runs the routed MoE (which waits for its routing counts on the host).
+  bool routed(int64_t N) const { return config.moe.has_value() && N > options.dense_moe_rows; }
+  // run_step(N, R) will only launch an already captured graph: it then neither allocates nor
+  // waits for the device (an eager step may, growing a buffer), so the host may gather the
+  // staged rows after it, while the device waits at the gate.
+  bool will_replay(int64_t N, int64_t R) const {
+    const std::pair<int64_t, int64_t> key{N, R};
+    return options.cuda_graphs && !profiling && !routed(N) && no_graph.count(key) == 0 &&
+           graphs.count(key) > 0 && graph_addresses() == captured_addresses;
+  }
   // Waits for the decoder's work on both of its streams.
   void synchronize() const {
     stream.synchronize();
@@ -449,6 +468,7 @@ void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
     if (stores[e] == nullptr) continue;
     I.tables[e] = cuda::DeviceTable{staging[e].device(), DType::kF32, S * H, stores[e]->width()};
   }
+  if (!I.gate) I.gate = std::make_unique<cuda::HostGate>();
   I.stores = std::move(stores);
   I.staging = std::move(staging);
   I.host_offsets = std::move(offsets);
@@ -568,20 +588,29 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     cuda::copy_to_device(I.d_logit_rows.data(), I.h_logit_rows.data(), sz(R) * sizeof(int32_t));
     if (n_engram > 0)
       cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
-    // The staged layers' rows, once the previous step (the staging's last reader, on both
-    // streams) is done.
-    if (!I.stores.empty()) I.synchronize();
-    for (size_t e = 0; e < n_engram; ++e) {
-      if (!I.staged(e)) continue;
-      I.staged_rows.resize(sz(N) * H);
-      const std::vector<int64_t>& off = I.host_offsets[e];
-      for (int64_t r = 0; r < N; ++r)
-        for (size_t h = 0; h < H; ++h)
-          I.staged_rows[sz(r) * H + h] = off[h] + I.h_hash[(e * sz(N) + sz(r)) * H + h];
-      I.stores[e]->gather(I.staged_rows, I.staging[e].host().data(), I.stores[e]->width());
-    }
     I.mark("upload");
-    I.run_step(N, R);
+    if (I.any_staged() && !I.will_replay(N, R)) {
+      // An eager step (its shape's first, a capture, profiling, the routed MoE waiting for its
+      // routing counts) may wait for the device inside run_step: the rows first (the gate stays
+      // open).
+      I.synchronize();  // the previous step is the staging's last reader, on both streams
+      I.gather_staged(N);
+      I.run_step(N, R);
+    } else if (I.any_staged()) {
+      // A replayed step: the staged layers' rows are gathered while its first layers run. Once
+      // the previous step is done, the gate closes, the graph is launched, the rows are gathered
+      // and the gate opens (in every path: the device must never wait for ever).
+      I.synchronize();
+      I.gate->close();
+      struct OpenOnExit {
+        cuda::HostGate& gate;
+        ~OpenOnExit() { gate.open(); }
+      } open_on_exit{*I.gate};
+      I.run_step(N, R);
+      I.gather_staged(N);
+    } else {
+      I.run_step(N, R);
+    }
   } catch (...) {
     for (auto& [seq, hasher] : hashers_before) I.streams[sz(seq)] = std::move(hasher);
     I.logit_seqs.clear();  // the last logits are not this step's
@@ -591,11 +620,23 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
   I.logit_seqs = std::move(logit_seqs);
 }
 
+void GpuDecoder::Impl::gather_staged(int64_t N) {
+  const auto H = static_cast<size_t>(ids_per_token);
+  for (size_t e = 0; e < stores.size(); ++e) {
+    if (!staged(e)) continue;
+    staged_rows.resize(sz(N) * H);
+    const std::vector<int64_t>& off = host_offsets[e];
+    for (int64_t r = 0; r < N; ++r)
+      for (size_t hd = 0; hd < H; ++hd)
+        staged_rows[sz(r) * H + hd] = off[hd] + h_hash[(e * sz(N) + sz(r)) * H + hd];
+    stores[e]->gather(staged_rows, staging[e].host().data(), stores[e]->width());
+  }
+}
+
 // Runs the uploaded step: eagerly, or by replaying (capturing first) a graph of its shape.
 void GpuDecoder::Impl::run_step(int64_t N, int64_t R) {
-  const bool routed = config.moe.has_value() && N > options.dense_moe_rows;
   const std::pair<int64_t, int64_t> key{N, R};
-  if (!options.cuda_graphs || profiling || routed || no_graph.count(key) > 0) {
+  if (!options.cuda_graphs || profiling || routed(N) || no_graph.count(key) > 0) {
     run_device(N, R);
     return;
   }
@@ -653,8 +694,13 @@ void GpuDecoder::Impl::run_device(int64_t N, int64_t R) {
   if (options.prefetch_rows && !tables.empty()) {
     step_start.record(stream);
     step_start.wait(side);
+    bool gated = false;
     for (size_t e = 0; e < tables.size(); ++e) {
       const model::GpuLayerWeights& L = w.layers[sz(config.engram->hash.layer_ids[e])];
+      if (staged(e) && !gated) {
+        gate->wait(side.get());  // the host is gathering the staged rows meanwhile
+        gated = true;
+      }
       L.engram->prefetch_step(step_ids(e, N), N, tables[e], step_offsets(e, L), side.get());
       rows_ready[e]->record(side);
     }
@@ -705,7 +751,11 @@ void GpuDecoder::Impl::engram(int64_t l, int64_t N) {
   }
   ring.seq = d_seq.data();
   ring.pos = d_pos.data();
-  if (options.prefetch_rows) rows_ready[e]->wait(stream);
+  if (options.prefetch_rows) {
+    rows_ready[e]->wait(stream);
+  } else if (staged(e)) {
+    gate->wait(st());  // the host is gathering the staged rows meanwhile
+  }
   L.engram->forward_step(x.data(), step_ids(e, N), N, tables[e], step_offsets(e, L), ring,
                          engram_out.data(), st());
   cuda::add_inplace(x.data(), engram_out.data(), N * n * C, st());

@@ -5,18 +5,21 @@
 // graphs, prefetched rows and dense MoE, and with none of them (routed MoE); graph replays against eager
 // steps (bit for bit); the greedy
 // argmax against the host's; tables read from mapped host memory (bit-identical) and as bf16;
-// the input errors (nothing changes) and config errors. Skipped without a GPU.
+// table stores gathered while the first layers run (a slow store; a failing one fails its step
+// only); the input errors (nothing changes) and config errors. Skipped without a GPU.
 #include "engram/infer/gpu_decoder.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engram/cuda/buffer.h"
@@ -403,6 +406,72 @@ TEST(GpuDecoder, TableStoresStageEachStepsRows) {
 }
 
 using test::error_of;
+
+// A store over another that sleeps in every gather (so that the device reaches the decoder's
+// gate before the rows are staged) and fails its fail_at-th call.
+class SlowStore final : public memory::RowStore {
+ public:
+  SlowStore(const memory::RowStore& inner, int delay_ms) : inner_(inner), delay_ms_(delay_ms) {}
+  int64_t num_rows() const override { return inner_.num_rows(); }
+  int64_t width() const override { return inner_.width(); }
+  void gather(std::span<const int64_t> rows, float* out, int64_t out_stride) const override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
+    if (++calls == fail_at) throw InputError("SlowStore: call " + std::to_string(calls) + " fails");
+    inner_.gather(rows, out, out_stride);
+  }
+  void gather(std::span<const int64_t> rows, double* out, int64_t out_stride) const override {
+    inner_.gather(rows, out, out_stride);
+  }
+  mutable int calls = 0;
+  int fail_at = -1;
+
+ private:
+  const memory::RowStore& inner_;
+  int delay_ms_;
+};
+
+// The staged rows are gathered while the step's first layers run: the layers wait at the gate
+// (a slow store makes them reach it first), eager steps, captures and replays alike, with and
+// without prefetched rows; a failed gather fails its step only.
+TEST(GpuDecoder, TableStoresOverlapTheFirstLayers) {
+  SKIP_WITHOUT_GPU();
+  for (const bool prefetch : {true, false}) {
+    SCOPED_TRACE(prefetch ? "prefetched rows" : "rows gathered in the layer");
+    TestModel s = make_setup(engram_case(), 7);
+    const model::ModelConfig& c = s.c.config;
+    const std::vector<int64_t> ids = random_tokens(30, c.model.vocab_size, 9);
+    GpuDecoderOptions o;
+    o.max_rows_per_sequence = 4;  // 8 steps, repeated shapes: graphs replay
+    o.prefetch_rows = prefetch;
+    GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
+    auto decode = [&] { return decode_from_start(dec, ids); };
+    const std::vector<float> own = decode();
+    std::vector<Tensor> tables;
+    std::vector<std::unique_ptr<memory::TensorRowStore>> inner;
+    std::vector<std::unique_ptr<SlowStore>> slow;
+    std::vector<const memory::RowStore*> ptrs;
+    for (const int layer : c.engram->hash.layer_ids) {
+      const auto& L = s.cpu->params().layers[sz(layer)];
+      const int64_t rows = L.engram->table_rows(), width = L.engram->config().row_width();
+      tables.emplace_back(DType::kF32, std::vector<int64_t>{rows, width});
+      std::copy(L.engram_table.begin(), L.engram_table.end(), tables.back().data<float>());
+      inner.push_back(std::make_unique<memory::TensorRowStore>(tables.back()));
+      slow.push_back(std::make_unique<SlowStore>(*inner.back(), 5));
+      ptrs.push_back(slow.back().get());
+    }
+    dec.set_table_stores(ptrs);
+    for (int round = 0; round < 2; ++round) {
+      const std::vector<float> staged = decode();
+      ASSERT_EQ(staged.size(), own.size());
+      EXPECT_EQ(std::memcmp(staged.data(), own.data(), own.size() * sizeof(float)), 0) << round;
+    }
+    slow[0]->fail_at = slow[0]->calls + 3;
+    EXPECT_EQ(error_of<InputError>([&] { decode(); }),
+              "SlowStore: call " + std::to_string(slow[0]->fail_at) + " fails");
+    const std::vector<float> again = decode();
+    EXPECT_EQ(std::memcmp(again.data(), own.data(), own.size() * sizeof(float)), 0);
+  }
+}
 
 TEST(GpuDecoder, InputErrorsChangeNothing) {
   SKIP_WITHOUT_GPU();

@@ -1,5 +1,6 @@
-// A CUDA stream of one's own, events between streams, and CUDA graphs captured on a stream: a fixed sequence of launches
-// recorded once and replayed with one call (infer::GpuDecoder's decode steps).
+// A CUDA stream of one's own, events between streams, a gate that holds a stream until the host
+// opens it, and CUDA graphs captured on a stream: a fixed sequence of launches recorded once and
+// replayed with one call (infer::GpuDecoder's decode steps).
 //
 //   cuda::Stream s;                          // a blocking stream: ordered with the default stream
 //   cuda::Graph g;
@@ -44,6 +45,30 @@ class Event {
 
  private:
   void* event_ = nullptr;  // cudaEvent_t
+};
+
+// A point in a stream's work that waits for the host: wait(s) enqueues a one-thread kernel
+// (so it can be captured in a graph) that spins, with a short sleep, until the host has called
+// open(); close() shuts the gate again for the next round. The host's writes to pinned host
+// memory made before open() are visible to the work after the wait. It lets a stream run
+// ahead while the host prepares what a later part of it reads (infer::GpuDecoder's file tier:
+// the first layers run while the host gathers the Engram rows). Call close() only when no wait
+// is pending on the device; every wait enqueued must be followed by open(), or the stream never
+// finishes (open() in every path, an exception's included).
+class HostGate {
+ public:
+  HostGate();  // open
+  ~HostGate();
+  HostGate(const HostGate&) = delete;
+  HostGate& operator=(const HostGate&) = delete;
+
+  void close();
+  void open();
+  void wait(void* stream) const;  // a cudaStream_t (nullptr: the legacy default stream)
+
+ private:
+  int* host_ = nullptr;          // pinned, mapped: 0 closed, 1 open
+  const int* device_ = nullptr;  // its device address
 };
 
 class Graph {

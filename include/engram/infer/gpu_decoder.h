@@ -126,7 +126,10 @@ class GpuDecoder {
   // at each step, once the previous step's device work is done, the step's rows are gathered on
   // the host through the store (e.g. a memory::TieredRowStore: the file tier with its DRAM cache)
   // into a pinned, mapped staging buffer of max_step_rows * heads rows, which the GPU reads
-  // over PCIe (decoded float32 rows). A store error (an unreadable block, a checksum mismatch)
+  // over PCIe (decoded float32 rows). When the step replays a captured CUDA graph the gather
+  // runs while its first layers run on the GPU: the first staged layer's row gather waits
+  // (cuda::HostGate) until the host is done. Eager steps (a shape's first two, profiling, the
+  // routed MoE) gather the rows before they start. A store error (an unreadable block, a checksum mismatch)
   // fails the step as an input error does. Each store must have the model's row count and width
   // (ConfigError otherwise) and outlive its use here. A null entry, or an empty list for all:
   // the layer's own table (set_tables' or the model's). set_tables drops the stores.
