@@ -31,7 +31,9 @@
 //   {"bench":"offload_decode", "tier", "gpu", "config", "backbone_params", "table_params",
 //    "table_gib", "sequences", "tokens", "steps", "seconds", "tokens_per_s", "ms_per_step",
 //    "vs_gpu" (tokens_per_s / the gpu tier's - 1, when both ran); the file tiers add
-//    "cache_rows", "hit_rate", "rows_read", "bytes_read", "io_s" (the store's, over the run)}
+//    "cache_rows", "hit_rate", "unique_rows" and "rows_read" (each step's distinct rows and
+//    those of them read from the file, summed over the steps), "bytes_read", "io_s" and
+//    "gather_s" (the store's, over the run)}
 // and progress lines on stderr.
 #include <algorithm>
 #include <chrono>

@@ -430,9 +430,10 @@ __global__ void gate_backward_kernel(GateBwdArgs<A> a) {
 constexpr int kMaxTaps = static_cast<int>(kMaxConvKernel);
 constexpr int kWalkLen = 64;  // positions a walk computes (L)
 constexpr int kWalksY = 8;    // walks per block (blockDim.y)
-// The forward walk's registers are capped for 4 blocks an SM (64; 72 uncapped, 3 blocks): the
-// conv forward 0.130 -> 0.112 ms at issue 5's shape, a few bytes spilled. The backward walk's
-// (111) stay: capped for 3 blocks it spills ~250 bytes and takes twice as long.
+// The forward walk's registers are capped for 4 blocks an SM with rings of 4 taps (64; 72
+// uncapped, 3 blocks): the conv forward 0.130 -> 0.112 ms at issue 5's shape, a few bytes
+// spilled. Rings of 8 taps (twice the registers) and the backward walk (111 registers) stay
+// uncapped: the backward capped for 3 blocks spills ~250 bytes and takes twice as long.
 constexpr int kFwdWalkBlocks = 4;
 
 // SiLU's sigmoid with the fast exponential and division (__expf's error grows with |v|: a few
@@ -560,7 +561,7 @@ __device__ __forceinline__ void ring_fill(const ConvArgs<A>& a,
 
 // out = vt + SiLU(conv(xn)).
 template <class A, int V, int KT, bool kExact>
-__global__ void __launch_bounds__(32 * kWalksY, kFwdWalkBlocks)
+__global__ void __launch_bounds__(32 * kWalksY, KT == 4 ? kFwdWalkBlocks : 1)
     conv_fwd_walk_kernel(ConvArgs<A> a, A* out, Walks walks) {
   const WalkChannels<A, V, KT, kExact> ch(a);
   if (!ch.live) return;

@@ -64,7 +64,7 @@ void Event::record(void* stream) {
 HostGate::HostGate() {
   void* host = nullptr;
   void* device = nullptr;
-  ENGRAM_CUDA_CHECK(cudaHostAlloc(&host, sizeof(int), cudaHostAllocMapped));
+  ENGRAM_CUDA_CHECK(cudaHostAlloc(&host, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable));
   if (const cudaError_t e = cudaHostGetDevicePointer(&device, host, 0); e != cudaSuccess) {
     (void)cudaFreeHost(host);
     ENGRAM_CUDA_CHECK(e);

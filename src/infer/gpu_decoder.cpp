@@ -169,6 +169,9 @@ struct GpuDecoder::Impl {
     }
   }
   void run_step(int64_t N, int64_t R);
+  // Launches the captured graph of the shape (will_replay(N, R)): nothing that could wait for the
+  // device.
+  void replay(int64_t N, int64_t R);
   void run_device(int64_t N, int64_t R);
 
   cuda::Blas& blas() { return own_blas; }
@@ -446,6 +449,7 @@ void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
                              std::to_string(own.rows) + " rows of " + std::to_string(own.width));
     }
   }
+  if (!I.gate) I.gate = std::make_unique<cuda::HostGate>();  // before anything changes
   std::vector<cuda::MappedHostBuffer<float>> staging(n);
   std::vector<std::vector<int64_t>> offsets(n);
   for (size_t e = 0; e < n; ++e) {
@@ -468,7 +472,6 @@ void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
     if (stores[e] == nullptr) continue;
     I.tables[e] = cuda::DeviceTable{staging[e].device(), DType::kF32, S * H, stores[e]->width()};
   }
-  if (!I.gate) I.gate = std::make_unique<cuda::HostGate>();
   I.stores = std::move(stores);
   I.staging = std::move(staging);
   I.host_offsets = std::move(offsets);
@@ -606,7 +609,7 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
         cuda::HostGate& gate;
         ~OpenOnExit() { gate.open(); }
       } open_on_exit{*I.gate};
-      I.run_step(N, R);
+      I.replay(N, R);
       I.gather_staged(N);
     } else {
       I.run_step(N, R);
@@ -685,6 +688,12 @@ void GpuDecoder::Impl::run_step(int64_t N, int64_t R) {
   }
   graph.launch(stream);
   graphs.emplace(key, Captured{std::move(graph), clock});
+}
+
+void GpuDecoder::Impl::replay(int64_t N, int64_t R) {
+  Captured& c = graphs.at({N, R});
+  c.last_use = ++clock;
+  c.graph.launch(stream);
 }
 
 // The device part of a step over the uploaded inputs: N rows, logits for R of them.

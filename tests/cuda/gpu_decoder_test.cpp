@@ -18,6 +18,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -356,6 +357,18 @@ TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
 // staging give the same logits, bit for bit, as the model's tables (eager steps and graph
 // replays); an empty list, or set_tables, returns to the model's tables; a store of the wrong
 // size is refused.
+// A copy of each Engram layer's table of the CPU model, in layer order.
+std::vector<Tensor> model_tables(const TestModel& s) {
+  std::vector<Tensor> tables;
+  for (const int layer : s.c.config.engram->hash.layer_ids) {
+    const auto& L = s.cpu->params().layers[sz(layer)];
+    const int64_t rows = L.engram->table_rows(), width = L.engram->config().row_width();
+    tables.emplace_back(DType::kF32, std::vector<int64_t>{rows, width});
+    std::copy(L.engram_table.begin(), L.engram_table.end(), tables.back().data<float>());
+  }
+  return tables;
+}
+
 TEST(GpuDecoder, TableStoresStageEachStepsRows) {
   SKIP_WITHOUT_GPU();
   TestModel s = make_setup(engram_case(), 7);
@@ -367,15 +380,9 @@ TEST(GpuDecoder, TableStoresStageEachStepsRows) {
   GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
   auto decode = [&] { return decode_from_start(dec, ids); };
   const std::vector<float> own = decode();
-  std::vector<Tensor> tables;
+  const std::vector<Tensor> tables = model_tables(s);
   std::vector<std::unique_ptr<memory::TensorRowStore>> stores;
   std::vector<const memory::RowStore*> ptrs;
-  for (const int layer : c.engram->hash.layer_ids) {
-    const auto& L = s.cpu->params().layers[sz(layer)];
-    const int64_t rows = L.engram->table_rows(), width = L.engram->config().row_width();
-    tables.emplace_back(DType::kF32, std::vector<int64_t>{rows, width});
-    std::copy(L.engram_table.begin(), L.engram_table.end(), tables.back().data<float>());
-  }
   for (const Tensor& t : tables) {
     stores.push_back(std::make_unique<memory::TensorRowStore>(t));
     ptrs.push_back(stores.back().get());
@@ -446,16 +453,12 @@ TEST(GpuDecoder, TableStoresOverlapTheFirstLayers) {
     GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
     auto decode = [&] { return decode_from_start(dec, ids); };
     const std::vector<float> own = decode();
-    std::vector<Tensor> tables;
+    const std::vector<Tensor> tables = model_tables(s);
     std::vector<std::unique_ptr<memory::TensorRowStore>> inner;
     std::vector<std::unique_ptr<SlowStore>> slow;
     std::vector<const memory::RowStore*> ptrs;
-    for (const int layer : c.engram->hash.layer_ids) {
-      const auto& L = s.cpu->params().layers[sz(layer)];
-      const int64_t rows = L.engram->table_rows(), width = L.engram->config().row_width();
-      tables.emplace_back(DType::kF32, std::vector<int64_t>{rows, width});
-      std::copy(L.engram_table.begin(), L.engram_table.end(), tables.back().data<float>());
-      inner.push_back(std::make_unique<memory::TensorRowStore>(tables.back()));
+    for (const Tensor& t : tables) {
+      inner.push_back(std::make_unique<memory::TensorRowStore>(t));
       slow.push_back(std::make_unique<SlowStore>(*inner.back(), 5));
       ptrs.push_back(slow.back().get());
     }
@@ -470,6 +473,16 @@ TEST(GpuDecoder, TableStoresOverlapTheFirstLayers) {
               "SlowStore: call " + std::to_string(slow[0]->fail_at) + " fails");
     const std::vector<float> again = decode();
     EXPECT_EQ(std::memcmp(again.data(), own.data(), own.size() * sizeof(float)), 0);
+    // A failed step in the middle of a sequence: the sequence goes on from where it was.
+    const std::span<const int64_t> all(ids);
+    dec.reset(0);
+    dec.push(0, all.first(12));
+    slow[0]->fail_at = slow[0]->calls + 1;
+    EXPECT_THROW(dec.push(0, all.subspan(12, 8)), InputError);
+    EXPECT_EQ(dec.position(0), 12);
+    const std::span<const float> rest = dec.push(0, all.subspan(12));
+    ASSERT_EQ(rest.size(), own.size());
+    EXPECT_EQ(std::memcmp(rest.data(), own.data(), own.size() * sizeof(float)), 0);
   }
 }
 

@@ -129,8 +129,12 @@ class GpuDecoder {
   // over PCIe (decoded float32 rows). When the step replays a captured CUDA graph the gather
   // runs while its first layers run on the GPU: the first staged layer's row gather waits
   // (cuda::HostGate) until the host is done. Eager steps (a shape's first two, profiling, the
-  // routed MoE) gather the rows before they start. A store error (an unreadable block, a checksum mismatch)
-  // fails the step as an input error does. Each store must have the model's row count and width
+  // routed MoE) gather the rows before they start. A store error (an unreadable block, a
+  // checksum mismatch) fails the step: it throws, the sequences keep their lengths and hash
+  // state from before it and its logits are not returned (an overlapped step has already run on
+  // the device, over partly stale rows: what it wrote, the cache and ring slots past each
+  // sequence's length and the logits buffer, is overwritten by the next step before anything
+  // reads it). Each store must have the model's row count and width
   // (ConfigError otherwise) and outlive its use here. A null entry, or an empty list for all:
   // the layer's own table (set_tables' or the model's). set_tables drops the stores.
   void set_table_stores(std::vector<const memory::RowStore*> stores);
