@@ -6,7 +6,7 @@
 //   build/bench/bench_offload_decode --config configs/offload_4b.toml [--sequences 512]
 //       [--min-len 100] [--max-len 1024] [--batch 64] [--tiers gpu,host,host-sync] [--math tf32]
 //       [--seed 1] [--threads N] [--engt FILE.engt [--keep-engt]] [--cache-gib 4]
-//       [--policy frequency|lru]
+//       [--policy frequency|lru] [--hot-rows N]
 //
 // The model's parameters are random (uniform, std 0.02; norms 1), filled on the host in
 // parallel, uploaded once (model::GpuTransformer, inference only) and dropped from the host.
@@ -20,7 +20,9 @@
 // decoder's pinned staging at each step (infer::GpuDecoder::set_table_stores: gathered on the
 // host while the layers before the Engram layer run on the GPU); file starts with an empty
 // cache (cold), file-warm runs the same workload again through the same store (its cache as the
-// file run left it). Hashing: the model's n-gram hasher over a
+// file run left it). Tier host-hot: the host tier with a cache of --hot-rows rows in GPU memory in
+// front of it (GpuDecoderOptions::hot_rows, --policy), empty at the start. Hashing: the model's
+// n-gram hasher over a
 // synthetic compression (id -> id mod 3V/4), on the host, timed. Per tier the same workload:
 // `sequences` sequences with lengths uniform in [min-len, max-len] (seeded), decoded by an
 // infer::GpuDecoder with `batch` slots: every step feeds one token to every active sequence
@@ -33,7 +35,9 @@
 //    "vs_gpu" (tokens_per_s / the gpu tier's - 1, when both ran); the file tiers add
 //    "cache_rows", "hit_rate", "unique_rows" and "rows_read" (each step's distinct rows and
 //    those of them read from the file, summed over the steps), "bytes_read", "io_s" and
-//    "gather_s" (the store's, over the run)}
+//    "gather_s" (the store's, over the run); host-hot adds "hot_rows", "hot_hit_rate" (distinct
+//    rows a step found in the cache, over all steps), "hot_bypassed" (the Engram layer's: the
+//    config has one)}
 // and progress lines on stderr.
 #include <algorithm>
 #include <chrono>
@@ -102,7 +106,7 @@ int usage(const char* why) {
                "[--sequences 512] [--min-len 100] [--max-len 1024] [--batch 64] "
                "[--tiers gpu,host,host-sync,file,file-warm] [--math exact|tf32] [--seed 1] "
                "[--threads N] [--engt FILE.engt [--keep-engt]] [--cache-gib 4] "
-               "[--policy frequency|lru]\n",
+               "[--policy frequency|lru] [--hot-rows N]\n",
                why);
   return 2;
 }
@@ -114,6 +118,7 @@ int main(int argc, char** argv) {
       policy = "frequency";
   int64_t sequences = 512, min_len = 100, max_len = 1024, batch = 64, threads = 0;
   double cache_gib = 4.0;
+  int64_t hot_rows = 1 << 20;
   bool keep_engt = false;
   uint64_t seed = 1;
   for (int i = 1; i < argc; ++i) {
@@ -148,6 +153,8 @@ int main(int argc, char** argv) {
       cache_gib = std::stod(v);
     } else if (a == "--policy") {
       policy = v;
+    } else if (a == "--hot-rows") {
+      hot_rows = std::stoll(v);
     } else {
       return usage(("unknown option " + a).c_str());
     }
@@ -158,10 +165,13 @@ int main(int argc, char** argv) {
   if (math != "exact" && math != "tf32") return usage("--math must be exact or tf32");
   if (policy != "frequency" && policy != "lru") return usage("--policy must be frequency or lru");
   if (!(cache_gib >= 0)) return usage("--cache-gib must be >= 0");
+  if (hot_rows < 1 && tiers.find("host-hot") != std::string::npos)
+    return usage("--hot-rows must be >= 1");
   bool file_tiers = false, file_seen = false;
   for (const std::string& t : split(tiers)) {
-    if (t != "gpu" && t != "host" && t != "host-sync" && t != "file" && t != "file-warm")
-      return usage("--tiers: gpu, host, host-sync, file and/or file-warm");
+    if (t != "gpu" && t != "host" && t != "host-sync" && t != "host-hot" && t != "file" &&
+        t != "file-warm")
+      return usage("--tiers: gpu, host, host-sync, host-hot, file and/or file-warm");
     if (t == "file-warm" && !file_seen) return usage("--tiers: file-warm needs a file run before it");
     file_seen = file_seen || t == "file";
     file_tiers = file_tiers || t == "file";
@@ -278,6 +288,11 @@ int main(int argc, char** argv) {
       o.max_step_rows = batch;
       o.max_rows_per_sequence = 1;
       o.prefetch_rows = tier != "host-sync";
+      if (tier == "host-hot") {
+        o.hot_rows = hot_rows;
+        o.hot_policy = policy == "lru" ? engram::memory::CachePolicy::kLru
+                                       : engram::memory::CachePolicy::kFrequency;
+      }
       engram::infer::GpuDecoder dec(gpu, &hasher, o);
       const bool file = tier == "file" || tier == "file-warm";
       if (tier == "file") {
@@ -356,6 +371,14 @@ int main(int argc, char** argv) {
           static_cast<long long>(max_len), static_cast<long long>(done_tokens),
           static_cast<long long>(steps), seconds, tps, 1e3 * seconds / static_cast<double>(steps));
       if (tier != "gpu" && gpu_tps > 0) std::printf(",\"vs_gpu\":%.5f", tps / gpu_tps - 1.0);
+      if (tier == "host-hot") {
+        const engram::memory::CacheStats hs = dec.hot_row_stats().at(0);
+        std::printf(",\"policy\":\"%s\",\"hot_rows\":%lld,\"hot_hit_rate\":%.4f,"
+                    "\"hot_bypassed\":%lld",
+                    policy.c_str(), static_cast<long long>(hot_rows),
+                    hs.lookups ? static_cast<double>(hs.hits) / static_cast<double>(hs.lookups) : 0.0,
+                    static_cast<long long>(hs.bypassed));
+      }
       if (file) {
         const engram::memory::TierStats st = store->total_stats();
         std::printf(",\"policy\":\"%s\",\"cache_gib\":%.2f,\"cache_rows\":%lld,"

@@ -33,6 +33,17 @@ void device_synchronize() {
   ENGRAM_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+void fill_device_bytes(void* dst, int value, size_t bytes) {
+  if (bytes == 0) return;
+  ENGRAM_CUDA_CHECK(cudaMemset(dst, value, bytes));
+}
+
+bool is_device_memory(const void* p) {
+  cudaPointerAttributes a{};
+  ENGRAM_CUDA_CHECK(cudaPointerGetAttributes(&a, p));
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
 void* mapped_host_alloc(size_t bytes, void** device) {
   *device = nullptr;
   if (bytes == 0) return nullptr;

@@ -21,6 +21,12 @@ void copy_to_host(void*, const void*, size_t) {
 void device_synchronize() {
   no_cuda("device_synchronize");
 }
+void fill_device_bytes(void*, int, size_t) {
+  no_cuda("fill_device_bytes");
+}
+bool is_device_memory(const void*) {
+  no_cuda("is_device_memory");
+}
 void* mapped_host_alloc(size_t, void**) {
   no_cuda("mapped_host_alloc");
 }

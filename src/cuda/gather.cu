@@ -305,6 +305,105 @@ void copy_rows(void* d_out, const DeviceTable& table, const int32_t* d_ids,
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
+namespace {
+
+// ---- cached_rows: fills, then lookups; U-sized units (16, 4, 2 or 1 bytes) -------------------
+
+template <class U>
+__global__ void __launch_bounds__(kThreads)
+    cache_fill_kernel(U* slab, const U* table, const int64_t* plan, int64_t n, int64_t units) {
+  const int64_t count = plan[0];
+  const int64_t* rows = plan + 1 + n;
+  const int64_t* slots = rows + count;
+  const int64_t total = count * units;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < total;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = p / units, q = p - i * units;
+    slab[slots[i] * units + q] = table[rows[i] * units + q];
+  }
+}
+
+template <class U>
+__global__ void __launch_bounds__(kThreads)
+    cache_lookup_kernel(U* out, const U* slab, const U* table, const int64_t* plan, int64_t n,
+                        int64_t units) {
+  const int64_t* source = plan + 1;
+  const int64_t total = n * units;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < total;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = p / units, q = p - i * units;
+    const int64_t src = source[i];
+    out[p] = src >= 0 ? slab[src * units + q] : table[(-src - 1) * units + q];
+  }
+}
+
+template <class U>
+void launch_cached(void* out, void* slab, const void* table, const int64_t* plan, int64_t n,
+                   int64_t row_bytes, cudaStream_t s) {
+  const int64_t units = row_bytes / static_cast<int64_t>(sizeof(U));
+  // Grids sized for n rows (the most fills a step can have): fixed for a captured graph.
+  const auto blocks = static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((n * units + kThreads - 1) / kThreads, 65535)));
+  cache_fill_kernel<U><<<blocks, kThreads, 0, s>>>(static_cast<U*>(slab),
+                                                   static_cast<const U*>(table), plan, n, units);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+  cache_lookup_kernel<U><<<blocks, kThreads, 0, s>>>(static_cast<U*>(out),
+                                                     static_cast<const U*>(slab),
+                                                     static_cast<const U*>(table), plan, n, units);
+  ENGRAM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+int64_t table_row_bytes(const DeviceTable& table) {
+  const int64_t w = table.width;
+  switch (table.dtype) {
+    case DType::kF32:
+      return 4 * w;
+    case DType::kBF16:
+      return 2 * w;
+    case DType::kF8E4M3:
+      return w + w / 32;
+    case DType::kI8:
+      return w + 4 * (w / 32);
+    default:
+      throw InputError(error_message("table_row_bytes", "table dtype " +
+                                                            std::string(dtype_name(table.dtype)) +
+                                                            " is not F32, BF16, F8E4M3 or I8"));
+  }
+}
+
+void cached_rows(void* d_out, void* d_slab, const DeviceTable& table, const int64_t* d_plan,
+                 int64_t n, void* stream) {
+  const char* where = "cached_rows";
+  if (n < 0) throw InputError(error_message(where, "n " + std::to_string(n) + " is negative"));
+  const bool quant = table.dtype == DType::kF8E4M3 || table.dtype == DType::kI8;
+  if (table.dtype != DType::kF32 && table.dtype != DType::kBF16 && !quant) {
+    throw InputError(error_message(where, "table dtype " + std::string(dtype_name(table.dtype)) +
+                                              " is not F32, BF16, F8E4M3 or I8"));
+  }
+  if (quant && table.width % 32 != 0) {
+    throw InputError(error_message(where, "a " + std::string(dtype_name(table.dtype)) +
+                                              " table of width " + std::to_string(table.width) +
+                                              " (a multiple of 32 needed)"));
+  }
+  const int64_t row_bytes = table_row_bytes(table);
+  if (n == 0 || row_bytes == 0) return;
+  const auto s = static_cast<cudaStream_t>(stream);
+  const uintptr_t align = reinterpret_cast<uintptr_t>(d_out) | reinterpret_cast<uintptr_t>(d_slab) |
+                          reinterpret_cast<uintptr_t>(table.data) |
+                          static_cast<uintptr_t>(row_bytes);
+  if (align % 16 == 0) {
+    launch_cached<uint4>(d_out, d_slab, table.data, d_plan, n, row_bytes, s);
+  } else if (align % 4 == 0) {
+    launch_cached<uint32_t>(d_out, d_slab, table.data, d_plan, n, row_bytes, s);
+  } else if (align % 2 == 0) {
+    launch_cached<uint16_t>(d_out, d_slab, table.data, d_plan, n, row_bytes, s);
+  } else {
+    launch_cached<uint8_t>(d_out, d_slab, table.data, d_plan, n, row_bytes, s);
+  }
+}
+
 void gather_rows(float* d_out, const DeviceTable& table, const int32_t* d_ids,
                  const int64_t* d_head_offsets, int64_t tokens, int64_t heads, void* stream) {
   gather_any(d_out, table, d_ids, d_head_offsets, tokens, heads, stream);

@@ -20,4 +20,12 @@ void copy_rows(void*, const DeviceTable&, const int32_t*, const int64_t*, int64_
   throw Error(error_message("copy_rows", "built without CUDA"));
 }
 
+int64_t table_row_bytes(const DeviceTable&) {
+  throw Error(error_message("table_row_bytes", "built without CUDA"));
+}
+
+void cached_rows(void*, void*, const DeviceTable&, const int64_t*, int64_t, void*) {
+  throw Error(error_message("cached_rows", "built without CUDA"));
+}
+
 }  // namespace engram::cuda

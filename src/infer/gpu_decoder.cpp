@@ -21,6 +21,7 @@
 #include "engram/cuda/model_ops.h"
 #include "engram/cuda/ops.h"
 #include "engram/cuda/phase_timer.h"
+#include "engram/memory/cached_lookups.h"
 #include "engram/util/error.h"
 
 namespace engram::infer {
@@ -65,6 +66,38 @@ struct GpuDecoder::Impl {
   // first staged layer's gather (on the side stream with prefetch_rows, else in the layer) waits
   // at this gate until they are in the staging.
   std::unique_ptr<cuda::HostGate> gate;  // made by set_table_stores
+  // Hot rows (GpuDecoderOptions::hot_rows), per Engram layer given to set_tables: the cache's
+  // bookkeeping and slots, the step's rows read through it (the layer reads row r * heads + h,
+  // as from a staging), and the step's plan on the device.
+  struct HotRows {
+    memory::RowCache cache;
+    memory::CachedLookups step;
+    std::vector<int64_t> offsets, rows, plan;  // host head offsets; the step's rows and plan
+    cuda::DeviceBuffer<uint8_t> slab, out;     // (capacity, row), (S * heads, row) bytes
+    cuda::DeviceBuffer<int64_t> d_plan;        // cuda::cached_rows' plan: 1 + 3 S * heads
+  };
+  std::vector<std::unique_ptr<HotRows>> hot;  // per Engram layer, null: none
+  // A step that planned fills did not run: the caches start again empty at the next plan.
+  bool hot_stale = false;
+  bool is_hot(size_t e) const { return e < hot.size() && hot[e] != nullptr; }
+  // The table layer e's gather reads this step: its hot rows' output, else tables[e].
+  cuda::DeviceTable layer_table(size_t e) const {
+    if (!is_hot(e)) return tables[e];
+    return {hot[e]->out.data(), tables[e].dtype, options.max_step_rows * ids_per_token,
+            tables[e].width};
+  }
+  // Plans the hot layers' lookups of the uploaded step (N rows) and uploads the plans.
+  void plan_hot(int64_t N);
+  // After a step that planned fills did not run: the caches are emptied at the next plan.
+  void forget_hot_rows() noexcept { hot_stale = true; }
+  // Enqueues hot layer e's fills and lookups of a step of N rows on `stream`.
+  void hot_rows_step(size_t e, int64_t N, void* on) {
+    HotRows& hr = *hot[e];
+    cuda::cached_rows(hr.out.data(), hr.slab.data(), tables[e], hr.d_plan.data(),
+                      N * ids_per_token, on);
+  }
+  // The ids and head offsets a staged or hot layer reads its step's rows with (row r * H + h).
+  void ensure_staged_ids();
   bool staged(size_t e) const { return e < stores.size() && stores[e] != nullptr; }
   bool any_staged() const {
     return std::any_of(stores.begin(), stores.end(), [](const auto* p) { return p != nullptr; });
@@ -88,10 +121,10 @@ struct GpuDecoder::Impl {
   }
   // Engram layer e's ids and head offsets for a step of N rows (device).
   const int32_t* step_ids(size_t e, int64_t N) const {
-    return staged(e) ? staged_ids.data() : d_hash.data() + e * sz(N * ids_per_token);
+    return staged(e) || is_hot(e) ? staged_ids.data() : d_hash.data() + e * sz(N * ids_per_token);
   }
   const int64_t* step_offsets(size_t e, const model::GpuLayerWeights& L) const {
-    return staged(e) ? staged_offsets.data() : L.head_offsets;
+    return staged(e) || is_hot(e) ? staged_offsets.data() : L.head_offsets;
   }
   int64_t token_limit = 0;
   int64_t ring_len = 0;
@@ -201,6 +234,9 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
   positive(options.max_len, "max_len");
   positive(options.max_step_rows, "max_step_rows");
   positive(options.max_rows_per_sequence, "max_rows_per_sequence");
+  if (options.hot_rows < 0 || options.hot_rows >= 2147483647) {
+    throw config_error("options.hot_rows", std::to_string(options.hot_rows) + " (0 .. 2^31 - 2)");
+  }
   if (options.dense_moe_rows < 0) {
     throw config_error("options.dense_moe_rows", std::to_string(options.dense_moe_rows) + " (>= 0)");
   }
@@ -384,6 +420,7 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
     for (size_t e = 0; e < n; ++e) I.tables.push_back(I.w.layers[sz(c.engram->hash.layer_ids[e])].table);
     I.stores.clear();
     I.staging.clear();
+    I.hot.clear();
     I.graphs.clear();
     return;
   }
@@ -409,9 +446,33 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
                              "32, int8 data 4-byte aligned)");
     }
   }
+  // The hot rows' caches, all made before anything changes: for tables outside GPU memory, of at
+  // most the table's rows; slots and step rows set to 0xFF bytes (NaN rows) until filled.
+  std::vector<std::unique_ptr<Impl::HotRows>> hot;
+  if (I.options.hot_rows > 0) {
+    const int64_t H = I.ids_per_token, S = I.options.max_step_rows;
+    for (size_t e = 0; e < n; ++e) {
+      if (cuda::is_device_memory(tables[e].data)) {
+        hot.push_back(nullptr);
+        continue;
+      }
+      const int64_t rb = cuda::table_row_bytes(tables[e]);
+      const int64_t cap = std::min(I.options.hot_rows, tables[e].rows);
+      auto h = std::make_unique<Impl::HotRows>(Impl::HotRows{
+          memory::RowCache(cap, I.options.hot_policy), {}, I.hasher->head_offsets(e), {}, {},
+          cuda::DeviceBuffer<uint8_t>(sz(cap * rb)), cuda::DeviceBuffer<uint8_t>(sz(S * H * rb)),
+          cuda::DeviceBuffer<int64_t>(sz(1 + 3 * S * H))});
+      cuda::fill_device_bytes(h->slab.data(), 0xFF, h->slab.bytes());
+      cuda::fill_device_bytes(h->out.data(), 0xFF, h->out.bytes());
+      hot.push_back(std::move(h));
+    }
+    I.ensure_staged_ids();
+  }
   I.tables = std::move(tables);
   I.stores.clear();
   I.staging.clear();
+  I.hot = std::move(hot);
+  I.hot_stale = false;
   I.graphs.clear();  // the captured steps read the old tables' addresses
 }
 
@@ -426,6 +487,7 @@ void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
       if (I.staged(e)) I.tables[e] = I.base_tables[e];
     I.stores.clear();
     I.staging.clear();
+    I.hot.clear();
     I.graphs.clear();
   };
   if (stores.empty()) {
@@ -457,15 +519,7 @@ void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
     staging[e] = cuda::MappedHostBuffer<float>(sz(S * H * stores[e]->width()));
     offsets[e] = I.hasher->head_offsets(e);
   }
-  if (I.staged_ids.size() < sz(S * H)) {
-    std::vector<int32_t> ids(sz(S * H));
-    for (int64_t r = 0; r < S; ++r)
-      for (int64_t h = 0; h < H; ++h) ids[sz(r * H + h)] = static_cast<int32_t>(r * H);
-    std::vector<int64_t> offs(sz(H));
-    for (int64_t h = 0; h < H; ++h) offs[sz(h)] = h;
-    I.staged_ids = cuda::DeviceBuffer<int32_t>(std::span<const int32_t>(ids));
-    I.staged_offsets = cuda::DeviceBuffer<int64_t>(std::span<const int64_t>(offs));
-  }
+  I.ensure_staged_ids();
   unstage();
   I.base_tables = I.tables;
   for (size_t e = 0; e < n; ++e) {
@@ -591,6 +645,16 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     cuda::copy_to_device(I.d_logit_rows.data(), I.h_logit_rows.data(), sz(R) * sizeof(int32_t));
     if (n_engram > 0)
       cuda::copy_to_device(I.d_hash.data(), I.h_hash.data(), I.h_hash.size() * sizeof(int32_t));
+    // The hot rows' caches believe this step's fills done once it is planned: if the step does
+    // not run, they start again empty (a slot planned but never filled must not be read).
+    struct ForgetUnlessRun {
+      Impl& impl;
+      bool run = false;
+      ~ForgetUnlessRun() {
+        if (!run) impl.forget_hot_rows();
+      }
+    } forget{I};
+    if (!I.hot.empty()) I.plan_hot(N);
     I.mark("upload");
     if (I.any_staged() && !I.will_replay(N, R)) {
       // An eager step (its shape's first, a capture, profiling, the routed MoE waiting for its
@@ -614,6 +678,7 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     } else {
       I.run_step(N, R);
     }
+    forget.run = true;
   } catch (...) {
     for (auto& [seq, hasher] : hashers_before) I.streams[sz(seq)] = std::move(hasher);
     I.logit_seqs.clear();  // the last logits are not this step's
@@ -621,6 +686,44 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
   }
   I.length = std::move(next);
   I.logit_seqs = std::move(logit_seqs);
+}
+
+void GpuDecoder::Impl::ensure_staged_ids() {
+  const int64_t H = ids_per_token, S = options.max_step_rows;
+  if (staged_ids.size() >= sz(S * H)) return;
+  std::vector<int32_t> ids(sz(S * H));
+  for (int64_t r = 0; r < S; ++r)
+    for (int64_t hd = 0; hd < H; ++hd) ids[sz(r * H + hd)] = static_cast<int32_t>(r * H);
+  std::vector<int64_t> offs(sz(H));
+  for (int64_t hd = 0; hd < H; ++hd) offs[sz(hd)] = hd;
+  staged_ids = cuda::DeviceBuffer<int32_t>(std::span<const int32_t>(ids));
+  staged_offsets = cuda::DeviceBuffer<int64_t>(std::span<const int64_t>(offs));
+}
+
+void GpuDecoder::Impl::plan_hot(int64_t N) {
+  const auto H = static_cast<size_t>(ids_per_token);
+  const size_t n = sz(N) * H;
+  for (auto& layer : hot) {
+    if (layer && hot_stale) layer->cache = memory::RowCache(layer->cache.capacity(), options.hot_policy);
+  }
+  hot_stale = false;
+  for (size_t e = 0; e < hot.size(); ++e) {
+    if (!is_hot(e)) continue;
+    HotRows& hr = *hot[e];
+    hr.rows.resize(n);
+    for (size_t r = 0; r < sz(N); ++r)
+      for (size_t hd = 0; hd < H; ++hd)
+        hr.rows[r * H + hd] = hr.offsets[hd] + h_hash[(e * sz(N) + r) * H + hd];
+    memory::plan_lookups(hr.cache, hr.rows, hr.step);
+    // [c | source (n) | fill rows (c) | fill slots (c)], one upload.
+    const memory::CachedLookups& st = hr.step;
+    hr.plan.clear();
+    hr.plan.push_back(static_cast<int64_t>(st.fill_rows.size()));
+    hr.plan.insert(hr.plan.end(), st.source.begin(), st.source.end());
+    hr.plan.insert(hr.plan.end(), st.fill_rows.begin(), st.fill_rows.end());
+    hr.plan.insert(hr.plan.end(), st.fill_slots.begin(), st.fill_slots.end());
+    cuda::copy_to_device(hr.d_plan.data(), hr.plan.data(), hr.plan.size() * sizeof(int64_t));
+  }
 }
 
 void GpuDecoder::Impl::gather_staged(int64_t N) {
@@ -710,7 +813,8 @@ void GpuDecoder::Impl::run_device(int64_t N, int64_t R) {
         gate->wait(side.get());  // the host is gathering the staged rows meanwhile
         gated = true;
       }
-      L.engram->prefetch_step(step_ids(e, N), N, tables[e], step_offsets(e, L), side.get());
+      if (is_hot(e)) hot_rows_step(e, N, side.get());
+      L.engram->prefetch_step(step_ids(e, N), N, layer_table(e), step_offsets(e, L), side.get());
       rows_ready[e]->record(side);
     }
   }
@@ -743,6 +847,19 @@ void GpuDecoder::set_profiling(bool on) {
   impl_->profiling = on;
 }
 
+std::vector<memory::CacheStats> GpuDecoder::hot_row_stats() const {
+  const Impl& I = *impl_;
+  std::vector<memory::CacheStats> out(I.tables.size());
+  for (size_t e = 0; e < out.size(); ++e)
+    if (I.is_hot(e)) out[e] = I.hot[e]->cache.stats();
+  return out;
+}
+
+void GpuDecoder::reset_hot_row_stats() {
+  for (auto& layer : impl_->hot)
+    if (layer) layer->cache.reset_stats();
+}
+
 std::vector<std::pair<std::string, float>> GpuDecoder::phase_times() const {
   return impl_->profiling ? impl_->timer.times() : std::vector<std::pair<std::string, float>>{};
 }
@@ -764,8 +881,10 @@ void GpuDecoder::Impl::engram(int64_t l, int64_t N) {
     rows_ready[e]->wait(stream);
   } else if (staged(e)) {
     gate->wait(st());  // the host is gathering the staged rows meanwhile
+  } else if (is_hot(e)) {
+    hot_rows_step(e, N, st());
   }
-  L.engram->forward_step(x.data(), step_ids(e, N), N, tables[e], step_offsets(e, L), ring,
+  L.engram->forward_step(x.data(), step_ids(e, N), N, layer_table(e), step_offsets(e, L), ring,
                          engram_out.data(), st());
   cuda::add_inplace(x.data(), engram_out.data(), N * n * C, st());
 }

@@ -1,11 +1,13 @@
 // GPU row gather against the CPU's RowStore gather (the `e` of the Engram layer), value for
-// value, for f32 and bf16 tables (skipped without a GPU).
+// value, for f32 and bf16 tables; raw row copies; rows through a cache in GPU memory
+// (cached_rows) for every copy unit (skipped without a GPU).
 #include "engram/cuda/gather.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <cstdint>
 #include <memory>
 #include <random>
 #include <string>
@@ -341,6 +343,73 @@ TEST(GpuCopyRows, RejectsRowsOffTheSixteenByteGrid) {
                InputError);
   EXPECT_THROW(copy_rows(buf.data(), DeviceTable{buf.data(), DType::kF64, 4, 8}, nullptr,
                          nullptr, 1, 1),
+               InputError);
+}
+
+// cached_rows: random row bytes (any dtype is bytes to it) for row sizes that take each copy
+// unit (f32 x 4: 16-byte pieces; int8 x 32: 36 bytes, 4; bf16 x 3: 6 bytes, 2; fp8 x 32: 33
+// bytes, 1), tables in device and mapped host memory: the fills land in their slots, then every
+// lookup reads its slot or (bypassed) the table; slots the plan leaves alone keep their bytes.
+TEST(GpuCachedRows, FillsThenLookupsForEveryCopyUnit) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    DType dtype;
+    int64_t width, row_bytes;
+  };
+  for (const Shape sh : {Shape{DType::kF32, 4, 16}, Shape{DType::kI8, 32, 36},
+                         Shape{DType::kBF16, 3, 6}, Shape{DType::kF8E4M3, 32, 33}}) {
+    SCOPED_TRACE(std::string(dtype_name(sh.dtype)) + " x " + std::to_string(sh.width));
+    const int64_t rows = 40, capacity = 8, rb = sh.row_bytes;
+    ASSERT_EQ(table_row_bytes(DeviceTable{nullptr, sh.dtype, rows, sh.width}), rb);
+    std::mt19937_64 rng(5);
+    std::vector<uint8_t> table(static_cast<size_t>(rows * rb)), slab(static_cast<size_t>(capacity * rb));
+    for (auto& b : table) b = static_cast<uint8_t>(rng());
+    for (auto& b : slab) b = static_cast<uint8_t>(rng());
+    // Lookups: 2 hits in slots 1 and 6 (their bytes: rows 7 and 9 put there earlier), 2 fills
+    // (rows 3 -> slot 2, 30 -> slot 5), a bypassed row (12) and repeats.
+    std::memcpy(slab.data() + 1 * rb, table.data() + 7 * rb, static_cast<size_t>(rb));
+    std::memcpy(slab.data() + 6 * rb, table.data() + 9 * rb, static_cast<size_t>(rb));
+    const std::vector<int64_t> lookup_rows = {7, 3, 12, 9, 30, 3, 12, 7};
+    const std::vector<int64_t> source = {1, 2, -13, 6, 5, 2, -13, 1};
+    const auto n = static_cast<int64_t>(source.size());
+    std::vector<int64_t> plan = {2};
+    plan.insert(plan.end(), source.begin(), source.end());
+    plan.insert(plan.end(), {3, 30, 2, 5});  // fill rows, then their slots
+    std::vector<uint8_t> want_slab = slab;
+    std::memcpy(want_slab.data() + 2 * rb, table.data() + 3 * rb, static_cast<size_t>(rb));
+    std::memcpy(want_slab.data() + 5 * rb, table.data() + 30 * rb, static_cast<size_t>(rb));
+    std::vector<uint8_t> want_out;
+    for (const int64_t r : lookup_rows)
+      want_out.insert(want_out.end(), table.begin() + r * rb, table.begin() + (r + 1) * rb);
+    for (const bool mapped : {false, true}) {
+      DeviceBuffer<uint8_t> d_table{std::span<const uint8_t>(table)};
+      MappedHostBuffer<uint8_t> h_table(table.size());
+      std::copy(table.begin(), table.end(), h_table.host().begin());
+      DeviceBuffer<uint8_t> d_slab{std::span<const uint8_t>(slab)};
+      DeviceBuffer<uint8_t> d_out(want_out.size());
+      DeviceBuffer<int64_t> d_plan{std::span<const int64_t>(plan)};
+      const DeviceTable t{mapped ? static_cast<const void*>(h_table.device()) : d_table.data(),
+                          sh.dtype, rows, sh.width};
+      cached_rows(d_out.data(), d_slab.data(), t, d_plan.data(), n);
+      device_synchronize();
+      std::vector<uint8_t> got_out(want_out.size()), got_slab(slab.size());
+      d_out.download(got_out);
+      d_slab.download(got_slab);
+      EXPECT_EQ(got_out, want_out) << (mapped ? "mapped host" : "device");
+      EXPECT_EQ(got_slab, want_slab) << (mapped ? "mapped host" : "device");
+    }
+  }
+  DeviceBuffer<uint8_t> buf(64);
+  const std::vector<int64_t> zeros(4, 0);
+  DeviceBuffer<int64_t> plan{std::span<const int64_t>(zeros)};
+  EXPECT_THROW(cached_rows(buf.data(), buf.data(), DeviceTable{buf.data(), DType::kF64, 1, 1},
+                           plan.data(), 1),
+               InputError);
+  EXPECT_THROW(cached_rows(buf.data(), buf.data(), DeviceTable{buf.data(), DType::kF8E4M3, 1, 16},
+                           plan.data(), 1),
+               InputError);
+  EXPECT_THROW(cached_rows(buf.data(), buf.data(), DeviceTable{buf.data(), DType::kF32, 1, 1},
+                           plan.data(), -1),
                InputError);
 }
 

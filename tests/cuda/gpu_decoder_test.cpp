@@ -5,7 +5,8 @@
 // graphs, prefetched rows and dense MoE, and with none of them (routed MoE); graph replays against eager
 // steps (bit for bit); the greedy
 // argmax against the host's; tables read from mapped host memory (bit-identical) and as bf16;
-// table stores gathered while the first layers run (a slow store; a failing one fails its step
+// hot rows in GPU memory in front of host tables (bit-identical, small caches too); table
+// stores gathered while the first layers run (a slow store; a failing one fails its step
 // only); the input errors (nothing changes) and config errors. Skipped without a GPU.
 #include "engram/infer/gpu_decoder.h"
 
@@ -353,10 +354,88 @@ TEST(GpuDecoder, TablesInMappedHostMemoryAndBf16) {
   EXPECT_THROW(dec.set_tables(bad), ConfigError);
 }
 
-// set_table_stores: each step's rows gathered on the host through a RowStore into pinned
-// staging give the same logits, bit for bit, as the model's tables (eager steps and graph
-// replays); an empty list, or set_tables, returns to the model's tables; a store of the wrong
-// size is refused.
+// Hot rows: tables in mapped host memory (f32 and bf16) read through a cache of rows in GPU
+// memory give the same logits bit for bit as without it, for a cache that holds every row and
+// for one of 24 rows (evictions, refused rows read from the table), with and without prefetched
+// rows, eager steps and graph replays; the statistics count the steps' distinct rows, and a
+// second pass over the same tokens hits. Tables in GPU memory get no cache; set_table_stores
+// drops the caches.
+TEST(GpuDecoder, HotRowsReadTheTablesBitForBit) {
+  SKIP_WITHOUT_GPU();
+  TestModel s = make_setup(engram_case(), 7);
+  const model::ModelConfig& c = s.c.config;
+  const std::vector<int64_t> ids = random_tokens(30, c.model.vocab_size, 8);
+  std::vector<cuda::MappedHostBuffer<float>> mapped;
+  std::vector<cuda::MappedHostBuffer<bf16>> mapped_halves;
+  std::vector<cuda::DeviceBuffer<float>> on_device;
+  std::vector<cuda::DeviceTable> host_tables, bf16_tables, device_tables;
+  for (const int layer : c.engram->hash.layer_ids) {
+    const auto& L = s.cpu->params().layers[sz(layer)];
+    const int64_t rows = L.engram->table_rows(), width = L.engram->config().row_width();
+    const std::vector<float>& t = L.engram_table;
+    mapped.emplace_back(t.size());
+    std::copy(t.begin(), t.end(), mapped.back().host().begin());
+    host_tables.push_back({mapped.back().device(), DType::kF32, rows, width});
+    mapped_halves.emplace_back(t.size());
+    for (size_t i = 0; i < t.size(); ++i) mapped_halves.back().host()[i] = float_to_bf16(t[i]);
+    bf16_tables.push_back({mapped_halves.back().device(), DType::kBF16, rows, width});
+    on_device.emplace_back(std::span<const float>(t));
+    device_tables.push_back({on_device.back().data(), DType::kF32, rows, width});
+  }
+  for (const bool prefetch : {true, false}) {
+    GpuDecoderOptions plain;
+    plain.max_rows_per_sequence = 4;  // 8 steps, repeated shapes: graphs replay
+    plain.prefetch_rows = prefetch;
+    GpuDecoder ref(*s.gpu, s.hashing.hasher.get(), plain);
+    ref.set_tables(host_tables);
+    const std::vector<float> want = decode_from_start(ref, ids);
+    ref.set_tables(bf16_tables);
+    const std::vector<float> want_bf16 = decode_from_start(ref, ids);
+    for (const int64_t capacity : {int64_t{1} << 16, int64_t{24}}) {
+      SCOPED_TRACE(std::string(prefetch ? "prefetched" : "in the layer") + ", " +
+                   std::to_string(capacity) + " rows");
+      GpuDecoderOptions o = plain;
+      o.hot_rows = capacity;
+      o.hot_policy = capacity > 24 ? memory::CachePolicy::kFrequency : memory::CachePolicy::kLru;
+      GpuDecoder dec(*s.gpu, s.hashing.hasher.get(), o);
+      dec.set_tables(host_tables);
+      for (int pass = 0; pass < 2; ++pass) {
+        const std::vector<float> got = decode_from_start(dec, ids);
+        ASSERT_EQ(got.size(), want.size());
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << pass;
+        const std::vector<memory::CacheStats> st = dec.hot_row_stats();
+        ASSERT_EQ(st.size(), c.engram->hash.layer_ids.size());
+        EXPECT_GT(st[0].lookups, 0);
+        if (pass == 0) {
+          EXPECT_GT(st[0].fills, 0);
+        } else {
+          EXPECT_GT(st[0].hits, 0);
+        }
+        if (capacity == 24) {
+          EXPECT_GT(st[0].evictions + st[0].bypassed, 0);
+        }
+        dec.reset_hot_row_stats();
+      }
+      dec.set_tables(bf16_tables);
+      const std::vector<float> half = decode_from_start(dec, ids);
+      EXPECT_EQ(std::memcmp(half.data(), want_bf16.data(), want_bf16.size() * sizeof(float)), 0);
+      EXPECT_GT(dec.hot_row_stats()[0].lookups, 0);
+      dec.set_tables(device_tables);  // in GPU memory: no cache
+      const std::vector<float> dev = decode_from_start(dec, ids);
+      EXPECT_EQ(std::memcmp(dev.data(), want.data(), want.size() * sizeof(float)), 0);
+      EXPECT_EQ(dec.hot_row_stats()[0].lookups, 0);
+      dec.set_tables(host_tables);
+      dec.set_table_stores({});  // drops the caches
+      const std::vector<float> again = decode_from_start(dec, ids);
+      EXPECT_EQ(std::memcmp(again.data(), want.data(), want.size() * sizeof(float)), 0);
+      EXPECT_EQ(dec.hot_row_stats()[0].lookups, 0);
+    }
+  }
+  GpuDecoderOptions bad;
+  bad.hot_rows = -1;
+  EXPECT_THROW(GpuDecoder(*s.gpu, s.hashing.hasher.get(), bad), ConfigError);
+}
+
 // A copy of each Engram layer's table of the CPU model, in layer order.
 std::vector<Tensor> model_tables(const TestModel& s) {
   std::vector<Tensor> tables;
@@ -369,6 +448,10 @@ std::vector<Tensor> model_tables(const TestModel& s) {
   return tables;
 }
 
+// set_table_stores: each step's rows gathered on the host through a RowStore into pinned
+// staging give the same logits, bit for bit, as the model's tables (eager steps and graph
+// replays); an empty list, or set_tables, returns to the model's tables; a store of the wrong
+// size is refused.
 TEST(GpuDecoder, TableStoresStageEachStepsRows) {
   SKIP_WITHOUT_GPU();
   TestModel s = make_setup(engram_case(), 7);

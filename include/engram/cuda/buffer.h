@@ -26,6 +26,10 @@ void device_free(void* ptr) noexcept;                           // nullptr is fi
 void copy_to_device(void* dst, const void* src, size_t bytes);  // synchronous
 void copy_to_host(void* dst, const void* src, size_t bytes);    // synchronous
 void device_synchronize();                                      // waits for all streams
+void fill_device_bytes(void* dst, int value, size_t bytes);     // memset; synchronous
+// Whether p points into GPU memory (cudaMalloc'd, or managed), not host memory (mapped pinned
+// host memory included).
+bool is_device_memory(const void* p);
 // Pinned host memory mapped into the device's address space (cudaHostAlloc with
 // cudaHostAllocMapped | cudaHostAllocPortable): *device receives the pointer kernels read it
 // through (zero-copy over PCIe). nullptr (and *device = nullptr) for 0 bytes.

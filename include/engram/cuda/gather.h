@@ -60,4 +60,22 @@ void copy_rows(void* d_out, const DeviceTable& table, const int32_t* d_ids,
                const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
                void* stream = nullptr);
 
+// Bytes of one row of `table` as stored (f32 4 w, bf16 2 w, fp8 w + w/32, int8 w + 4 w/32).
+int64_t table_row_bytes(const DeviceTable& table);
+
+// One step's rows through a cache of rows in GPU memory (infer::GpuDecoder's hot rows; the
+// bookkeeping is memory::plan_lookups'), copied bit for bit as stored (any dtype). d_plan is
+// int64 [c | source (n) | fill rows (c) | fill slots (c)], c the fill count (read on the device,
+// so a captured graph replays with a new plan): first
+//   slab[fill slot i] = table[fill row i]                                   for i < c
+// then
+//   out[i] = source[i] >= 0 ? slab[source[i]] : table[-source[i] - 1]       for i < n,
+// each row table_row_bytes(table) bytes. d_out, d_slab, d_plan: device memory; the table: device
+// or mapped host memory. Rows move in the widest of 16, 4, 2 or 1 bytes that divides the row size
+// and every pointer's alignment. Unchecked: sources and fills naming real rows and slots. Throws
+// InputError for n < 0, a table of another dtype or a quantized width not a multiple of 32;
+// engram::Error on a launch failure.
+void cached_rows(void* d_out, void* d_slab, const DeviceTable& table, const int64_t* d_plan,
+                 int64_t n, void* stream = nullptr);
+
 }  // namespace engram::cuda

@@ -46,6 +46,7 @@
 
 #include "engram/cuda/gather.h"
 #include "engram/hash/ngram_hasher.h"
+#include "engram/memory/row_cache.h"
 #include "engram/memory/row_store.h"
 #include "engram/model/gpu_transformer.h"
 
@@ -68,6 +69,15 @@ struct GpuDecoderOptions {
   // hash ids are known before the first layer), overlapping the layers before it: what hides a
   // table in pinned host memory behind compute.
   bool prefetch_rows = true;
+  // Hot rows: each Engram table given to set_tables outside GPU memory (pinned host memory, say)
+  // gets a cache of this many rows (at most the table's) in GPU memory (0: none). Every step looks
+  // its distinct rows up in a memory::RowCache of hot_policy (memory::plan_lookups): rows it
+  // admits are copied from the table into their slots, then every lookup reads its slot, or the
+  // table for a row refused a slot. The slots never move, so captured steps replay (the step's
+  // plan is uploaded with its inputs). A step that fails after planning empties the caches (and
+  // their counts). hot_row_stats() counts what the caches did.
+  int64_t hot_rows = 0;
+  memory::CachePolicy hot_policy = memory::CachePolicy::kFrequency;
 };
 
 class GpuDecoder {
@@ -120,7 +130,8 @@ class GpuDecoder {
   // device-accessible pointer (GPU memory, or mapped pinned host memory) to float32 or bf16 rows,
   // or to fp8 / int8 rows dequantized in the gather (cuda::DeviceTable), of the model's row count
   // and width (ConfigError otherwise). Empty: the model's tables. Waits
-  // for the steps in flight first, so the old tables may be freed once it returns.
+  // for the steps in flight first, so the old tables may be freed once it returns. With
+  // options().hot_rows, each given table gets a new, empty hot-row cache in GPU memory.
   void set_tables(std::vector<cuda::DeviceTable> tables);
   // Reads Engram layer e's rows from stores[e] instead (a null entry keeps the layer's table):
   // at each step, once the previous step's device work is done, the step's rows are gathered on
@@ -136,8 +147,14 @@ class GpuDecoder {
   // sequence's length and the logits buffer, is overwritten by the next step before anything
   // reads it). Each store must have the model's row count and width
   // (ConfigError otherwise) and outlive its use here. A null entry, or an empty list for all:
-  // the layer's own table (set_tables' or the model's). set_tables drops the stores.
+  // the layer's own table (set_tables' or the model's), without hot rows: set_table_stores drops
+  // every hot-row cache, and set_tables drops the stores.
   void set_table_stores(std::vector<const memory::RowStore*> stores);
+
+  // Per Engram layer, what its hot-row cache did since set_tables or the last reset (lookups:
+  // the steps' distinct rows; all zero for a layer without one).
+  std::vector<memory::CacheStats> hot_row_stats() const;
+  void reset_hot_row_stats();
 
   // Profiling: when on, each step records CUDA events between its phases, and phase_times()
   // (which waits for the device) returns the last step's phases in order with their device
