@@ -219,6 +219,9 @@ int main(int argc, char** argv) {
     const int64_t rows = cpu->params().layers[static_cast<size_t>(layer)].engram->table_rows();
     const int64_t width =
         cpu->params().layers[static_cast<size_t>(layer)].engram->config().row_width();
+    // The file tier's DRAM cache: --cache-gib of bf16 rows.
+    const auto cache_rows = static_cast<int64_t>(cache_gib * 1024.0 * 1024.0 * 1024.0 /
+                                                 static_cast<double>(width * 2));
     cpu.reset();
     std::fprintf(stderr, "[offload] uploaded in %.1f s\n", since(t0));
 
@@ -297,8 +300,7 @@ int main(int argc, char** argv) {
       const bool file = tier == "file" || tier == "file-warm";
       if (tier == "file") {
         engram::memory::TieredStoreOptions so;
-        so.cache_rows = static_cast<int64_t>(cache_gib * 1024.0 * 1024.0 * 1024.0 /
-                                             static_cast<double>(width * 2));
+        so.cache_rows = cache_rows;
         so.policy = policy == "lru" ? engram::memory::CachePolicy::kLru
                                     : engram::memory::CachePolicy::kFrequency;
         store.reset();  // (a second file run starts cold again)
@@ -385,8 +387,7 @@ int main(int argc, char** argv) {
                     "\"hit_rate\":%.4f,\"unique_rows\":%lld,\"rows_read\":%lld,"
                     "\"bytes_read\":%lld,\"io_s\":%.3f,\"gather_s\":%.3f",
                     policy.c_str(), cache_gib,
-                    static_cast<long long>(cache_gib * 1024.0 * 1024.0 * 1024.0 /
-                                           static_cast<double>(width * 2)),
+                    static_cast<long long>(cache_rows),
                     st.hit_rate(), static_cast<long long>(st.unique),
                     static_cast<long long>(st.misses), static_cast<long long>(st.bytes_read),
                     st.io_seconds, st.seconds);

@@ -4,9 +4,9 @@
 #include <algorithm>
 #include <cstring>
 #include <cstdint>
-#include <numeric>
 
 #include "engram/memory/engt_file.h"
+#include "engram/memory/row_format.h"
 #include "engram/util/error.h"
 
 namespace engram::cli {
@@ -69,37 +69,11 @@ std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
   return ids;
 }
 
-namespace {
-
-constexpr int64_t kChunkRows = 1 << 16;  // rows a gather
-
-// Calls sink(r0, n, rows) for consecutive chunks of the file's decoded rows.
-template <class Sink>
-void for_each_chunk(const std::string& path, Sink&& sink) {
-  const memory::EngtRowStore store(path, memory::EngtTier::kFile);
-  const int64_t rows = store.num_rows(), width = store.width();
-  std::vector<int64_t> chunk;
-  std::vector<float> values;
-  for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
-    chunk.resize(static_cast<size_t>(std::min(kChunkRows, rows - r0)));
-    std::iota(chunk.begin(), chunk.end(), r0);
-    values.resize(chunk.size() * static_cast<size_t>(width));
-    store.gather(chunk, values.data(), width);
-    sink(r0 * width, values);
-  }
-}
-
-}  // namespace
-
 void read_engt_rows(const std::string& path, float* out) {
-  for_each_chunk(path, [&](int64_t at, const std::vector<float>& v) {
-    std::copy(v.begin(), v.end(), out + at);
-  });
-}
-
-void read_engt_rows(const std::string& path, bf16* out) {
-  for_each_chunk(path, [&](int64_t at, const std::vector<float>& v) {
-    for (size_t i = 0; i < v.size(); ++i) out[static_cast<size_t>(at) + i] = float_to_bf16(v[i]);
+  const memory::EngtFile file = memory::EngtFile::open(path);
+  const int64_t width = file.width();
+  file.for_each_group([&](int64_t first_row, int64_t count, const uint8_t* rows) {
+    memory::decode_rows(file.format(), rows, count, width, out + first_row * width, width);
   });
 }
 

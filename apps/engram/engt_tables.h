@@ -23,12 +23,8 @@ std::vector<int> check_engt_tables(const std::vector<std::string>& paths,
                                    const model::Transformer<float>& model);
 
 // Every row of an .engt file, decoded (what a RowStore over the file returns), into out
-// (rows x width values), read through the file tier in chunks (no whole-file copy). The bf16
-// overload rounds each value to bf16: exact for bf16 files and for fp8 ones (an fp8 value times
-// its power-of-two scale has at most 4 significant bits) unless a scale puts values below bf16's
-// smallest subnormal, 2^-133.
+// (rows x width values): one block group at a time, each checked against its checksum.
 void read_engt_rows(const std::string& path, float* out);
-void read_engt_rows(const std::string& path, bf16* out);
 // Every row of an .engt file as stored (rows x row_bytes bytes, the file's row format), each
 // block checked against its checksum: what the GPU's gather dequantizes (cuda::DeviceTable).
 void read_engt_encoded_rows(const std::string& path, uint8_t* out);

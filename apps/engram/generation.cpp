@@ -70,9 +70,7 @@ struct Generator::Impl {
   std::vector<const memory::TieredRowStore*> tiered;
   std::vector<std::unique_ptr<infer::Decoder>> decoders;  // CPU: one per slot
   // GPU: the .engt tables in pinned, mapped host memory (declared before the decoder).
-  std::vector<cuda::MappedHostBuffer<float>> host_f32;
-  std::vector<cuda::MappedHostBuffer<bf16>> host_bf16;
-  std::vector<cuda::MappedHostBuffer<uint8_t>> host_bytes;  // fp8 and int8 rows as encoded
+  std::vector<cuda::MappedHostBuffer<uint8_t>> host_rows;  // each table's rows as encoded
   std::unique_ptr<model::GpuTransformer> gpu_model;
   std::unique_ptr<infer::GpuDecoder> gpu_decoder;
   std::vector<Slot> slots;
@@ -131,27 +129,24 @@ std::vector<cuda::DeviceTable> Generator::Impl::pin_tables() {
   std::vector<cuda::DeviceTable> tables;
   for (const std::string& path : paths) {
     const memory::EngtFile file = memory::EngtFile::open(path);
-    const auto values = static_cast<size_t>(file.rows() * file.width());
+    DType dtype = DType::kF32;  // the row format's DType (f32 and bf16 rows are plain values)
     switch (file.format()) {
       case memory::RowFormat::kF32:
-        host_f32.emplace_back(values);
-        read_engt_rows(path, host_f32.back().host().data());
-        tables.push_back({host_f32.back().device(), DType::kF32, file.rows(), file.width()});
+        dtype = DType::kF32;
         break;
       case memory::RowFormat::kBF16:
-        host_bf16.emplace_back(values);
-        read_engt_rows(path, host_bf16.back().host().data());
-        tables.push_back({host_bf16.back().device(), DType::kBF16, file.rows(), file.width()});
+        dtype = DType::kBF16;
         break;
       case memory::RowFormat::kFP8:
+        dtype = DType::kF8E4M3;
+        break;
       case memory::RowFormat::kINT8:
-        host_bytes.emplace_back(static_cast<size_t>(file.rows() * file.row_bytes()));
-        read_engt_encoded_rows(path, host_bytes.back().host().data());
-        tables.push_back({host_bytes.back().device(),
-                          file.format() == memory::RowFormat::kFP8 ? DType::kF8E4M3 : DType::kI8,
-                          file.rows(), file.width()});
+        dtype = DType::kI8;
         break;
     }
+    host_rows.emplace_back(static_cast<size_t>(file.rows() * file.row_bytes()));
+    read_engt_encoded_rows(path, host_rows.back().host().data());
+    tables.push_back({host_rows.back().device(), dtype, file.rows(), file.width()});
   }
   return tables;
 }

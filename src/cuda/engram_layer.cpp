@@ -300,7 +300,8 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
   reserve_step(rows);
   float* e = as<float>(e_);
   float* kv = as<float>(kv_);
-  float* vt = as<float>(vt_);
+  // Without the short conv the gate's Vt is the layer's output: written straight into d_out.
+  float* vt = c.short_conv ? as<float>(vt_) : d_out;
   if (prefetched_ != rows || prefetched_ids_ != d_hash_ids || prefetched_table_ != table.data)
     gather_rows(e, table, d_hash_ids, d_head_offsets, rows, H, stream);
   prefetched_ = -1;
@@ -313,12 +314,9 @@ void GpuEngramLayer::forward_step(const float* d_hidden, const int32_t* d_hash_i
     throw;
   }
   blas_->set_stream(nullptr);
-  detail::launch_gate_forward<float>(gate_args<float>(kv, d_hidden, vt, c.short_conv ? as<float>(xn_) : nullptr, rows),
-      stream);
-  if (!c.short_conv) {
-    detail::launch_copy<float>(d_out, vt, rows * M * d, stream);
-    return;
-  }
+  detail::launch_gate_forward<float>(
+      gate_args<float>(kv, d_hidden, vt, c.short_conv ? as<float>(xn_) : nullptr, rows), stream);
+  if (!c.short_conv) return;
   const detail::ConvStepArgs<float> a{rows, M * d, c.kernel_size, c.max_ngram_size, ring.length,
                                       vt, as<float>(xn_), conv_weight_t_.data(),
                                       static_cast<float*>(ring.data), ring.seq, ring.pos};
@@ -357,9 +355,11 @@ std::vector<const void*> GpuEngramLayer::step_addresses() const {
 void GpuEngramLayer::reserve_step(int64_t rows) {
   reserve<float>(rows);
   if (rows <= 0) return;
-  // A step stores Vt and the conv input xn (the ring keeps xn).
+  // With the short conv a step stores Vt and the conv input xn (the ring keeps xn); without it
+  // the gate writes Vt straight into the output.
+  if (!config_.short_conv) return;
   ensure_as<float>(vt_, rows * config_.hc_mult * config_.hidden_size);
-  if (config_.short_conv) ensure_as<float>(xn_, rows * config_.hc_mult * config_.hidden_size);
+  ensure_as<float>(xn_, rows * config_.hc_mult * config_.hidden_size);
 }
 
 template <class A>

@@ -889,12 +889,6 @@ void launch_conv_step(const ConvStepArgs<A>& a, A* out, void* stream) {
   ENGRAM_CUDA_CHECK(cudaGetLastError());
 }
 
-template <class A>
-void launch_copy(A* out, const A* in, int64_t n, void* stream) {
-  if (n == 0) return;
-  ENGRAM_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n) * sizeof(A),
-                                    cudaMemcpyDeviceToDevice, static_cast<cudaStream_t>(stream)));
-}
 
 #define ENGRAM_INSTANTIATE(A)                                                                  \
   template void launch_gate_forward<A>(const GateArgs<A>&, void*);                                 \
@@ -903,7 +897,6 @@ void launch_copy(A* out, const A* in, int64_t n, void* stream) {
   template void launch_conv_backward<A>(const ConvArgs<A>&, const A*, A*, float*, float*,      \
                                         float*, PhaseHook);                                    \
   template void launch_bias_grad<A>(float*, const A*, int64_t, int64_t, float*);               \
-  template void launch_copy<A>(A*, const A*, int64_t, void*);                                  \
   template void launch_conv_ring_store<A>(const ConvStepArgs<A>&, void*);                      \
   template void launch_conv_step<A>(const ConvStepArgs<A>&, A*, void*);
 ENGRAM_INSTANTIATE(float)

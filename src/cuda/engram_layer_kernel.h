@@ -147,10 +147,6 @@ void launch_conv_ring_store(const ConvStepArgs<A>& a, void* stream = nullptr);
 template <class A>
 void launch_conv_step(const ConvStepArgs<A>& a, A* out, void* stream = nullptr);
 
-// out (n) = in (n) of the same type (a device-to-device copy).
-template <class A>
-void launch_copy(A* out, const A* in, int64_t n, void* stream = nullptr);
-
 // The sparse table gradient: detail::launch_sparse_rows_plan, _values and read_sparse_rows_count
 // (src/cuda/sparse_rows_kernel.h) over the rows and slots of launch_table_rows.
 

@@ -8,6 +8,7 @@
 
 #include "cuda/check.h"
 #include "engram/cuda/gather.h"
+#include "engram/memory/row_format.h"
 
 namespace engram::cuda {
 namespace {
@@ -356,21 +357,26 @@ void launch_cached(void* out, void* slab, const void* table, const int64_t* plan
 }  // namespace
 
 int64_t table_row_bytes(const DeviceTable& table) {
-  const int64_t w = table.width;
+  memory::RowFormat format;
   switch (table.dtype) {
     case DType::kF32:
-      return 4 * w;
+      format = memory::RowFormat::kF32;
+      break;
     case DType::kBF16:
-      return 2 * w;
+      format = memory::RowFormat::kBF16;
+      break;
     case DType::kF8E4M3:
-      return w + w / 32;
+      format = memory::RowFormat::kFP8;
+      break;
     case DType::kI8:
-      return w + 4 * (w / 32);
+      format = memory::RowFormat::kINT8;
+      break;
     default:
       throw InputError(error_message("table_row_bytes", "table dtype " +
                                                             std::string(dtype_name(table.dtype)) +
                                                             " is not F32, BF16, F8E4M3 or I8"));
   }
+  return memory::row_bytes(format, table.width);
 }
 
 void cached_rows(void* d_out, void* d_slab, const DeviceTable& table, const int64_t* d_plan,
@@ -388,7 +394,7 @@ void cached_rows(void* d_out, void* d_slab, const DeviceTable& table, const int6
                                               " (a multiple of 32 needed)"));
   }
   const int64_t row_bytes = table_row_bytes(table);
-  if (n == 0 || row_bytes == 0) return;
+  if (n == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const uintptr_t align = reinterpret_cast<uintptr_t>(d_out) | reinterpret_cast<uintptr_t>(d_slab) |
                           reinterpret_cast<uintptr_t>(table.data) |

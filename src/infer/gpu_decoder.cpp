@@ -56,12 +56,11 @@ struct GpuDecoder::Impl {
   // rows, and the host head offsets; the staged layers read row r * heads + h of the staging
   // (ids r * heads, offsets h).
   std::vector<const memory::RowStore*> stores;
-  std::vector<cuda::DeviceTable> base_tables;  // the staged layers' tables before staging
   std::vector<cuda::MappedHostBuffer<float>> staging;
-  std::vector<std::vector<int64_t>> host_offsets;
+  std::vector<std::vector<int64_t>> host_offsets;  // per Engram layer: the hasher's head offsets
   cuda::DeviceBuffer<int32_t> staged_ids;
   cuda::DeviceBuffer<int64_t> staged_offsets;
-  std::vector<int64_t> staged_rows;
+  std::vector<int64_t> layer_rows;  // scratch: one layer's rows of a step (step_rows)
   // The staged layers' rows are gathered on the host while the step's device work starts: the
   // first staged layer's gather (on the side stream with prefetch_rows, else in the layer) waits
   // at this gate until they are in the staging.
@@ -72,7 +71,7 @@ struct GpuDecoder::Impl {
   struct HotRows {
     memory::RowCache cache;
     memory::CachedLookups step;
-    std::vector<int64_t> offsets, rows, plan;  // host head offsets; the step's rows and plan
+    std::vector<int64_t> plan;                 // the step's plan (host)
     cuda::DeviceBuffer<uint8_t> slab, out;     // (capacity, row), (S * heads, row) bytes
     cuda::DeviceBuffer<int64_t> d_plan;        // cuda::cached_rows' plan: 1 + 3 S * heads
   };
@@ -80,11 +79,20 @@ struct GpuDecoder::Impl {
   // A step that planned fills did not run: the caches start again empty at the next plan.
   bool hot_stale = false;
   bool is_hot(size_t e) const { return e < hot.size() && hot[e] != nullptr; }
-  // The table layer e's gather reads this step: its hot rows' output, else tables[e].
+  // The table layer e's gather reads this step: its staging, its hot rows' output, or tables[e].
   cuda::DeviceTable layer_table(size_t e) const {
-    if (!is_hot(e)) return tables[e];
-    return {hot[e]->out.data(), tables[e].dtype, options.max_step_rows * ids_per_token,
-            tables[e].width};
+    const int64_t rows = options.max_step_rows * ids_per_token;
+    if (staged(e)) return {staging[e].device(), DType::kF32, rows, stores[e]->width()};
+    if (is_hot(e)) return {hot[e]->out.data(), tables[e].dtype, rows, tables[e].width};
+    return tables[e];
+  }
+  // Drops the table stores and the hot rows (set_tables, set_table_stores), and the captured
+  // steps, which hold their addresses.
+  void drop_step_sources() {
+    stores.clear();
+    staging.clear();
+    hot.clear();
+    graphs.clear();
   }
   // Plans the hot layers' lookups of the uploaded step (N rows) and uploads the plans.
   void plan_hot(int64_t N);
@@ -99,6 +107,10 @@ struct GpuDecoder::Impl {
   // The ids and head offsets a staged or hot layer reads its step's rows with (row r * H + h).
   void ensure_staged_ids();
   bool staged(size_t e) const { return e < stores.size() && stores[e] != nullptr; }
+  // Layer e reads its step's rows from a step buffer (the staging or the hot rows' output).
+  bool reads_step_rows(size_t e) const { return staged(e) || is_hot(e); }
+  // Engram layer e's table rows of the uploaded step (N rows, heads each) into layer_rows.
+  void step_rows(size_t e, int64_t N);
   bool any_staged() const {
     return std::any_of(stores.begin(), stores.end(), [](const auto* p) { return p != nullptr; });
   }
@@ -121,10 +133,10 @@ struct GpuDecoder::Impl {
   }
   // Engram layer e's ids and head offsets for a step of N rows (device).
   const int32_t* step_ids(size_t e, int64_t N) const {
-    return staged(e) || is_hot(e) ? staged_ids.data() : d_hash.data() + e * sz(N * ids_per_token);
+    return reads_step_rows(e) ? staged_ids.data() : d_hash.data() + e * sz(N * ids_per_token);
   }
   const int64_t* step_offsets(size_t e, const model::GpuLayerWeights& L) const {
-    return staged(e) || is_hot(e) ? staged_offsets.data() : L.head_offsets;
+    return reads_step_rows(e) ? staged_offsets.data() : L.head_offsets;
   }
   int64_t token_limit = 0;
   int64_t ring_len = 0;
@@ -202,6 +214,14 @@ struct GpuDecoder::Impl {
     }
   }
   void run_step(int64_t N, int64_t R);
+  // Drops the captured graphs when an address they hold has changed (graph_addresses()).
+  void drop_graphs_if_moved() {
+    std::vector<const void*> now = graph_addresses();
+    if (now != captured_addresses) {
+      graphs.clear();
+      captured_addresses = std::move(now);
+    }
+  }
   // Launches the captured graph of the shape (will_replay(N, R)): nothing that could wait for the
   // device.
   void replay(int64_t N, int64_t R);
@@ -285,6 +305,7 @@ GpuDecoder::GpuDecoder(model::GpuTransformer& model, const hash::NgramHasher* ha
       }
       I.engram_index[sz(ids[e])] = static_cast<int>(e);
       I.tables.push_back(t);
+      I.host_offsets.push_back(hasher->head_offsets(e));
     }
     I.token_limit = std::min(I.token_limit, hasher->tokenizer_vocab());
     I.ids_per_token = hasher->ids_per_token();
@@ -418,10 +439,7 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
   if (tables.empty()) {
     I.tables.clear();
     for (size_t e = 0; e < n; ++e) I.tables.push_back(I.w.layers[sz(c.engram->hash.layer_ids[e])].table);
-    I.stores.clear();
-    I.staging.clear();
-    I.hot.clear();
-    I.graphs.clear();
+    I.drop_step_sources();
     return;
   }
   if (tables.size() != n) {
@@ -459,7 +477,7 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
       const int64_t rb = cuda::table_row_bytes(tables[e]);
       const int64_t cap = std::min(I.options.hot_rows, tables[e].rows);
       auto h = std::make_unique<Impl::HotRows>(Impl::HotRows{
-          memory::RowCache(cap, I.options.hot_policy), {}, I.hasher->head_offsets(e), {}, {},
+          memory::RowCache(cap, I.options.hot_policy), {}, {},
           cuda::DeviceBuffer<uint8_t>(sz(cap * rb)), cuda::DeviceBuffer<uint8_t>(sz(S * H * rb)),
           cuda::DeviceBuffer<int64_t>(sz(1 + 3 * S * H))});
       cuda::fill_device_bytes(h->slab.data(), 0xFF, h->slab.bytes());
@@ -469,11 +487,9 @@ void GpuDecoder::set_tables(std::vector<cuda::DeviceTable> tables) {
     I.ensure_staged_ids();
   }
   I.tables = std::move(tables);
-  I.stores.clear();
-  I.staging.clear();
+  I.drop_step_sources();  // the captured steps read the old tables' addresses
   I.hot = std::move(hot);
   I.hot_stale = false;
-  I.graphs.clear();  // the captured steps read the old tables' addresses
 }
 
 void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
@@ -481,17 +497,8 @@ void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
   I.synchronize();  // a step in flight may still read the old staging
   const model::ModelConfig& c = I.config;
   const size_t n = c.engram ? c.engram->hash.layer_ids.size() : 0;
-  // The layers' own tables again (set_tables' or the model's), not the staging.
-  const auto unstage = [&] {
-    for (size_t e = 0; e < I.tables.size(); ++e)
-      if (I.staged(e)) I.tables[e] = I.base_tables[e];
-    I.stores.clear();
-    I.staging.clear();
-    I.hot.clear();
-    I.graphs.clear();
-  };
-  if (stores.empty()) {
-    unstage();
+  if (stores.empty()) {  // the layers' own tables again (set_tables' or the model's)
+    I.drop_step_sources();
     return;
   }
   if (stores.size() != n) {
@@ -513,23 +520,14 @@ void GpuDecoder::set_table_stores(std::vector<const memory::RowStore*> stores) {
   }
   if (!I.gate) I.gate = std::make_unique<cuda::HostGate>();  // before anything changes
   std::vector<cuda::MappedHostBuffer<float>> staging(n);
-  std::vector<std::vector<int64_t>> offsets(n);
   for (size_t e = 0; e < n; ++e) {
     if (stores[e] == nullptr) continue;
     staging[e] = cuda::MappedHostBuffer<float>(sz(S * H * stores[e]->width()));
-    offsets[e] = I.hasher->head_offsets(e);
   }
   I.ensure_staged_ids();
-  unstage();
-  I.base_tables = I.tables;
-  for (size_t e = 0; e < n; ++e) {
-    if (stores[e] == nullptr) continue;
-    I.tables[e] = cuda::DeviceTable{staging[e].device(), DType::kF32, S * H, stores[e]->width()};
-  }
+  I.drop_step_sources();  // the captured steps read the old tables' addresses
   I.stores = std::move(stores);
   I.staging = std::move(staging);
-  I.host_offsets = std::move(offsets);
-  I.graphs.clear();  // the captured steps read the old tables' addresses
 }
 
 void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> tokens) {
@@ -580,7 +578,7 @@ void GpuDecoder::step(std::span<const int64_t> seqs, std::span<const int64_t> to
     }
   }
   for (size_t e = 0; e < I.tables.size(); ++e) {
-    if (I.tables[e].data == nullptr) {
+    if (I.layer_table(e).data == nullptr) {
       throw ConfigError(error_message(
           "GpuDecoder: Engram layer " + std::to_string(I.config.engram->hash.layer_ids[e]),
           "no table: the model was loaded without its Engram tables and set_tables gave none"));
@@ -701,20 +699,12 @@ void GpuDecoder::Impl::ensure_staged_ids() {
 }
 
 void GpuDecoder::Impl::plan_hot(int64_t N) {
-  const auto H = static_cast<size_t>(ids_per_token);
-  const size_t n = sz(N) * H;
-  for (auto& layer : hot) {
-    if (layer && hot_stale) layer->cache = memory::RowCache(layer->cache.capacity(), options.hot_policy);
-  }
-  hot_stale = false;
   for (size_t e = 0; e < hot.size(); ++e) {
     if (!is_hot(e)) continue;
     HotRows& hr = *hot[e];
-    hr.rows.resize(n);
-    for (size_t r = 0; r < sz(N); ++r)
-      for (size_t hd = 0; hd < H; ++hd)
-        hr.rows[r * H + hd] = hr.offsets[hd] + h_hash[(e * sz(N) + r) * H + hd];
-    memory::plan_lookups(hr.cache, hr.rows, hr.step);
+    if (hot_stale) hr.cache = memory::RowCache(hr.cache.capacity(), options.hot_policy);
+    step_rows(e, N);
+    memory::plan_lookups(hr.cache, layer_rows, hr.step);
     // [c | source (n) | fill rows (c) | fill slots (c)], one upload.
     const memory::CachedLookups& st = hr.step;
     hr.plan.clear();
@@ -724,18 +714,23 @@ void GpuDecoder::Impl::plan_hot(int64_t N) {
     hr.plan.insert(hr.plan.end(), st.fill_slots.begin(), st.fill_slots.end());
     cuda::copy_to_device(hr.d_plan.data(), hr.plan.data(), hr.plan.size() * sizeof(int64_t));
   }
+  hot_stale = false;
+}
+
+void GpuDecoder::Impl::step_rows(size_t e, int64_t N) {
+  const auto H = static_cast<size_t>(ids_per_token);
+  const std::vector<int64_t>& off = host_offsets[e];
+  layer_rows.resize(sz(N) * H);
+  for (size_t r = 0; r < sz(N); ++r)
+    for (size_t hd = 0; hd < H; ++hd)
+      layer_rows[r * H + hd] = off[hd] + h_hash[(e * sz(N) + r) * H + hd];
 }
 
 void GpuDecoder::Impl::gather_staged(int64_t N) {
-  const auto H = static_cast<size_t>(ids_per_token);
   for (size_t e = 0; e < stores.size(); ++e) {
     if (!staged(e)) continue;
-    staged_rows.resize(sz(N) * H);
-    const std::vector<int64_t>& off = host_offsets[e];
-    for (int64_t r = 0; r < N; ++r)
-      for (size_t hd = 0; hd < H; ++hd)
-        staged_rows[sz(r) * H + hd] = off[hd] + h_hash[(e * sz(N) + sz(r)) * H + hd];
-    stores[e]->gather(staged_rows, staging[e].host().data(), stores[e]->width());
+    step_rows(e, N);
+    stores[e]->gather(layer_rows, staging[e].host().data(), stores[e]->width());
   }
 }
 
@@ -749,24 +744,16 @@ void GpuDecoder::Impl::run_step(int64_t N, int64_t R) {
   // Captured graphs hold the addresses of the scratch of the MoE and the Engram layers (shared
   // with the model: a routed step, another decoder or the model's own forward may regrow it)
   // and of the Engram layers' parameters: any change drops them.
-  const std::vector<const void*> now = graph_addresses();
-  if (now != captured_addresses) {
-    graphs.clear();
-    captured_addresses = now;
-  }
-  ++clock;
-  if (auto it = graphs.find(key); it != graphs.end()) {
-    it->second.last_use = clock;
-    it->second.graph.launch(stream);
+  drop_graphs_if_moved();
+  if (graphs.count(key) > 0) {
+    replay(N, R);
     return;
   }
+  ++clock;
   if (seen.count(key) == 0) {
     run_device(N, R);  // the first time eagerly: buffers settle, cuBLAS picks its kernels
     seen.insert(key);
-    if (graph_addresses() != captured_addresses) {  // it grew something the graphs hold
-      graphs.clear();
-      captured_addresses = graph_addresses();
-    }
+    drop_graphs_if_moved();  // it may have grown something the graphs hold
     return;
   }
   if (graphs.size() >= kMaxGraphs) {  // the least recently used goes

@@ -193,6 +193,27 @@ TEST(GpuDecoder, MatchesForwardOnInterleavedSequences) {
   }
 }
 
+// Two decoders over s's model with options o, the first without CUDA graphs, the second with
+// them; step() runs the same step on both and compares their logits bit for bit.
+struct EagerAndGraphed {
+  GpuDecoder eager, graphed;
+  EagerAndGraphed(TestModel& s, GpuDecoderOptions o)
+      : eager(*s.gpu, s.hashing.hasher.get(), with_graphs(o, false)),
+        graphed(*s.gpu, s.hashing.hasher.get(), with_graphs(o, true)) {}
+  static GpuDecoderOptions with_graphs(GpuDecoderOptions o, bool on) {
+    o.cuda_graphs = on;
+    return o;
+  }
+  testing::AssertionResult step(std::span<const int64_t> seqs, std::span<const int64_t> tokens) {
+    eager.step(seqs, tokens);
+    graphed.step(seqs, tokens);
+    const std::vector<float> a = eager.logits(), b = graphed.logits();
+    if (a.size() != b.size() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
+      return testing::AssertionFailure() << "the graphed decoder's logits differ";
+    return testing::AssertionSuccess();
+  }
+};
+
 // Replayed CUDA graphs give the eager steps' logits bit for bit: two decoders over one model, one
 // with graphs, decoding the same 4 sequences (prompts of 5, then 12 single-token steps).
 TEST(GpuDecoder, GraphsReplayTheEagerSteps) {
@@ -205,25 +226,17 @@ TEST(GpuDecoder, GraphsReplayTheEagerSteps) {
     o.max_sequences = 4;
     o.max_step_rows = 20;
     o.max_rows_per_sequence = 5;
-    o.cuda_graphs = false;
-    GpuDecoder eager(*s.gpu, s.hashing.hasher.get(), o);
-    o.cuda_graphs = true;
-    GpuDecoder graphed(*s.gpu, s.hashing.hasher.get(), o);
+    EagerAndGraphed d(s, o);
     const std::vector<int64_t> prompt = random_tokens(20, V, 32);
     std::vector<int64_t> seqs;
     for (int64_t q = 0; q < 4; ++q) seqs.insert(seqs.end(), 5, q);
-    eager.step(seqs, prompt);
-    graphed.step(seqs, prompt);
-    std::vector<int64_t> next = eager.greedy();
-    ASSERT_EQ(graphed.greedy(), next);
+    ASSERT_TRUE(d.step(seqs, prompt)) << "prompt";
+    std::vector<int64_t> next = d.eager.greedy();
+    ASSERT_EQ(d.graphed.greedy(), next);
     const std::vector<int64_t> four = {0, 1, 2, 3};
     for (int i = 0; i < 12; ++i) {
-      eager.step(four, next);
-      graphed.step(four, next);
-      const std::vector<float> a = eager.logits(), b = graphed.logits();
-      ASSERT_EQ(a.size(), b.size());
-      ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "step " << i;
-      next = eager.greedy();
+      ASSERT_TRUE(d.step(four, next)) << "step " << i;
+      next = d.eager.greedy();
     }
   }
 }
@@ -249,10 +262,7 @@ TEST(GpuDecoder, GraphsFollowBuffersThatMove) {
   GpuDecoderOptions o;
   o.max_step_rows = 4;
   o.max_rows_per_sequence = 4;
-  o.cuda_graphs = false;
-  GpuDecoder eager(*s.gpu, s.hashing.hasher.get(), o);
-  o.cuda_graphs = true;
-  GpuDecoder graphed(*s.gpu, s.hashing.hasher.get(), o);
+  EagerAndGraphed d(s, o);
   const std::vector<int64_t> ids = random_tokens(30, V, 42);
   const std::vector<int64_t> zero = {0};
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -262,11 +272,7 @@ TEST(GpuDecoder, GraphsFollowBuffersThatMove) {
       GpuDecoder other(*s.gpu, s.hashing.hasher.get(), big);
     }
     if (i == 20) s.gpu->upload_params(s.cpu->params());  // the Engram layers' parameter copies
-    eager.step(zero, {ids.data() + i, 1});
-    graphed.step(zero, {ids.data() + i, 1});
-    const std::vector<float> a = eager.logits(), b = graphed.logits();
-    ASSERT_EQ(a.size(), b.size());
-    ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "token " << i;
+    ASSERT_TRUE(d.step(zero, {ids.data() + i, 1})) << "token " << i;
   }
 }
 

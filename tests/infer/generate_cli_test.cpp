@@ -208,12 +208,14 @@ TEST(GenerateCli, ErrorsNameTheProblem) {
 
 // --device cuda: the same greedy text and the same sampled text (same seed) as the CPU, from a
 // checkpoint with head_dim 64 (the GPU attention's size). Skipped without a GPU.
+std::string hd64_toml() {
+  std::string toml = kConfig;
+  toml.replace(toml.find("num_kv_heads"), 0, "head_dim = 64\n");
+  return toml;
+}
+
 std::string hd64_checkpoint() {
-  static const std::string path = [] {
-    std::string toml = kConfig;
-    toml.replace(toml.find("num_kv_heads"), 0, "head_dim = 64\n");
-    return write_checkpoint(toml, "checkpoint_hd64.safetensors", 6);
-  }();
+  static const std::string path = write_checkpoint(hd64_toml(), "checkpoint_hd64.safetensors", 6);
   return path;
 }
 
@@ -237,10 +239,12 @@ TEST(GenerateCli, CudaDeviceGivesTheCpusText) {
 namespace engram {
 namespace {
 
-// `engram table convert` of one tensor of the checkpoint; returns the .engt path.
-std::string convert(const std::string& tensor, const std::string& format, const std::string& name) {
+// `engram table convert` of one tensor of a checkpoint (the default one unless given); returns
+// the .engt path.
+std::string convert(const std::string& tensor, const std::string& format, const std::string& name,
+                    const std::string& ckpt = checkpoint()) {
   const std::string out = temp_dir() + "/" + name;
-  const std::string cmd = test::cli_path() + " table convert --in " + checkpoint() + " --tensor " +
+  const std::string cmd = test::cli_path() + " table convert --in " + ckpt + " --tensor " +
                           tensor + " --format " + format + " --out " + out + " >/dev/null 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   return out;
@@ -461,17 +465,13 @@ namespace {
 TEST(GenerateCli, CudaDeviceReadsEngtTablesFromHostMemory) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device on this machine";
   static const std::string ckpt = [] {
-    std::string toml = kConfig;
-    toml.replace(toml.find("num_kv_heads"), 0, "head_dim = 64\n");
+    std::string toml = hd64_toml();
     toml.replace(toml.find("n_embed_per_ngram = 8"), 21, "n_embed_per_ngram = 64");
     return write_checkpoint(toml, "checkpoint_hd64_w32.safetensors", 7);
   }();
   for (const std::string format : {"f32", "bf16", "fp8", "int8"}) {
-    const std::string out = temp_dir() + "/hd64_table_" + format + ".engt";
-    const std::string cmd = test::cli_path() + " table convert --in " + ckpt +
-                            " --tensor param.layers.1.engram.table --format " + format +
-                            " --out " + out + " >/dev/null 2>&1";
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    const std::string out =
+        convert("param.layers.1.engram.table", format, "hd64_table_" + format + ".engt", ckpt);
     const std::string args = "--ckpt " + ckpt + " --tokenizer " + tokenizer_path() +
                              " --prompt '" + kPrompt + "' --max-tokens 10 --temperature 0" +
                              " --engram-tables " + out;

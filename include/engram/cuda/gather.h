@@ -60,7 +60,9 @@ void copy_rows(void* d_out, const DeviceTable& table, const int32_t* d_ids,
                const int64_t* d_head_offsets, int64_t tokens, int64_t heads,
                void* stream = nullptr);
 
-// Bytes of one row of `table` as stored (f32 4 w, bf16 2 w, fp8 w + w/32, int8 w + 4 w/32).
+// Bytes of one row of `table` as stored: memory::row_bytes of its format (f32 4 w, bf16 2 w, fp8
+// w + w/32, int8 w + 4 w/32; ConfigError for a width that format refuses). InputError for
+// another dtype.
 int64_t table_row_bytes(const DeviceTable& table);
 
 // One step's rows through a cache of rows in GPU memory (infer::GpuDecoder's hot rows; the
